@@ -1,0 +1,578 @@
+"""Checkpoints: the upstream InternVL2 layout -> transformers' native InternVL classes.
+
+Two layouts load:
+
+* ``upstream``: what OpenGVLab publishes (``config.json`` with ``InternVLChatModel`` and an
+  ``internlm2`` ``llm_config``, safetensors single or sharded, sentencepiece tokenizer files). Its
+  tensors are renamed/split by :data:`KEY_RULES` in memory. Python files in the directory (the
+  ``auto_map`` remote code) are never imported.
+* ``converted``: a transformers ``save_pretrained`` directory written by :func:`convert_checkpoint`
+  (``ivl convert``), which carries the InternVL-level settings in ``config.json["ivl_ros"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ivl_ros.errors import CheckpointError, OptionError
+from ivl_ros.model.prompt import IMG_CONTEXT, INTERNLM2_SYSTEM_MESSAGE, SUPPORTED_TEMPLATES
+from ivl_ros.model.tokenizer import InternLM2Tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTENTION = ("exact", "eager", "sdpa")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """InternVL-level settings that the transformers config does not carry."""
+
+    tile_size: int
+    tokens_per_tile: int
+    max_dynamic_patch: int
+    min_dynamic_patch: int
+    use_thumbnail: bool
+    downsample_ratio: float
+    ps_version: str
+    select_layer: int
+    template: str
+    system_message: str
+    image_token_id: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------------
+def read_config(path: Path) -> dict:
+    cfg_file = path / "config.json"
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory; expected a checkpoint directory with config.json")
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{cfg_file}: missing; a checkpoint directory needs config.json")
+    try:
+        return json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def checkpoint_layout(config: dict, cfg_file: Path) -> str:
+    archs = config.get("architectures") or []
+    if "InternVLChatModel" in archs or config.get("model_type") == "internvl_chat":
+        return "upstream"
+    if "InternVLForConditionalGeneration" in archs or config.get("model_type") == "internvl":
+        return "converted"
+    raise CheckpointError(
+        f"{cfg_file}: unknown architecture {archs or config.get('model_type')!r}; expected InternVLChatModel "
+        "(upstream InternVL2 layout) or InternVLForConditionalGeneration (converted by `ivl convert`)")
+
+
+def _require(section: dict, key: str, where: str):
+    if key not in section:
+        raise CheckpointError(f"{where}: missing key {key!r}")
+    return section[key]
+
+
+def upstream_spec(config: dict, cfg_file: Path, image_token_id: int) -> ModelSpec:
+    vision = _require(config, "vision_config", str(cfg_file))
+    llm = _require(config, "llm_config", str(cfg_file))
+    llm_type = llm.get("model_type")
+    if llm_type != "internlm2":
+        raise CheckpointError(f"{cfg_file}: llm_config.model_type is {llm_type!r}; only 'internlm2' is supported")
+    if config.get("ps_version", "v1") != "v2":
+        raise CheckpointError(f"{cfg_file}: ps_version {config.get('ps_version')!r} is not supported; expected 'v2'")
+    if config.get("select_layer", -1) != -1:
+        raise CheckpointError(f"{cfg_file}: select_layer {config['select_layer']} is not supported; expected -1")
+    if vision.get("qk_normalization"):
+        raise CheckpointError(f"{cfg_file}: vision_config.qk_normalization true is not supported (InternViT-6B)")
+    template = config.get("template", "internlm2-chat")
+    if template not in SUPPORTED_TEMPLATES:
+        raise CheckpointError(f"{cfg_file}: template {template!r} is not supported; expected one of {SUPPORTED_TEMPLATES}")
+    tile = int(config.get("force_image_size") or _require(vision, "image_size", f"{cfg_file} vision_config"))
+    patch = int(_require(vision, "patch_size", f"{cfg_file} vision_config"))
+    ratio = float(config.get("downsample_ratio", 0.5))
+    if tile % patch:
+        raise CheckpointError(f"{cfg_file}: force_image_size {tile} is not a multiple of patch_size {patch}")
+    tokens = int((tile // patch) ** 2 * ratio**2)
+    return ModelSpec(
+        tile_size=tile, tokens_per_tile=tokens, max_dynamic_patch=int(config.get("max_dynamic_patch", 12)),
+        min_dynamic_patch=int(config.get("min_dynamic_patch", 1)), use_thumbnail=bool(config.get("use_thumbnail", True)),
+        downsample_ratio=ratio, ps_version="v2", select_layer=-1, template=template,
+        system_message=INTERNLM2_SYSTEM_MESSAGE, image_token_id=image_token_id)
+
+
+def hf_config_from_upstream(config: dict, spec: ModelSpec):
+    """Build the transformers InternVLConfig equivalent to an upstream config (rules in notes)."""
+    from transformers import InternVLConfig, InternVLVisionConfig, LlamaConfig
+
+    vision, llm = config["vision_config"], config["llm_config"]
+    act = vision.get("hidden_act", "gelu")
+    vision_cfg = InternVLVisionConfig(
+        hidden_size=vision["hidden_size"], num_hidden_layers=vision["num_hidden_layers"],
+        num_attention_heads=vision["num_attention_heads"], intermediate_size=vision["intermediate_size"],
+        image_size=[spec.tile_size, spec.tile_size], patch_size=[vision["patch_size"]] * 2,
+        num_channels=vision.get("num_channels", 3), attention_bias=bool(vision.get("qkv_bias", True)),
+        use_qk_norm=False, norm_type=vision.get("norm_type", "layer_norm"),
+        layer_norm_eps=vision.get("layer_norm_eps", 1e-6), hidden_act=act,
+        # "mean pooling" true means: no final LayerNorm after the last layer, as upstream.
+        use_mean_pooling=True, layer_scale_init_value=vision.get("initializer_factor", 1.0),
+        attention_dropout=0.0, projection_dropout=0.0, hidden_dropout_prob=0.0, drop_path_rate=0.0)
+    rope = llm.get("rope_scaling")
+    text_cfg = LlamaConfig(
+        hidden_size=llm["hidden_size"], num_hidden_layers=llm["num_hidden_layers"],
+        num_attention_heads=llm["num_attention_heads"],
+        num_key_value_heads=llm.get("num_key_value_heads", llm["num_attention_heads"]),
+        intermediate_size=llm["intermediate_size"], vocab_size=llm["vocab_size"],
+        max_position_embeddings=llm.get("max_position_embeddings", 32768), rms_norm_eps=llm.get("rms_norm_eps", 1e-6),
+        rope_theta=llm.get("rope_theta", 10000.0),
+        rope_scaling={"type": rope["type"], "factor": rope["factor"]} if rope else None,
+        hidden_act=llm.get("hidden_act", "silu"), attention_bias=bool(llm.get("bias", False)), mlp_bias=False,
+        tie_word_embeddings=False, bos_token_id=llm.get("bos_token_id", 1), eos_token_id=llm.get("eos_token_id", 2),
+        pad_token_id=llm.get("pad_token_id", 2))
+    # tie_word_embeddings must be given at the top level too: InternVLConfig defaults it to true.
+    return InternVLConfig(
+        vision_config=vision_cfg, text_config=text_cfg, image_token_id=spec.image_token_id,
+        downsample_ratio=spec.downsample_ratio, projector_hidden_act="gelu", vision_feature_layer=-1,
+        vision_feature_select_strategy="default", image_seq_length=spec.tokens_per_tile, tie_word_embeddings=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tensor names: upstream -> transformers
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fused:
+    """One upstream tensor that is several transformers tensors: how to split and join it."""
+
+    split: Callable[[torch.Tensor, object], list[torch.Tensor]]
+    join: Callable[[list[torch.Tensor], object], torch.Tensor]
+
+
+def _split_vit_qkv(t: torch.Tensor, cfg) -> list[torch.Tensor]:
+    # Upstream reshapes to (3, heads, head_dim): three equal row blocks Q, K, V.
+    return list(t.chunk(3, dim=0))
+
+
+def _join_vit_qkv(parts: list[torch.Tensor], cfg) -> torch.Tensor:
+    return torch.cat(parts, dim=0)
+
+
+def _split_wqkv(t: torch.Tensor, cfg) -> list[torch.Tensor]:
+    # Fused wqkv rows are grouped per KV head: [q * (heads/kv), k, v] for each group.
+    text = cfg.text_config
+    kv, heads = text.num_key_value_heads, text.num_attention_heads
+    head_dim = text.hidden_size // heads
+    groups = heads // kv
+    w = t.reshape(kv, groups + 2, head_dim, t.shape[-1])
+    q = w[:, :groups].reshape(heads * head_dim, -1)
+    k = w[:, groups].reshape(kv * head_dim, -1)
+    v = w[:, groups + 1].reshape(kv * head_dim, -1)
+    return [q, k, v]
+
+
+def _join_wqkv(parts: list[torch.Tensor], cfg) -> torch.Tensor:
+    q, k, v = parts
+    text = cfg.text_config
+    kv, heads = text.num_key_value_heads, text.num_attention_heads
+    head_dim = text.hidden_size // heads
+    groups = heads // kv
+    hidden = q.shape[-1]
+    qg = q.reshape(kv, groups, head_dim, hidden)
+    fused = torch.cat([qg, k.reshape(kv, 1, head_dim, hidden), v.reshape(kv, 1, head_dim, hidden)], dim=1)
+    return fused.reshape(-1, hidden)
+
+
+VIT_QKV = Fused(_split_vit_qkv, _join_vit_qkv)
+LLM_WQKV = Fused(_split_wqkv, _join_wqkv)
+
+VIT = r"vision_model\.encoder\.layers\.(\d+)\."
+LLM = r"language_model\.model\.layers\.(\d+)\."
+HF_VIT = "model.vision_tower.encoder.layer.{0}."
+HF_LLM = "model.language_model.layers.{0}."
+
+# (upstream regex, target name template(s), how a fused tensor splits). One table, read both ways.
+KEY_RULES: list[tuple[str, tuple[str, ...], Fused | None]] = [
+    (r"vision_model\.embeddings\.class_embedding", ("model.vision_tower.embeddings.cls_token",), None),
+    (r"vision_model\.embeddings\.position_embedding", ("model.vision_tower.embeddings.position_embeddings",), None),
+    (r"vision_model\.embeddings\.patch_embedding\.(weight|bias)",
+     ("model.vision_tower.embeddings.patch_embeddings.projection.{0}",), None),
+    (VIT + r"attn\.qkv\.(weight|bias)", tuple(HF_VIT + f"attention.{p}_proj.{{1}}" for p in "qkv"), VIT_QKV),
+    (VIT + r"attn\.proj\.(weight|bias)", (HF_VIT + "attention.projection_layer.{1}",), None),
+    (VIT + r"norm1\.(weight|bias)", (HF_VIT + "layernorm_before.{1}",), None),
+    (VIT + r"norm2\.(weight|bias)", (HF_VIT + "layernorm_after.{1}",), None),
+    (VIT + r"ls1", (HF_VIT + "lambda_1",), None),
+    (VIT + r"ls2", (HF_VIT + "lambda_2",), None),
+    (VIT + r"mlp\.(fc1|fc2)\.(weight|bias)", (HF_VIT + "mlp.{1}.{2}",), None),
+    (r"mlp1\.0\.(weight|bias)", ("model.multi_modal_projector.layer_norm.{0}",), None),
+    (r"mlp1\.1\.(weight|bias)", ("model.multi_modal_projector.linear_1.{0}",), None),
+    (r"mlp1\.3\.(weight|bias)", ("model.multi_modal_projector.linear_2.{0}",), None),
+    (r"language_model\.model\.tok_embeddings\.weight", ("model.language_model.embed_tokens.weight",), None),
+    (LLM + r"attention\.wqkv\.weight", tuple(HF_LLM + f"self_attn.{p}_proj.weight" for p in "qkv"), LLM_WQKV),
+    (LLM + r"attention\.wo\.weight", (HF_LLM + "self_attn.o_proj.weight",), None),
+    (LLM + r"feed_forward\.w1\.weight", (HF_LLM + "mlp.gate_proj.weight",), None),
+    (LLM + r"feed_forward\.w3\.weight", (HF_LLM + "mlp.up_proj.weight",), None),
+    (LLM + r"feed_forward\.w2\.weight", (HF_LLM + "mlp.down_proj.weight",), None),
+    (LLM + r"attention_norm\.weight", (HF_LLM + "input_layernorm.weight",), None),
+    (LLM + r"ffn_norm\.weight", (HF_LLM + "post_attention_layernorm.weight",), None),
+    (r"language_model\.model\.norm\.weight", ("model.language_model.norm.weight",), None),
+    (r"language_model\.output\.weight", ("lm_head.weight",), None),
+]
+_COMPILED = [(re.compile(src + "$"), dst, fused) for src, dst, fused in KEY_RULES]
+# Non-persistent buffers that some exports include; they are recomputed.
+_IGNORED = re.compile(r".*\.inv_freq$")
+
+
+def map_upstream_key(name: str) -> tuple[tuple[str, ...], Fused | None] | None:
+    for pattern, targets, fused in _COMPILED:
+        m = pattern.match(name)
+        if m:
+            return tuple(t.format(*m.groups()) for t in targets), fused
+    return None
+
+
+def convert_state_dict(tensors: dict[str, torch.Tensor], hf_config, source: str) -> dict[str, torch.Tensor]:
+    """Rename/split upstream tensors into transformers names; unknown names are an error."""
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for name, tensor in tensors.items():
+        if _IGNORED.match(name):
+            continue
+        mapped = map_upstream_key(name)
+        if mapped is None:
+            unknown.append(name)
+            continue
+        targets, fused = mapped
+        parts = fused.split(tensor, hf_config) if fused else [tensor]
+        for target, part in zip(targets, parts, strict=True):
+            out[target] = part.contiguous()
+    if unknown:
+        more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        raise CheckpointError(f"{source}: unexpected tensors for InternVL2: {', '.join(unknown[:5])}{more}")
+    return out
+
+
+def upstream_names(hf_config) -> list[str]:
+    """Every tensor name of an upstream checkpoint with this geometry, in upstream order."""
+    vision, text = hf_config.vision_config, hf_config.text_config
+    names = ["vision_model.embeddings.class_embedding", "vision_model.embeddings.position_embedding",
+             "vision_model.embeddings.patch_embedding.weight", "vision_model.embeddings.patch_embedding.bias"]
+    for i in range(vision.num_hidden_layers):
+        p = f"vision_model.encoder.layers.{i}."
+        names += [p + "ls1", p + "ls2"]
+        names += [p + f"{m}.{w}" for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2")
+                  for w in ("weight", "bias")]
+    names += [f"mlp1.{j}.{w}" for j in (0, 1, 3) for w in ("weight", "bias")]
+    names.append("language_model.model.tok_embeddings.weight")
+    for i in range(text.num_hidden_layers):
+        p = f"language_model.model.layers.{i}."
+        names += [p + m + ".weight" for m in ("attention.wqkv", "attention.wo", "feed_forward.w1", "feed_forward.w2",
+                                              "feed_forward.w3", "attention_norm", "ffn_norm")]
+    names += ["language_model.model.norm.weight", "language_model.output.weight"]
+    return names
+
+
+def unconvert_state_dict(tensors: dict[str, torch.Tensor], hf_config) -> dict[str, torch.Tensor]:
+    """transformers names -> upstream names (the inverse of :func:`convert_state_dict`, same table)."""
+    out: dict[str, torch.Tensor] = {}
+    for name in upstream_names(hf_config):
+        targets, fused = map_upstream_key(name)
+        parts = [tensors[t] for t in targets]
+        out[name] = fused.join(parts, hf_config) if fused else parts[0]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Safetensors files
+# ------------------------------------------------------------------------------------------------
+def weight_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index ({exc})") from None
+        files = sorted({path / f for f in weight_map.values()})
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index}: lists shard {missing[0].name}, which is missing from {path}")
+        return files
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    if list(path.glob("*.bin")) or list(path.glob("*.pt")):
+        raise CheckpointError(f"{path}: only pickle weights (.bin/.pt) found; convert them to safetensors "
+                              "(pickle files can execute code and are not loaded)")
+    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+
+
+def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for key in fh.keys():
+                    tensors[key] = fh.get_tensor(key)
+        except Exception as exc:  # safetensors raises SafetensorError with a header message
+            raise CheckpointError(f"{f}: cannot read safetensors ({exc})") from None
+    return tensors
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """A content hash of the weight files + config (used to match exported engines to a checkpoint)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for f in [path / "config.json", *weight_files(path)]:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention matching upstream InternLM2 eager numerics
+# ------------------------------------------------------------------------------------------------
+def _internlm2_eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    # Upstream divides the scores by sqrt(head_dim); transformers multiplies by head_dim**-0.5. The two
+    # round differently, so in fp32 this is what makes logits bit-identical to upstream.
+    from transformers.models.llama.modeling_llama import repeat_kv
+
+    groups = query.shape[1] // key.shape[1]
+    key = repeat_kv(key, groups)
+    value = repeat_kv(value, groups)
+    weights = torch.matmul(query, key.transpose(2, 3)) / math.sqrt(query.shape[-1])
+    if attention_mask is not None:
+        weights = weights + attention_mask[:, :, :, : key.shape[-2]]
+    weights = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, weights
+
+
+_REGISTERED = False
+
+
+def _register_attention() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register("internlm2_eager", _internlm2_eager_attention)
+    AttentionMaskInterface.register("internlm2_eager", ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    _REGISTERED = True
+
+
+def attention_settings(attention: str) -> dict[str, str]:
+    """Per-sub-model attention implementations for an ``attention`` choice."""
+    if attention not in ATTENTION:
+        raise OptionError(f"attention {attention!r} is not one of {ATTENTION}")
+    if attention == "exact":
+        _register_attention()
+        return {"text_config": "internlm2_eager", "vision_config": "eager", "": "eager"}
+    return {"text_config": attention, "vision_config": attention, "": attention}
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: InternLM2Tokenizer
+    spec: ModelSpec
+    layout: str
+    path: Path
+
+
+def load_tokenizer(path: Path) -> InternLM2Tokenizer:
+    return InternLM2Tokenizer.from_dir(path)
+
+
+def _image_token_id(tokenizer: InternLM2Tokenizer, path: Path) -> int:
+    if IMG_CONTEXT not in tokenizer.added_tokens:
+        raise CheckpointError(f"{path}: the tokenizer has no {IMG_CONTEXT} token (tokenizer_config.json / "
+                              "added_tokens.json); expected the 9 InternVL image/grounding tokens")
+    return tokenizer.added_tokens[IMG_CONTEXT]
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise OptionError(f"dtype {dtype!r} is not one of {tuple(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise OptionError(f"device {device!r} requested but CUDA is not available on this machine")
+    elif device != "cpu":
+        raise OptionError(f"device {device!r} is not one of ('cpu', 'cuda', 'cuda:N')")
+    return torch.device(device)
+
+
+def load_config_and_spec(path: str | Path):
+    """(layout, hf_config, spec, tokenizer) without loading weights."""
+    path = Path(path)
+    config = read_config(path)
+    layout = checkpoint_layout(config, path / "config.json")
+    tokenizer = load_tokenizer(path)
+    if layout == "upstream":
+        spec = upstream_spec(config, path / "config.json", _image_token_id(tokenizer, path))
+        hf_config = hf_config_from_upstream(config, spec)
+    else:
+        from transformers import InternVLConfig
+
+        if "ivl_ros" not in config:
+            raise CheckpointError(f"{path / 'config.json'}: missing key 'ivl_ros' (written by `ivl convert`)")
+        spec = ModelSpec(**config["ivl_ros"])
+        hf_config = InternVLConfig.from_pretrained(path)
+    vocab = hf_config.text_config.vocab_size
+    if tokenizer.vocab_size > vocab:
+        raise CheckpointError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size "
+                              f"is {vocab}")
+    return layout, hf_config, spec, tokenizer
+
+
+def load_model(path: str | Path, device: str = "cpu", dtype: str | torch.dtype = "float32",
+               attention: str | None = None) -> LoadedModel:
+    """Load either layout into ``InternVLForConditionalGeneration`` in eval mode.
+
+    ``attention``: ``exact`` (upstream-identical numerics: eager, scores divided by sqrt(d)),
+    ``eager`` or ``sdpa``. Default: ``exact`` on CPU in float32, ``sdpa`` otherwise.
+    """
+    from transformers import InternVLForConditionalGeneration
+
+    path = Path(path)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    if attention is None:
+        attention = "exact" if torch_device.type == "cpu" and torch_dtype == torch.float32 else "sdpa"
+    attn = attention_settings(attention)
+    layout, hf_config, spec, tokenizer = load_config_and_spec(path)
+    if layout == "upstream":
+        tensors = convert_state_dict(read_tensors(weight_files(path)), hf_config, str(path))
+        model = _build_from_state_dict(hf_config, tensors, torch_dtype, torch_device, attn, path)
+    else:
+        model, info = InternVLForConditionalGeneration.from_pretrained(
+            path, dtype=torch_dtype, attn_implementation=attn, output_loading_info=True)
+        problems = info.get("missing_keys") or info.get("unexpected_keys") or info.get("mismatched_keys")
+        if problems:
+            raise CheckpointError(f"{path}: weights do not match the config: {sorted(problems)[:5]}")
+        model.to(torch_device)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, layout=layout, path=path)
+
+
+def _build_from_state_dict(hf_config, tensors, dtype, device, attn, path: Path):
+    from transformers import InternVLForConditionalGeneration
+
+    hf_config._attn_implementation_internal = None
+    with torch.device("meta"):
+        model = InternVLForConditionalGeneration(hf_config)
+    model.set_attn_implementation(attn)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise CheckpointError(f"{path}: missing tensors {', '.join(missing[:3])}{more} (checkpoint is partial?)")
+    for name, ref in expected.items():
+        got = tensors[name]
+        if tuple(got.shape) != tuple(ref.shape):
+            raise CheckpointError(f"{path}: tensor for {name} has shape {tuple(got.shape)}, the config expects "
+                                  f"{tuple(ref.shape)}")
+        if not got.is_floating_point():
+            raise CheckpointError(f"{path}: tensor for {name} has dtype {got.dtype}; expected a floating point type")
+        tensors[name] = got.to(device=device, dtype=dtype)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    # Non-persistent RoPE buffers were created on the meta device: rebuild them in float32.
+    lm = model.model.language_model
+    with torch.device(device):
+        lm.rotary_emb = type(lm.rotary_emb)(config=hf_config.text_config)
+    left = [n for n, b in model.named_buffers() if b.is_meta] + [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise CheckpointError(f"{path}: internal error, uninitialised tensors after loading: {left[:3]}")
+    return model
+
+
+# ------------------------------------------------------------------------------------------------
+# Conversion
+# ------------------------------------------------------------------------------------------------
+def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str | None = None) -> Path:
+    """Write a transformers-layout copy of an upstream checkpoint (``ivl convert``)."""
+    src, dst = Path(src), Path(dst)
+    loaded = load_model(src, device="cpu", dtype=dtype or _stored_dtype(src))
+    if loaded.layout != "upstream":
+        raise CheckpointError(f"{src}: already in the converted (transformers) layout")
+    if dst.exists() and any(dst.iterdir()):
+        raise CheckpointError(f"{dst}: exists and is not empty; choose a new directory")
+    dst.mkdir(parents=True, exist_ok=True)
+    model = loaded.model
+    model.config.ivl_ros = loaded.spec.to_json()
+    model.config.architectures = ["InternVLForConditionalGeneration"]
+    # Loading picks the attention implementation; do not freeze the custom one into config.json.
+    model.set_attn_implementation("sdpa")
+    model.save_pretrained(dst)
+    loaded.tokenizer.write_hf_files(dst)
+    _write_processor_config(dst, loaded.spec)
+    return dst
+
+
+def _stored_dtype(path: Path) -> str:
+    files = weight_files(path)
+    with safe_open(str(files[0]), framework="pt") as fh:
+        first = next(iter(fh.keys()))
+        stored = fh.get_tensor(first).dtype
+    for name, dt in DTYPES.items():
+        if dt == stored:
+            return name
+    return "float32"
+
+
+def _write_processor_config(dst: Path, spec: ModelSpec) -> None:
+    """A GotOcr2 image-processor config reproducing upstream tiling (for plain transformers users)."""
+    processor = {
+        "image_processor_type": "GotOcr2ImageProcessor",
+        "crop_to_patches": True, "min_patches": spec.min_dynamic_patch, "max_patches": spec.max_dynamic_patch,
+        "size": {"height": spec.tile_size, "width": spec.tile_size}, "do_resize": True, "resample": 3,
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "do_convert_rgb": True,
+    }
+    (dst / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+
+
+def save_upstream_tensors(path: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int | None = None) -> None:
+    """Write upstream-named tensors as one safetensors file, or shards + index when over the limit."""
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    if max_shard_bytes is None:
+        save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+        return
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
