@@ -1,0 +1,202 @@
+"""The ``ivl`` command: tiles, ask, caption, convert, make-tiny (+ plug-in subcommands).
+
+User errors print one line ``ivl: error: ...`` and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ivl_ros.errors import IvlError, OptionError
+
+# Subcommands that live with their feature; each module has add_parser(subparsers) and run(args) -> int.
+PLUGIN_COMMANDS = {"eval-caption": "ivl_ros.eval.command"}
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "ivl-demo"
+
+
+def default_model_path() -> Path:
+    """``$IVL_MODEL``, else the embedded demo model shipped in the repository."""
+    env = os.environ.get("IVL_MODEL")
+    if env:
+        return Path(env)
+    if (DEMO_MODEL_DIR / "config.json").is_file():
+        return DEMO_MODEL_DIR
+    raise OptionError("no model given: pass --model DIR (an InternVL2 checkpoint directory), set IVL_MODEL, "
+                      "or create a tiny test model with `ivl make-tiny DIR`")
+
+
+def _size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)[xX](\d+)", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WxH (e.g. 640x480)")
+    w, h = int(m.group(1)), int(m.group(2))
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be at least 1x1")
+    return w, h
+
+
+def _int_range(lo: int, hi: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range (expected {bound})")
+        return value
+    return parse
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, help="checkpoint directory (upstream or converted layout); "
+                   "default: $IVL_MODEL or the embedded demo model")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--attention", choices=["exact", "eager", "sdpa"],
+                   help="attention kernels (default: exact on CPU float32, sdpa otherwise)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "trt"])
+    p.add_argument("--engines", type=Path, help="exported engines directory (for --backend onnx/trt)")
+
+
+def _add_generation_options(p: argparse.ArgumentParser, caption: bool) -> None:
+    p.add_argument("--image", type=Path, required=caption, help="image file")
+    p.add_argument("--max-tiles", type=_int_range(1, 40), default=6 if caption else None,
+                   help="maximum dynamic tiles (default: 6 for caption, the checkpoint's max_dynamic_patch for ask)")
+    p.add_argument("--max-new-tokens", type=_int_range(1), default=30 if caption else 1024)
+    p.add_argument("--min-new-tokens", type=_int_range(0), default=8 if caption else 0)
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=_int_range(0), default=50)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ivl", description="InternVL2 on the robot: tiling, VQA, captions.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tiles", help="show the dynamic tile grid chosen for image sizes")
+    p.add_argument("--tile-size", type=_int_range(1), default=448)
+    p.add_argument("--max-tiles", type=_int_range(1, 40), default=12)
+    p.add_argument("--size", type=_size, action="append", required=True, help="WxH (repeatable)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("ask", help="answer a question about an image (or text only)")
+    _add_model_options(p)
+    _add_generation_options(p, caption=False)
+    p.add_argument("--question", required=True)
+
+    p = sub.add_parser("caption", help="caption an image with the upstream caption-eval prompt and settings")
+    _add_model_options(p)
+    _add_generation_options(p, caption=True)
+    p.add_argument("--prompt", help="override the caption prompt")
+
+    p = sub.add_parser("convert", help="write a transformers-layout copy of an upstream checkpoint")
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: as stored")
+
+    p = sub.add_parser("make-tiny", help="write a tiny random InternVL2 checkpoint (upstream layout)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+
+    for module_name in PLUGIN_COMMANDS.values():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def _plugin_handler(command: str):
+    module = importlib.import_module(PLUGIN_COMMANDS[command])
+    return module.run
+
+
+def _cmd_tiles(args: argparse.Namespace) -> int:
+    from ivl_ros.model.tiling import dynamic_tile_grid
+
+    rows = []
+    for w, h in args.size:
+        g = dynamic_tile_grid(w, h, args.tile_size, args.max_tiles)
+        rows.append({"size": [w, h], "grid": [g.cols, g.rows], "num_tiles": g.num_tiles})
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            thumb = " + thumbnail" if r["num_tiles"] > r["grid"][0] * r["grid"][1] else ""
+            print(f"{r['size'][0]}x{r['size'][1]}: {r['grid'][0]}x{r['grid'][1]}{thumb} = {r['num_tiles']} tiles")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from ivl_ros.model.engine import GenerationSettings, VisionLanguageEngine
+
+    if args.min_new_tokens > args.max_new_tokens:
+        raise OptionError(f"--min-new-tokens ({args.min_new_tokens}) exceeds --max-new-tokens ({args.max_new_tokens})")
+    model = args.model or default_model_path()
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+                                  do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p,
+                                  top_k=args.top_k, seed=args.seed)
+    engine = VisionLanguageEngine.load(model, backend=args.backend, device=args.device, dtype=args.dtype,
+                                       engines_path=args.engines, attention=args.attention)
+    if args.command == "caption":
+        answer = engine.caption(args.image, max_tiles=args.max_tiles, prompt=args.prompt, settings=settings)
+    else:
+        answer = engine.ask(args.image, args.question, max_tiles=args.max_tiles, settings=settings)
+    if args.json:
+        print(json.dumps(answer.to_json(), ensure_ascii=False))
+    else:
+        print(answer.answer)
+        print(f"[{engine.model_id}: {len(answer.token_ids)} tokens, {answer.num_tiles} tiles, "
+              f"{answer.latency_ms:.0f} ms]", file=sys.stderr)
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from ivl_ros.model.checkpoint import convert_checkpoint
+
+    out = convert_checkpoint(args.src, args.dst, dtype=args.dtype)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_make_tiny(args: argparse.Namespace) -> int:
+    from ivl_ros.model.tiny import make_tiny_checkpoint
+
+    out = make_tiny_checkpoint(args.dir, seed=args.seed)
+    print(f"wrote tiny InternVL2 checkpoint to {out}")
+    return 0
+
+
+COMMANDS = {"tiles": _cmd_tiles, "ask": _cmd_generate, "caption": _cmd_generate, "convert": _cmd_convert,
+            "make-tiny": _cmd_make_tiny}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = COMMANDS.get(args.command) or _plugin_handler(args.command)
+    try:
+        return handler(args)
+    except IvlError as exc:
+        print(f"ivl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ivl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

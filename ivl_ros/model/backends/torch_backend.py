@@ -1,0 +1,94 @@
+"""The torch backend: transformers' InternVLForConditionalGeneration with a dynamic KV cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ivl_ros.errors import OptionError
+from ivl_ros.model.checkpoint import LoadedModel
+
+
+def upstream_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions as upstream generate() derives them from the mask: cumsum - 1, padding set to 1."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 1)
+
+
+class TorchSession:
+    """One generation request on the torch model; keeps the KV cache between steps."""
+
+    def __init__(self, backend: TorchBackend, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 pixel_values: np.ndarray | None) -> None:
+        self.backend = backend
+        dev = backend.device
+        self.input_ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(dev)
+        self.mask = torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64)).to(dev)
+        self.pixel_values = pixel_values
+        self.cache = None
+        self.positions = None
+
+    @torch.inference_mode()
+    def prefill(self) -> np.ndarray:
+        embeds = self.backend.embed_prompt(self.input_ids, self.pixel_values)
+        self.positions = upstream_position_ids(self.mask)
+        return self._forward(embeds, self.positions)
+
+    @torch.inference_mode()
+    def step(self, next_ids: np.ndarray) -> np.ndarray:
+        ids = torch.from_numpy(np.asarray(next_ids, dtype=np.int64)).to(self.backend.device)[:, None]
+        embeds = self.backend.language_model.embed_tokens(ids)
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
+        self.positions = self.positions[:, -1:] + 1
+        return self._forward(embeds, self.positions)
+
+    def _forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> np.ndarray:
+        from transformers import DynamicCache
+
+        if self.cache is None:
+            self.cache = DynamicCache(config=self.backend.model.config.text_config)
+        out = self.backend.language_model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions,
+                                          past_key_values=self.cache, use_cache=True)
+        logits = self.backend.model.lm_head(out.last_hidden_state[:, -1, :])
+        return logits.float().cpu().numpy()
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.language_model = self.model.model.language_model
+        self.device = next(self.model.parameters()).device
+        self.dtype = next(self.model.parameters()).dtype
+        self.image_token_id = loaded.spec.image_token_id
+
+    @torch.inference_mode()
+    def image_features(self, pixel_values: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """ViT + pixel shuffle + projector: (tiles, 3, S, S) -> (tiles, tokens_per_tile, hidden)."""
+        pv = torch.as_tensor(pixel_values).to(self.device, self.dtype)
+        out = self.model.model.get_image_features(pixel_values=pv, return_dict=True)
+        return out.pooler_output if hasattr(out, "pooler_output") else out
+
+    def embed_prompt(self, input_ids: torch.Tensor, pixel_values: np.ndarray | None) -> torch.Tensor:
+        """Token embeddings with every image-context position replaced, in order, by image features."""
+        embeds = self.language_model.embed_tokens(input_ids)
+        slots = input_ids == self.image_token_id
+        n_slots = int(slots.sum())
+        if pixel_values is None:
+            if n_slots:
+                raise OptionError(f"the prompt has {n_slots} image-context tokens but no image was given")
+            return embeds
+        features = self.image_features(pixel_values)
+        features = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
+        if features.shape[0] != n_slots:
+            raise OptionError(f"image features ({features.shape[0]} tokens) do not match the prompt's "
+                              f"{n_slots} image-context tokens")
+        embeds = embeds.clone()
+        embeds[slots] = features
+        return embeds
+
+    def session(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                pixel_values: np.ndarray | None) -> TorchSession:
+        return TorchSession(self, input_ids, attention_mask, pixel_values)

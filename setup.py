@@ -1,0 +1,39 @@
+"""ivl_ros: pip-installable and ament_python-compatible (colcon build) package."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "ivl_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="InternVL2-2B vision-language perception for ROS 2: captions and VQA from camera topics",
+    packages=find_packages(include=["ivl_ros", "ivl_ros.*", "habitat_sim_bridge", "habitat_sim_bridge.*"]),
+    python_requires=">=3.10",
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    # Runtime requirements are kept loose for GPU machines (torch 2.11 cu130, transformers 5.17);
+    # scripts/setup.sh installs the pinned CPU set. ROS 2 (rclpy) comes from the ROS install or the
+    # pip wheels in requirements/ros.txt.
+    install_requires=[
+        "torch>=2.9,<2.15",
+        "transformers>=5.17,<6",
+        "sentencepiece>=0.2,<0.3",
+        "safetensors>=0.4",
+        "pillow>=10",
+        "numpy>=1.26,<3",
+        "tqdm>=4.66",
+    ],
+    entry_points={
+        "console_scripts": [
+            "ivl = ivl_ros.cli:main",
+        ],
+    },
+    zip_safe=False,
+)
