@@ -98,7 +98,8 @@ def upstream_spec(config: dict, cfg_file: Path, image_token_id: int) -> ModelSpe
         raise CheckpointError(f"{cfg_file}: vision_config.qk_normalization true is not supported (InternViT-6B)")
     template = config.get("template", "internlm2-chat")
     if template not in SUPPORTED_TEMPLATES:
-        raise CheckpointError(f"{cfg_file}: template {template!r} is not supported; expected one of {SUPPORTED_TEMPLATES}")
+        raise CheckpointError(
+            f"{cfg_file}: template {template!r} is not supported; expected one of {SUPPORTED_TEMPLATES}")
     tile = int(config.get("force_image_size") or _require(vision, "image_size", f"{cfg_file} vision_config"))
     patch = int(_require(vision, "patch_size", f"{cfg_file} vision_config"))
     ratio = float(config.get("downsample_ratio", 0.5))
@@ -107,7 +108,8 @@ def upstream_spec(config: dict, cfg_file: Path, image_token_id: int) -> ModelSpe
     tokens = int((tile // patch) ** 2 * ratio**2)
     return ModelSpec(
         tile_size=tile, tokens_per_tile=tokens, max_dynamic_patch=int(config.get("max_dynamic_patch", 12)),
-        min_dynamic_patch=int(config.get("min_dynamic_patch", 1)), use_thumbnail=bool(config.get("use_thumbnail", True)),
+        min_dynamic_patch=int(config.get("min_dynamic_patch", 1)),
+        use_thumbnail=bool(config.get("use_thumbnail", True)),
         downsample_ratio=ratio, ps_version="v2", select_layer=-1, template=template,
         system_message=INTERNLM2_SYSTEM_MESSAGE, image_token_id=image_token_id)
 

@@ -34,7 +34,8 @@ def test_image_expansion_and_prepend():
     assert sent == "Look: <image> now" and "Look: <img><IMG_CONTEXT><IMG_CONTEXT></img> now" in prompt
     # With a history nothing is prepended; the first turn's <image> is the one expanded.
     sent, prompt = chat_prompt("And now?", num_tiles=1, tokens_per_tile=2, history=[("<image>\nFirst", "A")])
-    assert sent == "And now?" and prompt.count("<img>") == 1 and "<img><IMG_CONTEXT><IMG_CONTEXT></img>\nFirst" in prompt
+    assert sent == "And now?" and prompt.count("<img>") == 1
+    assert "<img><IMG_CONTEXT><IMG_CONTEXT></img>\nFirst" in prompt
 
 
 def test_text_only_has_no_image_tokens():

@@ -9,8 +9,14 @@ import pytest
 from PIL import Image
 
 from ivl_ros.cli import main
-from ivl_ros.model.tiling import (IMAGENET_MEAN, IMAGENET_STD, candidate_grids, dynamic_tile_grid, pixel_values_for,
-                                  tile_image)
+from ivl_ros.model.tiling import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    candidate_grids,
+    dynamic_tile_grid,
+    pixel_values_for,
+    tile_image,
+)
 
 # (size, max 6 -> (cols, rows, tiles), max 12 -> (cols, rows, tiles)); tile 448 (notes, "Worked examples").
 WORKED = [

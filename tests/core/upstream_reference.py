@@ -89,7 +89,7 @@ def llm_logits(t: dict[str, torch.Tensor], cfg: dict, input_ids: torch.Tensor, i
         o = (scores.softmax(-1, dtype=torch.float32) @ v).transpose(1, 2).reshape(b, length, hidden)
         x = x + F.linear(o, t[p + "attention.wo.weight"])
         h = _rms(x, t[p + "ffn_norm.weight"], eps)
-        x = x + F.linear(F.silu(F.linear(h, t[p + "feed_forward.w1.weight"])) * F.linear(h, t[p + "feed_forward.w3.weight"]),
-                         t[p + "feed_forward.w2.weight"])
+        gate = F.silu(F.linear(h, t[p + "feed_forward.w1.weight"]))
+        x = x + F.linear(gate * F.linear(h, t[p + "feed_forward.w3.weight"]), t[p + "feed_forward.w2.weight"])
     x = _rms(x, t["language_model.model.norm.weight"], eps)
     return F.linear(x, t["language_model.output.weight"]).float()
