@@ -17,10 +17,10 @@ import numpy as np
 
 from ivl_ros.errors import OptionError
 from ivl_ros.model.backends import Backend, check_backend_name
-from ivl_ros.model.checkpoint import ModelSpec
 from ivl_ros.model.generation import CAPTION_SETTINGS, GenerationSettings, generate
 from ivl_ros.model.images import ImageInput, load_image
 from ivl_ros.model.prompt import CAPTION_PROMPT, IM_END, chat_prompt, cut_response
+from ivl_ros.model.spec import ModelSpec
 from ivl_ros.model.tiling import pixel_values_for
 from ivl_ros.model.tokenizer import InternLM2Tokenizer
 

@@ -105,7 +105,8 @@ def tiny_config(sp_vocab: int, geometry: dict | None = None) -> dict:
 
 def random_upstream_tensors(config: dict, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Random weights, scaled so that activations keep their size and logits are not flat."""
-    from ivl_ros.model.checkpoint import hf_config_from_upstream, upstream_spec
+    from ivl_ros.model.checkpoint import hf_config_from_upstream
+    from ivl_ros.model.spec import upstream_spec
 
     # Only the shapes matter here; <IMG_CONTEXT> is the third InternVL token after the sentencepiece pieces.
     image_token_id = config["llm_config"]["vocab_size"] - len(INTERNVL_TOKENS) + 2
