@@ -153,7 +153,7 @@ class InternLM2Tokenizer:
             if idx in self.id_to_added and idx >= self.sp_size or is_special:
                 if not prev_special:
                     out += " "
-                out += self.sp.decode(run) + self.id_to_added.get(idx, self.sp.id_to_piece(idx))
+                out += self.sp.decode(run) + self.id_to_token(idx)
                 run = []
                 prev_special = True
             else:
