@@ -1,0 +1,1 @@
+"""Caption evaluation: offline COCO metrics, dataset readers, the ``ivl eval-caption`` command."""
