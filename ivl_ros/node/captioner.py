@@ -1,0 +1,394 @@
+"""CaptionNode (``ivl_captioner``): camera topics in, captions out, ``/ivl/ask`` and ``/ivl/describe``.
+
+Threading (why it looks like this): the executor threads only convert frames, answer parameter/service
+traffic and publish diagnostics. Every model call runs on one inference thread (:mod:`worker`), so a slow
+model can never starve subscriptions or services. Frames are kept in latest-only slots (:mod:`frames`),
+so captions always describe the newest frame. Service/action callbacks are coroutines that await the
+inference thread, so any number of concurrent requests holds no executor thread.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import rclpy
+from builtin_interfaces.msg import Time
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.action import ActionServer, CancelResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.task import Future
+from sensor_msgs.msg import CompressedImage, Image
+
+from ivl_interfaces.action import Describe
+from ivl_interfaces.msg import Caption
+from ivl_interfaces.srv import Ask
+from ivl_ros.errors import IvlError
+from ivl_ros.model.generation import CAPTION_SETTINGS, GenerationSettings
+from ivl_ros.node import diagnostics
+from ivl_ros.node.debug_image import annotate
+from ivl_ros.node.frames import LatestFrames
+from ivl_ros.node.image_msgs import FrameError, compressed_to_rgb, image_to_rgb, is_empty, rgb_to_image
+from ivl_ros.node.model_holder import DelayedEngine, ModelHolder
+from ivl_ros.node.params import PARAMS, ParamSpec
+from ivl_ros.node.worker import InferenceWorker
+
+NODE_NAME = "ivl_captioner"
+ASK_SERVICE = "/ivl/ask"
+DESCRIBE_ACTION = "/ivl/describe"
+MAX_REQUEST_TOKENS = 4096
+LOG_REPEAT_S = 5.0  # the same bad-frame message per camera is logged at most this often
+
+
+@dataclass
+class Reply:
+    answer: str = ""
+    success: bool = False
+    message: str = ""
+    latency_ms: float = 0.0
+    image_stamp: Any = None
+    cancelled: bool = False
+
+
+@dataclass
+class _Request:
+    rgb: Any
+    question: str
+    settings: GenerationSettings
+    stamp: Any
+    source: str
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    if spec.choices:
+        desc.additional_constraints = "one of: " + ", ".join(spec.choices)
+    if spec.low is not None and isinstance(spec.default, int) and not isinstance(spec.default, bool):
+        desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    elif spec.low is not None and isinstance(spec.default, float):
+        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high),
+                                                        step=0.0)]
+    return desc
+
+
+class CaptionNode(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for spec in PARAMS:
+            self._declare(spec)
+        self.cameras = self._camera_list()
+        self.frames = LatestFrames(self.cameras)
+        self._last_logged: dict[str, tuple[str, float]] = {}
+        self._last_caption_start = 0.0
+        self.counters = {"captions_published": 0, "requests_served": 0, "requests_failed": 0}
+        self.last_latency_ms = 0.0
+        self.last_error = ""
+
+        self._frames_group = ReentrantCallbackGroup()
+        self._requests_group = ReentrantCallbackGroup()
+        self._diag_group = MutuallyExclusiveCallbackGroup()
+        self.caption_pub = self.create_publisher(Caption, "~/caption", QoSProfile(depth=10))
+        self.debug_pub = self.create_publisher(Image, "~/debug_image", qos_profile_sensor_data)
+        self._subscribe_cameras()
+        self.create_service(Ask, ASK_SERVICE, self._on_ask, callback_group=self._requests_group)
+        self._describe_server = ActionServer(self, Describe, DESCRIBE_ACTION, execute_callback=self._on_describe,
+                                             cancel_callback=lambda _req: CancelResponse.ACCEPT,
+                                             callback_group=self._requests_group)
+        self._diag_pub = self._diagnostics_publisher()
+
+        self.worker = InferenceWorker(self._caption_due, self._caption, self._on_worker_error)
+        self.model = ModelHolder(self._load_engine, self._on_model_ready, self._on_model_failed)
+        self.add_post_set_parameters_callback(self._on_params_set)
+        p = self.p
+        self.get_logger().info(
+            f"{NODE_NAME}: model {p('model_path') or '(model_path not set)'} (backend {p('backend')}, device "
+            f"{p('device')}, dtype {p('dtype')}); cameras {self.cameras}{' (compressed)' if p('compressed') else ''}; "
+            f"caption_rate_hz {p('caption_rate_hz')}; serving {ASK_SERVICE} and {DESCRIBE_ACTION}")
+        self.worker.start()
+        self.model.start()
+
+    # -- parameters --------------------------------------------------------------------------------------
+    def p(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _declare(self, spec: ParamSpec) -> None:
+        try:
+            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+        except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
+            # A bad value from the YAML/command line must not kill the node: say so and use the default.
+            self.get_logger().error(f"parameter {spec.name}: the given value was rejected ({exc}); "
+                                    f"using the default {spec.default!r}")
+            self.declare_parameter(spec.name, spec.default, _descriptor(spec), ignore_override=True)
+
+    def _camera_list(self) -> list[str]:
+        cameras = list(dict.fromkeys(t.strip() for t in self.p("image_topics") if t.strip()))
+        if not cameras:
+            cameras = ["/camera/image_raw"]
+            self.get_logger().error(f"parameter image_topics is empty; using {cameras}")
+        return cameras
+
+    def _on_params_set(self, params: list) -> None:
+        for param in params:
+            self.get_logger().info(f"parameter {param.name} set to {param.value!r}")
+        self.worker.wake()  # a new rate applies at once, not after the old period
+
+    # -- model ---------------------------------------------------------------------------------------------
+    def _load_engine(self) -> DelayedEngine:
+        model_path = self.p("model_path")
+        if not model_path:
+            raise IvlError("parameter model_path is empty; set it to an InternVL2 checkpoint directory "
+                           "(model_path:=DIR)")
+        from ivl_ros.model.engine import VisionLanguageEngine  # deferred: torch import takes seconds
+
+        engine = VisionLanguageEngine.load(model_path, backend=self.p("backend"), device=self.p("device"),
+                                           dtype=self.p("dtype"), engines_path=self.p("engines_path") or None)
+        return DelayedEngine(engine, lambda: float(self.p("debug_inference_delay_s")))
+
+    def _on_model_ready(self, engine: Any, seconds: float) -> None:
+        self.get_logger().info(f"model {engine.model_id} loaded in {seconds:.1f} s; ready")
+        self.worker.wake()
+
+    def _on_model_failed(self, message: str) -> None:
+        self.get_logger().error(f"model failed to load: {message}. The node stays up; every request will "
+                                "report this error until the node is restarted with a working model_path")
+
+    # -- frames --------------------------------------------------------------------------------------------
+    def _subscribe_cameras(self) -> None:
+        compressed = self.p("compressed")
+        for camera in self.cameras:
+            topic = camera
+            if compressed and not topic.endswith("/compressed"):
+                topic = topic.rstrip("/") + "/compressed"  # image_transport's naming
+            msg_type, convert = (CompressedImage, compressed_to_rgb) if compressed else (Image, image_to_rgb)
+            # Sensor-data QoS (best effort) matches both best-effort and reliable camera publishers; a reliable
+            # subscriber would silently get nothing from a best-effort camera.
+            self.create_subscription(msg_type, topic, partial(self._on_frame, camera, convert),
+                                     qos_profile_sensor_data, callback_group=self._frames_group,
+                                     qos_overriding_options=QoSOverridingOptions.with_default_policies())
+
+    def _on_frame(self, camera: str, convert: Any, msg: Any) -> None:
+        try:
+            rgb = convert(msg, int(self.p("max_pixels")))
+        except FrameError as exc:
+            self._reject(camera, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a frame must never take the node down
+            self._reject(camera, f"unexpected {type(exc).__name__}: {exc}")
+            return
+        self.frames.put(camera, rgb, msg.header)
+        self.worker.wake()
+
+    def _reject(self, camera: str, reason: str) -> None:
+        self.frames.reject(camera, reason)
+        last = self._last_logged.get(camera)
+        now = time.monotonic()
+        if last is None or last[0] != reason or now - last[1] > LOG_REPEAT_S:
+            self._last_logged[camera] = (reason, now)
+            self.get_logger().warning(f"{camera}: frame rejected: {reason}")
+
+    # -- captioning (inference thread) -------------------------------------------------------------------
+    def _caption_due(self) -> float | None:
+        rate = float(self.p("caption_rate_hz"))
+        if self.model.state != "ready" or rate <= 0 or not self.frames.has_new():
+            return None
+        return self._last_caption_start + 1.0 / rate - time.monotonic()
+
+    def _caption_settings(self) -> GenerationSettings:
+        limit = int(self.p("max_new_tokens"))
+        return CAPTION_SETTINGS.with_(max_new_tokens=min(CAPTION_SETTINGS.max_new_tokens, limit),
+                                      min_new_tokens=min(CAPTION_SETTINGS.min_new_tokens, limit))
+
+    def _caption(self) -> None:
+        frames = self.frames.take_new()
+        if not frames:
+            return
+        self._last_caption_start = time.monotonic()
+        engine = self.model.engine
+        try:
+            answers = engine.caption_batch([f.rgb for f in frames], max_tiles=int(self.p("max_tiles")),
+                                           prompt=self.p("prompt") or None, settings=self._caption_settings())
+        except IvlError as exc:
+            self.last_error = f"caption: {exc}"
+            self.get_logger().error(f"captioning {[f.camera for f in frames]} failed: {exc}")
+            return
+        debug = self.p("publish_debug_image")
+        for frame, answer in zip(frames, answers, strict=True):
+            msg = Caption(header=frame.header, camera=frame.camera, text=answer.answer, model_id=engine.model_id,
+                          tiles=answer.num_tiles, latency_ms=float(answer.latency_ms))
+            self.caption_pub.publish(msg)
+            if debug:
+                self.debug_pub.publish(rgb_to_image(annotate(frame.rgb, answer.answer, frame.camera),
+                                                    header=frame.header))
+        self.counters["captions_published"] += len(frames)
+        self.last_latency_ms = float(answers[0].latency_ms)
+
+    def _on_worker_error(self, what: str, exc: BaseException) -> None:
+        self.last_error = f"{what}: {type(exc).__name__}: {exc}"
+        self.get_logger().error(f"{what} failed unexpectedly: {type(exc).__name__}: {exc}")
+
+    # -- requests (Ask service, Describe action) ------------------------------------------------------------
+    def _prepare(self, question: str, image: Any, camera: str, max_new_tokens: int) -> _Request:
+        """Check a request on the executor thread; raises IvlError with the message for the caller."""
+        reason = self.model.unavailable_reason()
+        if reason:
+            raise IvlError(reason)
+        question = question.strip()
+        if not question:
+            raise IvlError("the question is empty")
+        limit = int(self.p("max_question_tokens"))
+        # Cheap guard first: tokenizing megabytes of text would itself stall the node.
+        if len(question) > limit * 32:
+            raise IvlError(f"the question is {len(question)} characters; the limit is max_question_tokens={limit}")
+        tokens = len(self.model.engine.tokenizer.encode(question, add_bos=False))
+        if tokens > limit:
+            raise IvlError(f"the question is {tokens} tokens; the limit is max_question_tokens={limit}")
+        if not 0 <= max_new_tokens <= MAX_REQUEST_TOKENS:
+            raise IvlError(f"max_new_tokens must be 0 (node default) .. {MAX_REQUEST_TOKENS}, got {max_new_tokens}")
+        settings = GenerationSettings(max_new_tokens=max_new_tokens or int(self.p("max_new_tokens")))
+        if not is_empty(image):
+            try:
+                rgb = image_to_rgb(image, int(self.p("max_pixels")))
+            except FrameError as exc:
+                raise IvlError(f"the supplied image is unusable: {exc}") from None
+            return _Request(rgb, question, settings, image.header.stamp, "supplied image")
+        camera = camera.strip() or self.cameras[0]
+        if camera not in self.cameras:
+            raise IvlError(f"camera {camera!r} is not one of image_topics {self.cameras}")
+        frame = self.frames.latest(camera)
+        if frame is None:
+            raise IvlError(f"no frame received yet on {camera}; publish a frame or supply an image")
+        return _Request(frame.rgb, question, settings, frame.header.stamp, f"latest frame of {camera}")
+
+    async def _answer(self, what: str, question: str, image: Any, camera: str, max_new_tokens: int,
+                      on_text: Any = None) -> Reply:
+        try:
+            req = self._prepare(question, image, camera, max_new_tokens)
+        except IvlError as exc:
+            return self._failed(what, str(exc))
+        engine = self.model.engine
+        done: Future = Future()
+
+        def job() -> Any:
+            return engine.ask(req.rgb, req.question, max_tiles=int(self.p("max_tiles")), settings=req.settings,
+                              on_text=on_text)
+
+        def finish(result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result)
+
+        self.worker.submit(job, finish)
+        try:
+            answer = await done
+        except _Cancelled:
+            return Reply(message="cancelled", image_stamp=req.stamp, cancelled=True)
+        except IvlError as exc:
+            return self._failed(what, str(exc))
+        except Exception as exc:  # noqa: BLE001 - reported in the response, the node goes on
+            return self._failed(what, f"internal error: {type(exc).__name__}: {exc}")
+        self.counters["requests_served"] += 1
+        self.last_latency_ms = float(answer.latency_ms)
+        return Reply(answer.answer, True, f"answered from the {req.source}", float(answer.latency_ms), req.stamp)
+
+    def _failed(self, what: str, message: str) -> Reply:
+        self.counters["requests_failed"] += 1
+        self.get_logger().warning(f"{what}: {message}")
+        return Reply(message=message)
+
+    async def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
+        reply = await self._answer(ASK_SERVICE, request.question, request.image, request.camera,
+                                   request.max_new_tokens)
+        response.answer, response.success, response.message = reply.answer, reply.success, reply.message
+        response.latency_ms = reply.latency_ms
+        response.image_stamp = reply.image_stamp or Time()
+        return response
+
+    async def _on_describe(self, goal_handle: Any) -> Describe.Result:
+        goal = goal_handle.request
+        count = 0
+
+        def on_text(text: str) -> None:
+            nonlocal count
+            if goal_handle.is_cancel_requested:
+                raise _Cancelled  # stops generation: the engine releases its lock on the way out
+            count += 1
+            goal_handle.publish_feedback(Describe.Feedback(partial_text=text, tokens=count))
+
+        reply = await self._answer(DESCRIBE_ACTION, goal.question, goal.image, goal.camera, goal.max_new_tokens,
+                                   on_text)
+        result = Describe.Result(answer=reply.answer, success=reply.success, message=reply.message,
+                                 latency_ms=reply.latency_ms, image_stamp=reply.image_stamp or Time())
+        if reply.cancelled:
+            goal_handle.canceled()
+        elif reply.success:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return result
+
+    # -- diagnostics -----------------------------------------------------------------------------------------
+    def _diagnostics_publisher(self) -> Any:
+        try:
+            from diagnostic_msgs.msg import DiagnosticArray
+        except ImportError:
+            self.get_logger().warning("diagnostic_msgs is not installed (pip install ros-diagnostic-msgs); "
+                                      "no /diagnostics")
+            return None
+        pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=self._diag_group)
+        return pub
+
+    def health(self) -> list[diagnostics.Status]:
+        cams = self.frames.stats()
+        engine = self.model.engine
+        info = {"model_id": engine.model_id if engine is not None else "", "model_path": self.p("model_path"),
+                "backend": self.p("backend"), "device": self.p("device"), "dtype": self.p("dtype"),
+                "load_seconds": f"{self.model.load_seconds:.2f}", "last_latency_ms": f"{self.last_latency_ms:.1f}",
+                "frames_received": sum(s.received for s in cams.values()),
+                "frames_dropped": sum(s.dropped for s in cams.values()),
+                "frames_rejected": sum(s.rejected for s in cams.values()),
+                "pending_requests": self.worker.pending, "last_error": self.last_error, **self.counters}
+        return [diagnostics.model_status(NODE_NAME, self.model.state, self.model.error, info),
+                *diagnostics.camera_statuses(NODE_NAME, cams)]
+
+    def _publish_diagnostics(self) -> None:
+        self._diag_pub.publish(diagnostics.to_msg(self.health(), self.get_clock().now().to_msg()))
+
+    def close(self) -> None:
+        self.worker.stop(timeout=2.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``ivl-captioner`` / ``python -m ivl_ros.node.captioner [--ros-args ...]``."""
+    rclpy.init(args=sys.argv if argv is None else argv)
+    node = None
+    try:
+        node = CaptionNode()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass  # Ctrl-C / SIGTERM: rclpy's handler already shut the context down; exit cleanly
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

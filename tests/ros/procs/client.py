@@ -1,0 +1,235 @@
+"""A test client process driven over stdin/stdout with JSON lines: one request line in, one reply line out.
+
+It is a separate rclpy process (its own DDS participant), so every test talks to the node over DDS exactly
+as a user's tools would. Ops: wait_ready, publish_image, publish_compressed, ask, ask_many, describe,
+captions, diagnostics, set_params, quit.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np  # noqa: E402
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
+from rclpy.action import ActionClient  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
+from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+
+from common import make_frame  # noqa: E402
+from ivl_interfaces.action import Describe  # noqa: E402
+from ivl_interfaces.msg import Caption  # noqa: E402
+from ivl_interfaces.srv import Ask  # noqa: E402
+
+
+def wait_future(future, timeout: float):
+    event = threading.Event()
+    future.add_done_callback(lambda _f: event.set())
+    if not event.wait(timeout):
+        raise TimeoutError(f"no reply within {timeout} s")
+    return future.result()
+
+
+class Client(Node):
+    def __init__(self) -> None:
+        super().__init__("test_client")
+        self.captions: list[dict] = []
+        self.diag: DiagnosticArray | None = None
+        self.lock = threading.Lock()
+        self.create_subscription(Caption, "/ivl_captioner/caption", self._on_caption, QoSProfile(depth=100))
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, QoSProfile(depth=10))
+        self.ask_client = self.create_client(Ask, "/ivl/ask")
+        self.describe_client = ActionClient(self, Describe, "/ivl/describe")
+        self.params = AsyncParameterClient(self, "ivl_captioner")
+        self.pubs: dict[tuple[str, str], object] = {}
+
+    def _on_caption(self, msg: Caption) -> None:
+        now = self.get_clock().now().nanoseconds
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        with self.lock:
+            self.captions.append({"camera": msg.camera, "text": msg.text, "model_id": msg.model_id,
+                                  "tiles": msg.tiles, "latency_ms": msg.latency_ms, "frame_id": msg.header.frame_id,
+                                  "stamp": [msg.header.stamp.sec, msg.header.stamp.nanosec],
+                                  "age_s": (now - stamp) / 1e9, "t": time.monotonic()})
+
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        with self.lock:
+            self.diag = msg
+
+    def _pub(self, kind: str, topic: str):
+        key = (kind, topic)
+        if key not in self.pubs:
+            msg_type = Image if kind == "raw" else CompressedImage
+            self.pubs[key] = self.create_publisher(msg_type, topic, qos_profile_sensor_data)
+            time.sleep(0.5)  # let discovery match the node's subscription before the first frame
+        return self.pubs[key]
+
+    # -- ops -------------------------------------------------------------------------------------------
+    def op_wait_ready(self, timeout: float = 30.0, need_model: bool = True) -> dict:
+        end = time.monotonic() + timeout
+        if not self.ask_client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError("/ivl/ask did not appear")
+        self.describe_client.wait_for_server(timeout_sec=max(0.1, end - time.monotonic()))
+        while need_model and time.monotonic() < end:
+            d = self.op_diagnostics()
+            if d.get("model", {}).get("model_loaded") == "true":
+                return d
+            time.sleep(0.1)
+        return self.op_diagnostics()
+
+    def op_publish_image(self, topic: str, seed: int = 0, width: int = 64, height: int = 48, encoding: str = "rgb8",
+                         step: int | None = None, data_len: int | None = None, frame_id: str = "",
+                         stamp: list[int] | None = None, count: int = 1) -> dict:
+        msg = image_msg(seed, width, height, encoding, step, data_len, frame_id, stamp)
+        pub = self._pub("raw", topic)
+        for _ in range(count):
+            pub.publish(msg)
+        return {"stamp": [msg.header.stamp.sec, msg.header.stamp.nanosec]}
+
+    def op_publish_compressed(self, topic: str, seed: int = 0, fmt: str = "jpeg", data_b64: str | None = None,
+                              frame_id: str = "", stamp: list[int] | None = None, width: int = 64,
+                              height: int = 48) -> dict:
+        msg = CompressedImage(format=fmt)
+        if data_b64 is not None:
+            msg.data = base64.b64decode(data_b64)
+        else:
+            buf = io.BytesIO()
+            PILImage.fromarray(make_frame(seed, width, height)).save(buf, "JPEG" if fmt == "jpeg" else "PNG")
+            msg.data = buf.getvalue()
+        msg.header.frame_id = frame_id
+        if stamp:
+            msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+        self._pub("compressed", topic).publish(msg)
+        return {}
+
+    def op_ask(self, question: str, image: dict | None = None, camera: str = "", max_new_tokens: int = 0,
+               timeout: float = 30.0) -> dict:
+        req = Ask.Request(question=question, camera=camera, max_new_tokens=max_new_tokens)
+        if image is not None:
+            req.image = image_msg(**image)
+        start = time.monotonic()
+        resp = wait_future(self.ask_client.call_async(req), timeout)
+        return {"answer": resp.answer, "success": resp.success, "message": resp.message,
+                "latency_ms": resp.latency_ms, "image_stamp": [resp.image_stamp.sec, resp.image_stamp.nanosec],
+                "elapsed_s": time.monotonic() - start}
+
+    def op_ask_many(self, questions: list[str], timeout: float = 60.0) -> list[dict]:
+        start = time.monotonic()
+        futures = [self.ask_client.call_async(Ask.Request(question=q)) for q in questions]
+        out = []
+        for fut in futures:
+            resp = wait_future(fut, timeout)
+            out.append({"answer": resp.answer, "success": resp.success, "message": resp.message,
+                        "elapsed_s": time.monotonic() - start})
+        return out
+
+    def op_describe(self, question: str, image: dict | None = None, camera: str = "", max_new_tokens: int = 0,
+                    timeout: float = 30.0) -> dict:
+        goal = Describe.Goal(question=question, camera=camera, max_new_tokens=max_new_tokens)
+        if image is not None:
+            goal.image = image_msg(**image)
+        feedback: list[dict] = []
+        start = time.monotonic()
+
+        def on_feedback(msg) -> None:
+            feedback.append({"text": msg.feedback.partial_text, "tokens": msg.feedback.tokens,
+                             "t": time.monotonic() - start})
+
+        handle = wait_future(self.describe_client.send_goal_async(goal, feedback_callback=on_feedback), timeout)
+        if not handle.accepted:
+            return {"accepted": False}
+        result = wait_future(handle.get_result_async(), timeout)
+        time.sleep(0.2)  # feedback is a separate topic: let stragglers arrive before reporting
+        r = result.result
+        return {"accepted": True, "status": result.status, "answer": r.answer, "success": r.success,
+                "message": r.message, "result_t": time.monotonic() - start, "feedback": feedback}
+
+    def op_captions(self, clear: bool = True) -> list[dict]:
+        with self.lock:
+            out = list(self.captions)
+            if clear:
+                self.captions.clear()
+        return out
+
+    def op_diagnostics(self) -> dict:
+        with self.lock:
+            msg = self.diag
+        if msg is None:
+            return {}
+        out = {}
+        for s in msg.status:
+            key = "model" if s.name.endswith(": model") else s.name.split(" camera ", 1)[-1]
+            out[key] = {"level": s.level[0] if isinstance(s.level, bytes) else int(s.level), "message": s.message,
+                        **{kv.key: kv.value for kv in s.values}}
+        return out
+
+    def op_set_params(self, values: dict) -> list[dict]:
+        params = [Parameter(k, value=v) for k, v in values.items()]
+        result = wait_future(self.params.set_parameters(params), 10.0)
+        return [{"successful": r.successful, "reason": r.reason} for r in result.results]
+
+
+def image_msg(seed: int = 0, width: int = 64, height: int = 48, encoding: str = "rgb8", step: int | None = None,
+              data_len: int | None = None, frame_id: str = "", stamp: list[int] | None = None) -> Image:
+    """An Image whose fields may be deliberately inconsistent (step/data_len overrides) for bad-input tests."""
+    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "32FC1": 4, "16UC1": 2}.get(encoding, 3)
+    rgb = make_frame(seed, max(width, 1), max(height, 1))[:height, :width]
+    if encoding in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8"):
+        arr = {"rgb8": rgb, "bgr8": rgb[:, :, ::-1], "mono8": rgb[:, :, :1],
+               "rgba8": np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
+               "bgra8": np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 255, np.uint8)])}[encoding]
+    else:
+        arr = np.zeros((height, width, channels), np.uint8)
+    row = width * channels
+    step = row if step is None else step
+    padded = np.zeros((height, max(step, row)), np.uint8)
+    padded[:, :row] = arr.reshape(height, row)
+    data = padded[:, :step].tobytes() if step >= 0 else b""
+    if data_len is not None:
+        data = (data + bytes(max(0, data_len - len(data))))[:data_len]
+    msg = Image(height=height, width=width, encoding=encoding, step=max(step, 0))
+    msg.data = data
+    msg.header.frame_id = frame_id
+    if stamp:
+        msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+    return msg
+
+
+def main() -> None:
+    rclpy.init()
+    client = Client()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(client)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    print(json.dumps({"ok": True, "result": "started"}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        op = request.pop("op")
+        if op == "quit":
+            break
+        try:
+            result = getattr(client, f"op_{op}")(**request)
+            reply = {"ok": True, "result": result}
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(reply), flush=True)
+    executor.shutdown()
+    client.destroy_node()
+    rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
