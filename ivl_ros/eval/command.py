@@ -47,12 +47,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from ivl_ros.eval.caption_eval import evaluate_captions
+    from ivl_ros.eval.coco_data import load_caption_dataset
     from ivl_ros.eval.scoring import require_java
     from ivl_ros.model.engine import VisionLanguageEngine
 
     if args.max_tiles > 40:
         raise OptionError(f"--max-tiles must be in 1..40, got {args.max_tiles}")
-    require_java()  # before the (slow) model load
+    # Bad inputs fail before the (slow) model load; evaluate_captions reads the annotations again (cheap).
+    require_java()
+    load_caption_dataset(args.annotations, args.images, gt=args.gt, limit=args.limit)
     engine = VisionLanguageEngine.load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                                        engines_path=args.engines)
     metrics = evaluate_captions(engine, args.images, args.annotations, args.out, max_tiles=args.max_tiles,

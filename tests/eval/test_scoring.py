@@ -1,0 +1,62 @@
+"""Offline scorer: published nlg-eval numbers, SPICE unavailable without a download, clear input errors."""
+
+from __future__ import annotations
+
+import math
+import urllib.request
+
+import pytest
+
+from ivl_ros.errors import IvlError
+from ivl_ros.eval import scoring
+
+# Maluuba/nlg-eval README "Example" (examples/hyp.txt vs ref1.txt + ref2.txt, raw strings, no PTB tokenisation).
+NLGEVAL_PUBLISHED = {"Bleu_1": 0.550000, "Bleu_2": 0.428174, "Bleu_3": 0.284043, "Bleu_4": 0.201143,
+                     "METEOR": 0.295797, "ROUGE_L": 0.522104, "CIDEr": 1.242192}
+
+
+def _lines(path):
+    return [line.strip() for line in path.read_text().splitlines()]
+
+
+def test_reproduces_published_nlgeval_scores_and_reports_spice_unavailable(nlgeval, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("scoring tried to download something")
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", no_network)
+    hyps = _lines(nlgeval / "hyp.txt")
+    refs = list(zip(_lines(nlgeval / "ref1.txt"), _lines(nlgeval / "ref2.txt"), strict=True))
+    scores = scoring.score_captions({i: list(r) for i, r in enumerate(refs)}, dict(enumerate(hyps)), tokenize=False)
+
+    for name, published in NLGEVAL_PUBLISHED.items():
+        assert scores.metrics[name] == pytest.approx(published, abs=1e-6), name
+    assert set(scores.per_image["CIDEr"]) == {0, 1}
+    assert sum(scores.per_image["CIDEr"].values()) / 2 == pytest.approx(scores.metrics["CIDEr"], abs=1e-9)
+    if not scoring.spice_status().available:  # the normal, offline case
+        assert math.isnan(scores.metrics["SPICE"])
+        assert not scores.spice.available
+        assert "CoreNLP 3.6.0" in scores.spice.reason and "offline" in scores.spice.reason
+        assert scores.to_json()["SPICE"] is None
+
+
+def test_spice_required_but_unavailable_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(scoring, "spice_status", lambda: scoring.SpiceStatus(False, "SPICE needs CoreNLP (test)"))
+    monkeypatch.setattr(scoring, "_meteor_score", lambda gts, res: (0.5, [0.5] * len(gts)))
+    with pytest.raises(IvlError, match="SPICE needs CoreNLP"):
+        scoring.score_captions({1: ["a cat"]}, {1: "a cat"}, tokenize=False, spice=True)
+
+
+def test_empty_predictions_are_a_clear_error():
+    with pytest.raises(IvlError, match="no predictions to score"):
+        scoring.score_captions({1: ["a dog on a couch"]}, {})
+
+
+def test_prediction_without_references_is_named():
+    with pytest.raises(IvlError, match="1 predicted image id.*no reference captions: 7"):
+        scoring.score_captions({1: ["a dog"]}, {1: "a dog", 7: "a cat"})
+
+
+def test_missing_java_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no `java` anywhere on PATH
+    with pytest.raises(IvlError, match=r"needs Java.*`java` was not found on PATH.*default-jre-headless"):
+        scoring.score_captions({1: ["a dog"]}, {1: "a dog"})
