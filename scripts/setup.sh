@@ -54,11 +54,11 @@ for f in requirements/*.txt; do
 done
 "${PIP[@]}" "${REQS[@]}"
 # Lines "# post-install: pip install ..." override pins that break things (e.g. pyrender's PyOpenGL).
-grep -h '^# post-install: pip install ' requirements/*.txt 2>/dev/null | sed 's/^# post-install: pip install //' |
+post_install=$(grep -h '^# post-install: pip install ' requirements/*.txt | sed 's/^# post-install: pip install //' || true)
 while read -r spec; do
     # shellcheck disable=SC2086
-    "${PIP[@]}" $spec
-done
+    [ -n "$spec" ] && "${PIP[@]}" $spec
+done <<< "$post_install"
 "${PIP[@]}" --no-deps -e .
 
 # -- ROS 2 interfaces (ivl_interfaces) ---------------------------------------------------------------
