@@ -153,3 +153,14 @@ def start_camera(domain: int, tmp_path: Path, **kwargs) -> subprocess.Popen:
         args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
     return subprocess.Popen(args, env=ros_env(domain), cwd=REPO, text=True, stdout=subprocess.PIPE,
                             stderr=open(tmp_path / "camera.log", "w"))
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_ckpt):
+    """The same model in the test process, to check the node's answers against ``engine.ask``."""
+    import torch
+
+    from ivl_ros.model.engine import VisionLanguageEngine
+
+    torch.set_num_threads(1)  # as the node processes (OMP_NUM_THREADS=1): identical float reductions
+    return VisionLanguageEngine.load(tiny_ckpt)

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
+from common import make_frame  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
@@ -29,7 +30,6 @@ from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
-from common import make_frame  # noqa: E402
 from ivl_interfaces.action import Describe  # noqa: E402
 from ivl_interfaces.msg import Caption  # noqa: E402
 from ivl_interfaces.srv import Ask  # noqa: E402

@@ -1,0 +1,162 @@
+"""One captioner process, a camera process and a client process over DDS: captions, Ask, Describe,
+bad inputs, concurrency and runtime parameters."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import start_camera
+from procs.common import make_frame
+
+from ivl_ros.model.generation import CAPTION_SETTINGS, GenerationSettings
+
+CAM, CAM2, SILENT = "/camera/image_raw", "/cam2/image_raw", "/cam3/image_raw"
+MAX_TILES, MAX_NEW = 2, 16
+QUESTION = "What is in front of the robot?"
+
+
+@pytest.fixture(scope="module")
+def node(start_node, client, tiny_ckpt):
+    proc = start_node(model_path=str(tiny_ckpt), image_topics=[CAM, CAM2, SILENT], caption_rate_hz=5.0,
+                      max_tiles=MAX_TILES, max_new_tokens=MAX_NEW, max_pixels=100_000, max_question_tokens=64)
+    diag = client.call("wait_ready")
+    assert diag["model"]["model_loaded"] == "true", proc.log()
+    return proc
+
+
+def expected_answer(engine, seed, question=QUESTION, **kw):
+    return engine.ask(make_frame(seed, **kw), question, max_tiles=MAX_TILES,
+                      settings=GenerationSettings(max_new_tokens=MAX_NEW)).answer
+
+
+def test_startup_line_names_the_model(node, tiny_ckpt):
+    assert f"ivl_captioner: model {tiny_ckpt}" in node.log()
+    assert f"model {tiny_ckpt.name} loaded" in node.log()
+
+
+def test_ask_before_any_frame_says_so(node, client):
+    reply = client.call("ask", question=QUESTION, camera=SILENT)
+    assert not reply["success"]
+    assert f"no frame received yet on {SILENT}" in reply["message"]
+
+
+def test_captions_carry_the_frame_headers(node, client, domain, logs):
+    client.call("captions")
+    camera = start_camera(domain, logs, rate=10, duration=2.5, record=True)
+    client.call("publish_image", topic=CAM2, seed=1, frame_id="cam2-frame", stamp=[7, 8])
+    out, _ = camera.communicate(timeout=30)
+    published = json.loads(out.strip().splitlines()[-1])
+    captions = _wait_captions(client, lambda got: any(c["camera"] == CAM2 for c in got))
+    main = [c for c in captions if c["camera"] == CAM]
+    assert len(main) >= 3, (client.call("diagnostics"), node.log())
+    for cap in main:
+        assert published["stamps"][cap["frame_id"].removeprefix("seq=")] == cap["stamp"]
+        assert cap["text"] and cap["tiles"] >= 1 and cap["latency_ms"] > 0 and cap["model_id"] == "tiny_internvl2"
+    second = [c for c in captions if c["camera"] == CAM2]
+    assert [(c["frame_id"], c["stamp"]) for c in second] == [("cam2-frame", [7, 8])]
+
+
+def test_ask_answers_like_the_engine(node, client, engine):
+    stamp = client.call("publish_image", topic=CAM2, seed=3, stamp=[11, 12])["stamp"]
+    client.call("captions")  # make sure the frame arrived: wait for its caption
+    reply = client.call("ask", question=QUESTION, camera=CAM2)
+    assert reply["success"], reply
+    assert reply["answer"] == expected_answer(engine, 3)
+    assert reply["image_stamp"] == stamp and reply["latency_ms"] > 0
+    supplied = client.call("ask", question=QUESTION, image={"seed": 5, "encoding": "bgr8", "stamp": [21, 22]})
+    assert supplied["success"] and supplied["answer"] == expected_answer(engine, 5)
+    assert supplied["image_stamp"] == [21, 22]
+
+
+def test_describe_streams_feedback_before_the_result(node, client, engine):
+    result = client.call("describe", question=QUESTION, image={"seed": 6, "encoding": "rgba8"})
+    assert result["accepted"] and result["success"], result
+    assert result["answer"] == expected_answer(engine, 6)
+    feedback = result["feedback"]
+    assert len(feedback) >= 2
+    assert feedback[0]["t"] < result["result_t"]
+    assert [f["tokens"] for f in feedback] == sorted(f["tokens"] for f in feedback)
+    assert feedback[-1]["text"] == result["answer"]
+
+
+def test_concurrent_asks_all_answered(node, client, engine):
+    replies = client.call("ask_many", questions=[QUESTION] * 6)
+    want = client.call("ask", question=QUESTION)  # default camera: the latest camera-process frame
+    assert want["success"]
+    assert all(r["success"] and r["answer"] == want["answer"] for r in replies), replies
+
+
+BAD_FRAMES = [
+    ({"data_len": 100}, "expected step*height"),
+    ({"step": 10}, "is less than width*channels"),
+    ({"encoding": "yuv422"}, "'yuv422' is not supported"),
+    ({"encoding": ""}, "encoding is empty"),
+    ({"width": 0, "height": 0}, "zero size"),
+    ({"width": 400, "height": 300}, "over max_pixels=100000"),
+    ({"encoding": "32FC1"}, "a depth image on a colour topic?"),
+]
+
+
+def test_bad_frames_and_requests_never_kill_the_node(node, client, engine):
+    for fields, _ in BAD_FRAMES:
+        client.call("publish_image", topic=CAM2, **fields)
+    bad_requests = [
+        ({"question": ""}, "the question is empty"),
+        ({"question": "   \n"}, "the question is empty"),
+        ({"question": "robot chair table " * 60}, "tokens; the limit is max_question_tokens=64"),
+        ({"question": "x" * 1_000_000}, "characters; the limit is max_question_tokens=64"),
+        ({"question": QUESTION, "camera": "/nope"}, "is not one of image_topics"),
+        ({"question": QUESTION, "max_new_tokens": -1}, "max_new_tokens must be"),
+        ({"question": QUESTION, "max_new_tokens": 10**6}, "max_new_tokens must be"),
+        ({"question": QUESTION, "image": {"data_len": 5}}, "the supplied image is unusable"),
+        ({"question": QUESTION, "image": {"encoding": "16UC1"}}, "not supported"),
+    ]
+    for request, message in bad_requests:
+        reply = client.call("ask", **request)
+        assert not reply["success"] and message in reply["message"], (request, reply)
+    bad_goal = client.call("describe", question="")
+    assert not bad_goal["success"] and "the question is empty" in bad_goal["message"]
+    for _, message in BAD_FRAMES:
+        node.wait_log(message, timeout=5)
+    assert node.popen.poll() is None
+    good = client.call("ask", question=QUESTION, image={"seed": 8})
+    assert good["success"] and good["answer"] == expected_answer(engine, 8)
+    diag = client.call("diagnostics")
+    assert int(diag[CAM2]["rejected"]) >= len(BAD_FRAMES)
+
+
+def test_parameters_change_at_run_time(node, client, engine):
+    prompt = "Describe the room."
+    assert all(r["successful"] for r in client.call("set_params", values={"prompt": prompt, "max_tiles": 1}))
+    client.call("captions")
+    client.call("publish_image", topic=CAM2, seed=9, width=128, frame_id="p")
+    caps = [c for c in _wait_captions(client, lambda got: any(c["camera"] == CAM2 for c in got)) if c["camera"] == CAM2]
+    want = engine.caption(make_frame(9, width=128), max_tiles=1, prompt=prompt,
+                          settings=CAPTION_SETTINGS.with_(max_new_tokens=MAX_NEW))
+    assert caps and caps[-1]["text"] == want.answer and caps[-1]["tiles"] == want.num_tiles
+    refused = client.call("set_params", values={"model_path": "/elsewhere"})
+    assert not refused[0]["successful"]
+    assert client.call("set_params", values={"caption_rate_hz": 0.0})[0]["successful"]
+    client.call("captions")
+    client.call("publish_image", topic=CAM2, seed=10, count=3)
+    time.sleep(1.0)
+    assert client.call("captions") == []
+    client.call("set_params", values={"caption_rate_hz": 5.0, "prompt": "", "max_tiles": MAX_TILES})
+
+
+def test_diagnostics_report_health(node, client):
+    diag = client.call("diagnostics")
+    model = diag["model"]
+    assert model["level"] == 0 and model["backend"] == "torch" and model["model_id"] == "tiny_internvl2"
+    assert float(model["last_latency_ms"]) > 0 and int(model["frames_dropped"]) >= 0
+    assert diag[SILENT]["message"] == "no frame received yet"
+
+
+def _wait_captions(client, done, timeout=15.0):
+    end, got = time.monotonic() + timeout, []
+    while time.monotonic() < end and not done(got):
+        got += client.call("captions")
+        time.sleep(0.1)
+    return got
