@@ -149,11 +149,12 @@ def score_captions(references: Mapping[Hashable, Sequence[str]], predictions: Ma
 
     ids = list(predictions)
     if tokenize:
-        tok_gts = _ptb_tokenize({k: list(references[k]) for k in ids})
-        tok_res = _ptb_tokenize({k: [predictions[k]] for k in ids})
-        # The scorers return per-image lists in their dict's key order: keep it equal to ``ids``.
-        gts = {k: tok_gts[k] for k in ids}
-        res = {k: tok_res[k] for k in ids}
+        # One tokenizer JVM for references and predictions together (it works line by line, so this equals
+        # COCOEvalCap's two calls). The scorers return per-image lists in key order: keep it equal to ``ids``.
+        tok = _ptb_tokenize({**{("ref", k): list(references[k]) for k in ids},
+                             **{("hyp", k): [predictions[k]] for k in ids}})
+        gts = {k: tok[("ref", k)] for k in ids}
+        res = {k: tok[("hyp", k)] for k in ids}
     else:
         gts = {k: [_clean(r) for r in references[k]] for k in ids}
         res = {k: [_clean(predictions[k])] for k in ids}

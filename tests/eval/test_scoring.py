@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import urllib.request
 
@@ -60,3 +61,45 @@ def test_missing_java_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no `java` anywhere on PATH
     with pytest.raises(IvlError, match=r"needs Java.*`java` was not found on PATH.*default-jre-headless"):
         scoring.score_captions({1: ["a dog"]}, {1: "a dog"})
+
+
+def test_matches_pycocoevalcap_cocoevalcap_on_1000_real_captions(coco_sample, tmp_path, monkeypatch):
+    """Our scorer list + PTB path gives exactly what COCO() / loadRes() / COCOEvalCap.evaluate() give
+    (SPICE stubbed there, since it cannot run offline): 1000 model captions vs 1 human caption each.
+    COCOEvalCap's METEOR talks to our shared METEOR process (same jar and protocol) to save a JVM start (~8 s)."""
+    from pycocoevalcap import eval as coco_eval_module
+    from pycocoevalcap.eval import COCOEvalCap
+    from pycocotools.coco import COCO
+
+    class NoSpice:
+        def compute_score(self, gts, res):
+            return math.nan, [math.nan] * len(gts)
+
+        def method(self):
+            return "SPICE"
+
+    class SharedMeteor:
+        def compute_score(self, gts, res):
+            return scoring._meteor_score(gts, res)
+
+        def method(self):
+            return "METEOR"
+
+    monkeypatch.setattr(coco_eval_module, "Spice", NoSpice)
+    monkeypatch.setattr(coco_eval_module, "Meteor", SharedMeteor)
+    human = json.loads((coco_sample / "cocoapi_captions_val2014_fakecap_results.json").read_text())
+    model = json.loads((coco_sample / "coco-caption_captions_val2014_fakecap_results.json").read_text())
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps({"images": [{"id": r["image_id"]} for r in human],
+                                   "annotations": [{**r, "id": i} for i, r in enumerate(human)]}))
+    coco = COCO(str(gt_file))
+    ev = COCOEvalCap(coco, coco.loadRes(str(coco_sample / "coco-caption_captions_val2014_fakecap_results.json")))
+    ev.evaluate()
+
+    refs = {r["image_id"]: [r["caption"]] for r in human}
+    ours = scoring.score_captions(refs, {r["image_id"]: r["caption"] for r in model}, tokenize=True)
+    assert ours.num_images == 1000
+    for name in scoring.METRICS:
+        assert ours.metrics[name] == pytest.approx(ev.eval[name], abs=1e-9), name
+    for image_id in (184321, model[-1]["image_id"]):
+        assert ours.per_image["CIDEr"][image_id] == pytest.approx(ev.imgToEval[image_id]["CIDEr"], abs=1e-9)
