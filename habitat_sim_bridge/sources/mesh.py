@@ -114,7 +114,8 @@ class MeshSource(FrameSource):
         self.scene.add(key, pose=_look_down(np.radians(55), np.radians(30)))
         fill = pyrender.DirectionalLight(color=[0.9, 0.95, 1.0], intensity=1.0)
         self.scene.add(fill, pose=_look_down(np.radians(35), np.radians(210)))
-        self._headlight = self.scene.add(pyrender.PointLight(intensity=3.0)) if headlight else None
+        # a directional "headlight" along the view: unlike a point light it cannot blow out a wall right in front
+        self._headlight = self.scene.add(pyrender.DirectionalLight(intensity=1.2)) if headlight else None
         self._renderer = pyrender.OffscreenRenderer(width, height)
 
     def _load_navgrid(self) -> NavGrid | None:

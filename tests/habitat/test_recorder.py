@@ -1,0 +1,106 @@
+"""Recorder: upstream InternVL jsonl + meta, COCO held-out split on different scenes, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from habitat_sim_bridge.episodes import load_episodes
+from habitat_sim_bridge.recorder import RecordConfig, record
+
+
+def _run(out: Path, seed: int = 5) -> dict:
+    cfg = RecordConfig(out=str(out), num_episodes=3, frames_per_episode=3, seed=seed, heldout_episodes=2,
+                       episodes_per_scene=2, width=128, height=96, progress=False)
+    return record(cfg)
+
+
+@pytest.fixture(scope="module")
+def recorded(needs_osmesa, tmp_path_factory):
+    base = tmp_path_factory.mktemp("rec")
+    return base, _run(base / "a"), _run(base / "b")
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".png", ".jsonl", ".gz")}
+
+
+def test_same_seed_same_bytes(recorded):
+    base, _, _ = recorded
+    a, b = _digest(base / "a"), _digest(base / "b")
+    assert a == b and len(a) > 10
+
+
+def test_meta_and_jsonl_follow_upstream_format(recorded):
+    base, paths, _ = recorded
+    meta = json.loads(paths["train_meta"].read_text())
+    assert set(meta) == {"habitat_caption", "habitat_objnav_qa", "habitat_trajectory"}
+    for name, entry in meta.items():
+        assert set(entry) == {"root", "annotation", "data_augment", "repeat_time", "length"}
+        assert entry["data_augment"] is False and entry["repeat_time"] == 1
+        rows = [json.loads(line) for line in Path(entry["annotation"]).read_text().splitlines()]
+        assert len(rows) == entry["length"] > 0
+        for row in rows:
+            assert set(row) == {"id", "image", "conversations"}
+            human, gpt = row["conversations"]
+            assert human["from"] == "human" and gpt["from"] == "gpt" and gpt["value"].strip()
+            images = row["image"] if isinstance(row["image"], list) else [row["image"]]
+            for rel in images:
+                assert not Path(rel).is_absolute() and (Path(entry["root"]) / rel).is_file()
+            if isinstance(row["image"], list):
+                assert human["value"].startswith("".join(f"Image-{i + 1}: <image>\n" for i in range(len(images))))
+            else:
+                assert human["value"].startswith("<image>\n")
+            assert human["value"].count("<image>") == len(images)
+    ids = [json.loads(line)["id"] for e in meta.values() for line in Path(e["annotation"]).read_text().splitlines()]
+    assert len(ids) == len(set(ids))
+
+
+def test_captions_agree_with_ground_truth(recorded):
+    base, _, _ = recorded
+    frames = {json.loads(line)["image"]: json.loads(line) for line in (base / "a" / "frames_train.jsonl").open()}
+    rows = [json.loads(line) for line in (base / "a" / "annotations" / "train_caption.jsonl").open()]
+    words = {"chair": "chair", "sofa": "sofa", "table": "table", "bed": "bed", "plant": "plant", "tv": "TV",
+             "cabinet": "cabinet", "lamp": "lamp", "bookshelf": "bookshel"}
+    for row in rows:
+        text = row["conversations"][1]["value"]
+        visible = {v["category"] for v in frames[row["image"]]["visible"]}
+        for cat, word in words.items():
+            if re.search(rf"\b{word}", text):
+                assert cat in visible, (text, visible)  # never mentions what is not in view
+        if not visible:
+            assert "No furniture" in text or "wall" in text or "floor" in text or "carpet" in text
+
+
+def test_heldout_split_uses_other_scenes_and_coco(recorded):
+    base, paths, _ = recorded
+    root = base / "a"
+    train = load_episodes(root / "episodes/objectnav/train/train.json.gz")
+    held = load_episodes(root / "episodes/objectnav/heldout/heldout.json.gz", scenes_dir=str(root / "scene_datasets"))
+    assert not set(train.scene_ids) & set(held.scene_ids)
+    assert all(Path(s).is_file() for s in held.scene_ids)
+    coco = json.loads(paths["heldout_coco"].read_text())
+    assert {"images", "annotations"} <= set(coco)
+    ids = {im["id"] for im in coco["images"]}
+    assert len(ids) == len(coco["images"]) == 2 * 3
+    per_image = {i: 0 for i in ids}
+    for ann in coco["annotations"]:
+        assert set(ann) >= {"id", "image_id", "caption"} and ann["image_id"] in ids
+        per_image[ann["image_id"]] += 1
+    assert min(per_image.values()) >= 1 and sum(per_image.values()) > len(ids)  # several references where possible
+    for im in coco["images"]:
+        assert (root / "images" / im["file_name"]).is_file() and im["file_name"].startswith("heldout/")
+    held_meta = json.loads(paths["heldout_meta"].read_text())
+    assert all(k.startswith("habitat_heldout_") for k in held_meta)
+
+
+def test_cli_rejects_bad_budget(tmp_path, capsys):
+    from habitat_sim_bridge.record import main
+
+    assert main(["--out", str(tmp_path), "--num-episodes", "0", "--no-progress"]) == 2
+    assert "--num-episodes" in capsys.readouterr().err
