@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import rclpy
@@ -150,6 +151,8 @@ class CaptionNode(Node):
         if not model_path:
             raise IvlError("parameter model_path is empty; set it to an InternVL2 checkpoint directory "
                            "(model_path:=DIR)")
+        if not Path(model_path).exists():  # said before the slow torch import
+            raise IvlError(f"model_path {model_path} does not exist")
         from ivl_ros.model.engine import VisionLanguageEngine  # deferred: torch import takes seconds
 
         engine = VisionLanguageEngine.load(model_path, backend=self.p("backend"), device=self.p("device"),

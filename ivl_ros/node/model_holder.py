@@ -32,9 +32,13 @@ class DelayedEngine:
 
         def slowed(*args: Any, **kwargs: Any) -> Any:
             seconds = self._delay()
-            if seconds > 0:
-                time.sleep(seconds)
-            return attr(*args, **kwargs)
+            if seconds <= 0:
+                return attr(*args, **kwargs)
+            time.sleep(seconds)
+            result = attr(*args, **kwargs)
+            for answer in result if isinstance(result, list) else [result]:
+                answer.latency_ms += seconds * 1000.0  # the simulated model time is model time
+            return result
 
         return slowed
 

@@ -124,7 +124,7 @@ class Client(Node):
         resp = wait_future(self.ask_client.call_async(req), timeout)
         return {"answer": resp.answer, "success": resp.success, "message": resp.message,
                 "latency_ms": resp.latency_ms, "image_stamp": [resp.image_stamp.sec, resp.image_stamp.nanosec],
-                "elapsed_s": time.monotonic() - start}
+                "elapsed_s": time.monotonic() - start, "t0": start}
 
     def op_ask_many(self, questions: list[str], timeout: float = 60.0) -> list[dict]:
         start = time.monotonic()

@@ -1,0 +1,36 @@
+"""A model that fails to load: the node stays up, says why on /diagnostics and in every response."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def node(start_node, client, tmp_path_factory):
+    missing = tmp_path_factory.mktemp("nomodel") / "no_such_checkpoint"
+    proc = start_node(model_path=str(missing))
+    client.call("wait_ready", need_model=False)
+    proc.wait_log("model failed to load")
+    return proc
+
+
+def test_failed_model_is_reported_everywhere(node, client):
+    client.call("publish_image", topic="/camera/image_raw", seed=1)
+    diag = {}
+    import time
+
+    end = time.monotonic() + 10
+    while time.monotonic() < end and diag.get("model", {}).get("level") != 2:
+        diag = client.call("diagnostics")
+        time.sleep(0.2)
+    model = diag["model"]
+    assert model["level"] == 2 and model["model_loaded"] == "false"
+    assert "no_such_checkpoint" in model["load_error"]
+    for _ in range(2):
+        reply = client.call("ask", question="What is here?")
+        assert not reply["success"] and reply["message"].startswith("the model failed to load:")
+        assert "no_such_checkpoint" in reply["message"]
+    goal = client.call("describe", question="What is here?")
+    assert not goal["success"] and goal["message"].startswith("the model failed to load:")
+    assert node.popen.poll() is None
+
