@@ -1,0 +1,1 @@
+"""Export InternVL2 to ONNX / TensorRT engines (``python export/build_engines.py``)."""

@@ -1,0 +1,55 @@
+"""Loading the ``onnx`` / ``trt`` backends from an engines directory written by export/build_engines.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ivl_ros.model.backends.engines import (
+    STAGE_DECODER,
+    STAGE_EMBEDDING,
+    STAGE_QUANTIZE,
+    STAGE_TENSORRT,
+    STAGE_VISION,
+    EngineError,
+    check_source,
+    read_manifest,
+    stage_file,
+    tile_range,
+)
+from ivl_ros.model.backends.onnx_backend import ExportedBackend, OrtDecoder, OrtVision, ort_providers
+from ivl_ros.model.spec import ModelSpec, load_spec
+from ivl_ros.model.tokenizer import InternLM2Tokenizer
+
+
+def decoder_path(manifest: dict, engines_dir: Path) -> Path:
+    """The quantised decoder when the build made one (its --llm-quant), else the float one."""
+    if manifest.get("decoder", {}).get("runtime_stage") == STAGE_QUANTIZE:
+        return stage_file(manifest, engines_dir, STAGE_QUANTIZE)
+    return stage_file(manifest, engines_dir, STAGE_DECODER)
+
+
+def load_exported_backend(backend: str, model_path: str | Path, engines_path: str | Path | None,
+                          device: str = "cpu") -> tuple[ExportedBackend, InternLM2Tokenizer, ModelSpec]:
+    if engines_path is None:
+        raise EngineError(f"backend {backend!r} needs an engines directory (--engines DIR / engines_path), built "
+                          "with `python export/build_engines.py --model DIR --out DIR`")
+    model_path, engines_dir = Path(model_path), Path(engines_path)
+    _, spec, tokenizer = load_spec(model_path)
+    manifest = read_manifest(engines_dir)
+    check_source(manifest, model_path, engines_dir)
+    low, high = tile_range(manifest)
+    providers = ort_providers(device)
+    if backend == "onnx":
+        vision = OrtVision(stage_file(manifest, engines_dir, STAGE_VISION), providers, high, device)
+    elif backend == "trt":
+        from ivl_ros.model.backends.trt_vision import TrtVision
+
+        engine = stage_file(manifest, engines_dir, STAGE_TENSORRT)
+        vision = TrtVision(engine, manifest["stages"][STAGE_TENSORRT], high, device)
+    else:
+        raise EngineError(f"backend {backend!r} does not use exported engines")
+    decoder = OrtDecoder(decoder_path(manifest, engines_dir), providers, device)
+    embedding = np.load(stage_file(manifest, engines_dir, STAGE_EMBEDDING), mmap_mode="r")
+    return ExportedBackend(backend, spec, vision, decoder, embedding, (low, high)), tokenizer, spec
