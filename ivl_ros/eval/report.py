@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from pathlib import Path
 
 from PIL import Image
@@ -38,6 +39,11 @@ def make_thumbnail(src: Path, dst: Path, size: int = THUMB_SIZE) -> bool:
         return False
 
 
+def _text(value: str) -> str:
+    # A random or broken model can emit control characters, which are not allowed in HTML text.
+    return html.escape(re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "\ufffd", value))
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
@@ -64,10 +70,10 @@ def write_report(out_dir: Path, dataset: CaptionDataset, records: list[dict], sc
         thumb = Path("thumbs") / f"{image_id}.jpg"
         ok = make_thumbnail(paths[image_id], out_dir / thumb)
         img = f'<img src="{thumb.as_posix()}" alt="{image_id}">' if ok else "<p>(image unreadable)</p>"
-        refs = "".join(f"<li>{esc(r)}</li>" for r in dataset.references[image_id])
+        refs = "".join(f"<li>{_text(r)}</li>" for r in dataset.references[image_id])
         cards.append(f'<div class="card">{img}<span class="score">CIDEr {_fmt(cider.get(image_id))}</span>'
                      f'<div>{esc(rec.get("file", str(image_id)))}</div>'
-                     f'<div class="pred">{esc(rec["caption"])}</div><ol class="refs">{refs}</ol></div>')
+                     f'<div class="pred">{_text(rec["caption"])}</div><ol class="refs">{refs}</ol></div>')
 
     page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Caption evaluation: "
             f"{esc(str(metrics.get('model_id')))}</title><style>{_STYLE}</style></head><body>\n"

@@ -108,7 +108,11 @@ def _ptb_tokenize(captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, 
 
     # A blank caption at the end of the tokenizer's input file would be dropped; "." tokenizes to "" anyway.
     data = {k: [{"caption": _clean(c) or "."} for c in caps] for k, caps in captions.items()}
-    out = PTBTokenizer().tokenize(data)
+    try:
+        out = PTBTokenizer().tokenize(data)
+    except OSError as exc:  # it writes its input file next to its jar, inside the installed package
+        raise IvlError(f"the PTB tokenizer (pycocoevalcap, Java) could not run: {exc}; pycocoevalcap's "
+                       "tokenizer folder must be writable") from None
     if set(out) != set(data) or any(len(out[k]) != len(data[k]) for k in data):
         raise IvlError("the PTB tokenizer returned a different number of captions than it was given")
     return out

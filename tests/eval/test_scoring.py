@@ -103,3 +103,32 @@ def test_matches_pycocoevalcap_cocoevalcap_on_1000_real_captions(coco_sample, tm
         assert ours.metrics[name] == pytest.approx(ev.eval[name], abs=1e-9), name
     for image_id in (184321, model[-1]["image_id"]):
         assert ours.per_image["CIDEr"][image_id] == pytest.approx(ev.imgToEval[image_id]["CIDEr"], abs=1e-9)
+
+
+def _fake_spice(monkeypatch, result):
+    from pycocoevalcap.spice import spice as spice_module
+
+    class FakeSpice:
+        def compute_score(self, gts, res):
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+    monkeypatch.setattr(scoring, "spice_status", lambda: scoring.SpiceStatus(True))
+    monkeypatch.setattr(spice_module, "Spice", FakeSpice)
+    monkeypatch.setattr(scoring, "_meteor_score", lambda gts, res: (0.5, [0.5] * len(gts)))  # no JVM needed here
+
+
+def test_spice_is_computed_when_its_jars_are_present(monkeypatch):
+    # SPICE returns per-image scores in sorted image-id order, whatever order they were given in.
+    _fake_spice(monkeypatch, (0.25, [{"All": {"f": 0.1}}, {"All": {"f": 0.4}}]))
+    scores = scoring.score_captions({2: ["a dog"], 1: ["a cat"]}, {2: "a dog", 1: "a cat"}, tokenize=False)
+    assert scores.spice.available and scores.metrics["SPICE"] == 0.25
+    assert scores.per_image["SPICE"] == {1: 0.1, 2: 0.4}
+
+
+def test_spice_failure_keeps_the_other_metrics(monkeypatch):
+    _fake_spice(monkeypatch, RuntimeError("lmdbjni needs Java 8"))
+    scores = scoring.score_captions({1: ["a cat"]}, {1: "a cat"}, tokenize=False)
+    assert math.isnan(scores.metrics["SPICE"]) and "lmdbjni needs Java 8" in scores.spice.reason
+    assert scores.metrics["Bleu_1"] == pytest.approx(1.0)
