@@ -1,0 +1,89 @@
+"""The bridge node in its own process, received by a separate rclpy subscriber process."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LISTEN = Path(__file__).parent / "procs" / "listen.py"
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update({
+        "ROS_DOMAIN_ID": str(random.randint(50, 99)),  # parallel test runs must not hear each other
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
+        "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    })
+    return env
+
+
+def _run(tmp_path: Path, params: list[str], expected: int, timeout: float = 40.0) -> dict:
+    pytest.importorskip("rclpy", reason="ROS 2 wheels (requirements/ros.txt) are not installed")
+    env = _env()
+    out = tmp_path / "got.json"
+    listener = subprocess.Popen([sys.executable, str(LISTEN), str(out), str(expected), str(timeout)], env=env,
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [sys.executable, "-m", "habitat_sim_bridge.node", "--ros-args", "-p", "wait_for_subscribers:=1",
+            "-p", "exit_when_done:=true", "-p", "loop:=false", "-p", "rate:=30.0"]
+    for p in params:
+        args += ["-p", p]
+    node = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        node_out, _ = node.communicate(timeout=timeout + 10)
+        listen_out, _ = listener.communicate(timeout=timeout + 10)
+    finally:
+        for proc in (node, listener):
+            if proc.poll() is None:
+                proc.kill()
+    assert node.returncode == 0, node_out
+    assert listener.returncode == 0, listen_out
+    return json.loads(out.read_text())
+
+
+def _check_common(got: dict, n: int) -> None:
+    assert len(got["rgb"]) == n and len(got["info"]) == n and len(got["odom"]) == n
+    for key in ("rgb", "info"):
+        assert {m["frame_id"] for m in got[key]} == {"camera_optical_frame"}
+    assert {m["frame_id"] for m in got["odom"]} == {"map"}
+    for key in ("rgb", "info", "odom", "depth"):
+        stamps = [m["stamp"] for m in got[key]]
+        assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False)), key  # strictly increasing
+    # every topic of one tick carries the same stamp
+    assert [m["stamp"] for m in got["rgb"]] == [m["stamp"] for m in got["info"]] == [m["stamp"] for m in got["odom"]]
+    for m in got["rgb"]:
+        assert m["encoding"] == "rgb8" and m["step"] == m["w"] * 3 and m["bytes"] == m["h"] * m["step"]
+
+
+def test_real_trajectory_replays_through_node(tmp_path, shared_habitat):
+    traj = json.loads((shared_habitat / "habitat-sim_trajectory_data.json").read_text())
+    n = len(traj["positions"])
+    got = _run(tmp_path, ["source:=trajectory", f"trajectory:={shared_habitat / 'habitat-sim_trajectory_data.json'}",
+                          f"images:=['{shared_habitat / 'van-gogh-room.color.png'}']"], expected=n)
+    _check_common(got, n)
+    assert got["depth"] == []  # recorded stills have no depth; nothing fake is published
+    assert {(m["w"], m["h"]) for m in got["rgb"]} == {(320, 240)}
+    assert got["info"][0]["k"][0] == pytest.approx(160.0)  # hfov 90 at 320 px
+    assert got["odom"][0]["type"] in ("Odometry", "PoseStamped")
+    if got["odom"][0]["type"] == "Odometry":
+        assert {m["child"] for m in got["odom"]} == {"base_link"}
+    # Habitat (x, y, z) -> ROS map (-z, -x, y), for every step of the real trajectory
+    for m, p in zip(got["odom"], traj["positions"], strict=True):
+        assert m["xyz"] == pytest.approx([-p[2], -p[0], p[1]], abs=1e-5)
+
+
+def test_procedural_scene_publishes_depth(tmp_path, needs_osmesa):
+    got = _run(tmp_path, ["source:=procedural", "seed:=4", "max_frames:=6", "width:=96", "height:=72"], expected=6)
+    _check_common(got, 6)
+    assert len(got["depth"]) == 6
+    for m in got["depth"]:
+        assert m["encoding"] == "32FC1" and m["step"] == 96 * 4 and m["bytes"] == 72 * 96 * 4
+        assert 0.1 < m["depth_max"] < 12.0  # metres inside a room
