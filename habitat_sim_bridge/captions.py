@@ -13,8 +13,17 @@ from habitat_sim_bridge.furniture import CATEGORIES
 from habitat_sim_bridge.sources.base import Frame
 
 STRUCTURE = {"floor", "ceiling", "wall"}
-NAMES = {"chair": "chair", "sofa": "sofa", "table": "table", "bed": "bed", "plant": "potted plant", "tv": "TV",
-         "cabinet": "cabinet", "lamp": "floor lamp", "bookshelf": "bookshelf"}
+NAMES = {
+    "chair": "chair",
+    "sofa": "sofa",
+    "table": "table",
+    "bed": "bed",
+    "plant": "potted plant",
+    "tv": "TV",
+    "cabinet": "cabinet",
+    "lamp": "floor lamp",
+    "bookshelf": "bookshelf",
+}
 PLURALS = {"bookshelf": "bookshelves", "plant": "potted plants", "lamp": "floor lamps", "tv": "TVs"}
 NUMBERS = ["no", "one", "two", "three", "four", "five", "six"]
 MIN_FRACTION = 0.008  # smaller slivers are not reliably recognisable, so they are not mentioned
@@ -90,10 +99,16 @@ def describe(seen: Seen, article: bool = True) -> str:
     return _article(text) if article else text
 
 
-SIDE_WORDS = {"left": ["on the left", "to the left"], "right": ["on the right", "to the right"],
-              "center": ["in front", "straight ahead", "in the middle"]}
-RANGE_WORDS = {"near": ["close to the robot", "nearby", "close by"],
-               "far": ["in the distance", "far away", "at the far end of the room"], "mid": [""]}
+SIDE_WORDS = {
+    "left": ["on the left", "to the left"],
+    "right": ["on the right", "to the right"],
+    "center": ["in front", "straight ahead", "in the middle"],
+}
+RANGE_WORDS = {
+    "near": ["close to the robot", "nearby", "close by"],
+    "far": ["in the distance", "far away", "at the far end of the room"],
+    "mid": [""],
+}
 
 
 def where(seen: Seen, rng: np.random.Generator, with_range: bool = True) -> str:
@@ -242,8 +257,11 @@ def objectnav_qa(frame: Frame, rng: np.random.Generator, categories: Sequence[st
         a = _cap(where(hits[0], rng)) + "."
     else:
         q = f"I am looking for {_article(name)}. Should I search here?"
-        a = (f"Yes, {describe(hits[0])} is {where(hits[0], rng, with_range=True)}." if hits
-             else f"No, I cannot see {_article(name)} here; look elsewhere.")
+        a = (
+            f"Yes, {describe(hits[0])} is {where(hits[0], rng, with_range=True)}."
+            if hits
+            else f"No, I cannot see {_article(name)} here; look elsewhere."
+        )
     return q, a
 
 
@@ -261,8 +279,10 @@ def trajectory_qa(frames: Sequence[Frame], goal: str, rng: np.random.Generator) 
         else:
             a = f"The {name} is visible in {join(hits)}."
         return q, a
-    q = ["These are views from a robot moving through a room. What did it see along the way?",
-         "Describe the objects the robot passed, in order."][int(rng.integers(2))]
+    q = [
+        "These are views from a robot moving through a room. What did it see along the way?",
+        "Describe the objects the robot passed, in order.",
+    ][int(rng.integers(2))]
     order: list[Seen] = []
     seen_ids: set[int] = set()
     for seen in seen_per:

@@ -49,7 +49,9 @@ def make_sheet(out: str | Path, seed: int = 0, rows: int = 4, cols: int = 4) -> 
         ax.imshow(img)
         ax.set_axis_off()
         ax.set_title("\n".join(textwrap.wrap(text, 40)), fontsize=7.5, loc="left")
-    fig.suptitle("habitat_sim_bridge: procedural scenes rendered on CPU (OSMesa) with ground-truth captions", fontsize=10)
+    fig.suptitle(
+        "habitat_sim_bridge: procedural scenes rendered on CPU (OSMesa) with ground-truth captions", fontsize=10
+    )
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

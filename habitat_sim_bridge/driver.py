@@ -26,9 +26,15 @@ class Pose:
 class Driver:
     """Yields one pose per tick from a list of episode paths; applies actions or cmd_vel when allowed."""
 
-    def __init__(self, paths: Sequence[Sequence[tuple[Sequence[float], Sequence[float]]]], loop: bool = False,
-                 can_move: bool = True, forward_step: float = 0.25, turn_deg: float = 10.0,
-                 is_navigable=None):
+    def __init__(
+        self,
+        paths: Sequence[Sequence[tuple[Sequence[float], Sequence[float]]]],
+        loop: bool = False,
+        can_move: bool = True,
+        forward_step: float = 0.25,
+        turn_deg: float = 10.0,
+        is_navigable=None,
+    ):
         self.paths = [list(p) for p in paths if p]
         self.loop = loop
         self.can_move = can_move
@@ -96,4 +102,3 @@ class Driver:
         self.manual = True
         self.twist = (float(linear_x), float(angular_z))
         return True
-

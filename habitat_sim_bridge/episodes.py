@@ -110,9 +110,7 @@ class EpisodeDataset:
     episodes: list[NavigationEpisode] = field(default_factory=list)
     content_scenes_path: str | None = None
     category_to_task_category_id: dict[str, int] = field(default_factory=dict)
-    category_to_scene_annotation_category_id: dict[str, int] = field(
-        default_factory=dict
-    )
+    category_to_scene_annotation_category_id: dict[str, int] = field(default_factory=dict)
     goals_by_category: dict[str, list[ObjectGoal]] = field(default_factory=dict)
     instruction_vocab: dict | None = None
 
@@ -139,9 +137,7 @@ class _Checker:
 
     def fail(self, where: str, expected: str, got: Any) -> EpisodeFormatError:
         shown = json.dumps(got)[:60] if _jsonable(got) else type(got).__name__
-        return EpisodeFormatError(
-            f"{self.source}: field '{where}' must be {expected}, got {shown}"
-        )
+        return EpisodeFormatError(f"{self.source}: field '{where}' must be {expected}, got {shown}")
 
     def get(
         self,
@@ -163,9 +159,7 @@ class _Checker:
         return value
 
     def expect(self, value: Any, kind: type, where: str) -> None:
-        ok = isinstance(value, kind) and not (
-            kind in (int, float) and isinstance(value, bool)
-        )
+        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
         if kind is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok:
@@ -175,9 +169,7 @@ class _Checker:
         if (
             not isinstance(value, list)
             or len(value) != n
-            or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-            )
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         ):
             raise self.fail(where, f"a list of {n} numbers", value)
         return [float(v) for v in value]
@@ -233,9 +225,7 @@ def _resolve_scene(scene_id: str, scenes_dir: str | None) -> str:
     return os.path.join(scenes_dir, scene_id)
 
 
-def _path_points(
-    ck: _Checker, raw: Any, where: str
-) -> list[list[ShortestPathPoint]] | None:
+def _path_points(ck: _Checker, raw: Any, where: str) -> list[list[ShortestPathPoint]] | None:
     if raw is None:
         return None
     ck.expect(raw, list, where)
@@ -245,14 +235,8 @@ def _path_points(
         points = []
         for j, point in enumerate(path):
             w = f"{where}[{i}][{j}]"
-            if (
-                point is None
-                or isinstance(point, (int, str))
-                and not isinstance(point, bool)
-            ):
-                points.append(
-                    ShortestPathPoint(action=point)
-                )  # ObjectNav ships bare action ids
+            if point is None or isinstance(point, (int, str)) and not isinstance(point, bool):
+                points.append(ShortestPathPoint(action=point))  # ObjectNav ships bare action ids
                 continue
             ck.expect(point, dict, w)
             pos = point.get("position")
@@ -268,38 +252,22 @@ def _path_points(
     return paths
 
 
-def _base_fields(
-    ck: _Checker, ep: dict, where: str, scenes_dir: str | None, id_kind: type = str
-) -> dict:
+def _base_fields(ck: _Checker, ep: dict, where: str, scenes_dir: str | None, id_kind: type = str) -> dict:
     ck.expect(ep, dict, where)
     episode_id = ep.get("episode_id")
-    if (
-        episode_id is None
-        or isinstance(episode_id, bool)
-        or not isinstance(episode_id, (str, int))
-    ):
+    if episode_id is None or isinstance(episode_id, bool) or not isinstance(episode_id, (str, int)):
         raise ck.fail(f"{where}.episode_id", "a string or integer", episode_id)
     info = ck.get(ep, "info", where, dict, required=False)
     return {
         "episode_id": str(episode_id) if id_kind is str else episode_id,
         "scene_id": _resolve_scene(ck.get(ep, "scene_id", where, str), scenes_dir),
-        "start_position": ck.vec(
-            ck.get(ep, "start_position", where, list), 3, f"{where}.start_position"
-        ),
-        "start_rotation": ck.vec(
-            ck.get(ep, "start_rotation", where, list), 4, f"{where}.start_rotation"
-        ),
+        "start_position": ck.vec(ck.get(ep, "start_position", where, list), 3, f"{where}.start_position"),
+        "start_rotation": ck.vec(ck.get(ep, "start_rotation", where, list), 4, f"{where}.start_rotation"),
         "start_room": ck.get(ep, "start_room", where, str, required=False),
-        "shortest_paths": _path_points(
-            ck, ep.get("shortest_paths"), f"{where}.shortest_paths"
-        ),
+        "shortest_paths": _path_points(ck, ep.get("shortest_paths"), f"{where}.shortest_paths"),
         "info": info,
-        "scene_dataset_config": ck.get(
-            ep, "scene_dataset_config", where, str, required=False, default="default"
-        ),
-        "additional_obj_config_paths": list(
-            ck.get(ep, "additional_obj_config_paths", where, list, False, [])
-        ),
+        "scene_dataset_config": ck.get(ep, "scene_dataset_config", where, str, required=False, default="default"),
+        "additional_obj_config_paths": list(ck.get(ep, "additional_obj_config_paths", where, list, False, [])),
     }
 
 
@@ -321,13 +289,9 @@ def _nav_goals(ck: _Checker, raw: Any, where: str) -> list[NavigationGoal]:
 def _object_goal(ck: _Checker, g: Any, where: str) -> ObjectGoal:
     ck.expect(g, dict, where)
     if "object_id" not in g or g["object_id"] is None:
-        raise EpisodeFormatError(
-            f"{ck.source}: field '{where}.object_id' is missing; expected an integer or string"
-        )
+        raise EpisodeFormatError(f"{ck.source}: field '{where}.object_id' is missing; expected an integer or string")
     views = []
-    for i, v in enumerate(
-        ck.get(g, "view_points", where, list, required=False, default=[])
-    ):
+    for i, v in enumerate(ck.get(g, "view_points", where, list, required=False, default=[])):
         w = f"{where}.view_points[{i}]"
         ck.expect(v, dict, w)
         st = ck.get(v, "agent_state", w, dict)
@@ -340,9 +304,7 @@ def _object_goal(ck: _Checker, g: Any, where: str) -> ObjectGoal:
                         3,
                         f"{w}.agent_state.position",
                     ),
-                    rotation=None
-                    if rot is None
-                    else ck.vec(rot, 4, f"{w}.agent_state.rotation"),
+                    rotation=None if rot is None else ck.vec(rot, 4, f"{w}.agent_state.rotation"),
                 ),
                 iou=ck.get(v, "iou", w, float, required=False),
             )
@@ -367,24 +329,18 @@ def _episodes_list(ck: _Checker, data: Any) -> list:
     return ck.get(data, "episodes", "<top level>", list)
 
 
-def parse_pointnav(
-    data: Any, scenes_dir: str | None = None, source: str = "<data>"
-) -> EpisodeDataset:
+def parse_pointnav(data: Any, scenes_dir: str | None = None, source: str = "<data>") -> EpisodeDataset:
     ck = _Checker(source)
     ds = EpisodeDataset(
         kind="pointnav",
-        content_scenes_path=data.get("content_scenes_path")
-        if isinstance(data, dict)
-        else None,
+        content_scenes_path=data.get("content_scenes_path") if isinstance(data, dict) else None,
     )
     for i, ep in enumerate(_episodes_list(ck, data)):
         where = f"episodes[{i}]"
         fields = _base_fields(ck, ep, where, scenes_dir)
         ds.episodes.append(
             NavigationEpisode(
-                goals=_nav_goals(
-                    ck, ck.get(ep, "goals", where, list), f"{where}.goals"
-                ),
+                goals=_nav_goals(ck, ck.get(ep, "goals", where, list), f"{where}.goals"),
                 **fields,
             )
         )
@@ -400,15 +356,11 @@ def _dedup_goals(episodes: list[dict]) -> dict[str, list]:
     return by_key
 
 
-def parse_objectnav(
-    data: Any, scenes_dir: str | None = None, source: str = "<data>"
-) -> EpisodeDataset:
+def parse_objectnav(data: Any, scenes_dir: str | None = None, source: str = "<data>") -> EpisodeDataset:
     ck = _Checker(source)
     raw_episodes = _episodes_list(ck, data)
     top = "<top level>"
-    task_ids = ck.get(
-        data, "category_to_task_category_id", top, dict, required=False, default={}
-    )
+    task_ids = ck.get(data, "category_to_task_category_id", top, dict, required=False, default={})
     ann_key = "category_to_scene_annotation_category_id"
     if ann_key not in data and "category_to_mp3d_category_id" in data:
         ann_key = "category_to_mp3d_category_id"  # the legacy name in MP3D files
@@ -426,25 +378,16 @@ def parse_objectnav(
     )
     if not raw_episodes:
         return ds
-    raw_goals = (
-        data["goals_by_category"]
-        if "goals_by_category" in data
-        else _dedup_goals(raw_episodes)
-    )
+    raw_goals = data["goals_by_category"] if "goals_by_category" in data else _dedup_goals(raw_episodes)
     ck.expect(raw_goals, dict, "goals_by_category")
     for key, goals in raw_goals.items():
         ck.expect(goals, list, f"goals_by_category.{key}")
-        ds.goals_by_category[key] = [
-            _object_goal(ck, g, f"goals_by_category.{key}[{j}]")
-            for j, g in enumerate(goals)
-        ]
+        ds.goals_by_category[key] = [_object_goal(ck, g, f"goals_by_category.{key}[{j}]") for j, g in enumerate(goals)]
     for i, ep in enumerate(raw_episodes):
         where = f"episodes[{i}]"
         fields = _base_fields(ck, ep, where, scenes_dir)
         fields["episode_id"] = str(i)  # habitat-lab overwrites ids with the list index
-        episode = ObjectGoalNavEpisode(
-            object_category=ck.get(ep, "object_category", where, str), **fields
-        )
+        episode = ObjectGoalNavEpisode(object_category=ck.get(ep, "object_category", where, str), **fields)
         if episode.goals_key not in ds.goals_by_category:
             raise EpisodeFormatError(
                 f"{source}: field '{where}.object_category' = {episode.object_category!r} has no goals: key "
@@ -455,9 +398,7 @@ def parse_objectnav(
     return ds
 
 
-def parse_vln(
-    data: Any, scenes_dir: str | None = None, source: str = "<data>"
-) -> EpisodeDataset:
+def parse_vln(data: Any, scenes_dir: str | None = None, source: str = "<data>") -> EpisodeDataset:
     ck = _Checker(source)
     raw_episodes = _episodes_list(ck, data)
     vocab = ck.get(data, "instruction_vocab", "<top level>", dict)
@@ -485,15 +426,10 @@ def parse_vln(
                 ),
                 trajectory_id=ck.get(ep, "trajectory_id", where, int),
                 instruction=InstructionData(
-                    instruction_text=ck.get(
-                        instr, "instruction_text", f"{where}.instruction", str
-                    ),
+                    instruction_text=ck.get(instr, "instruction_text", f"{where}.instruction", str),
                     instruction_tokens=list(tokens),
                 ),
-                reference_path=[
-                    ck.vec(p, 3, f"{where}.reference_path[{j}]")
-                    for j, p in enumerate(ref)
-                ],
+                reference_path=[ck.vec(p, 3, f"{where}.reference_path[{j}]") for j, p in enumerate(ref)],
                 **fields,
             )
         )
@@ -519,16 +455,12 @@ def detect_kind(data: Any) -> str:
     return "pointnav"
 
 
-def load_episodes(
-    path: PathLike, kind: str | None = None, scenes_dir: str | None = None
-) -> EpisodeDataset:
+def load_episodes(path: PathLike, kind: str | None = None, scenes_dir: str | None = None) -> EpisodeDataset:
     """Load a ``.json``/``.json.gz`` episode file; ``kind`` is pointnav/objectnav/vln, or None to detect it."""
     data = read_json(path)
     kind = kind or detect_kind(data)
     if kind not in _PARSERS:
-        raise EpisodeFormatError(
-            f"{path}: unknown dataset kind {kind!r}; expected one of {sorted(_PARSERS)}"
-        )
+        raise EpisodeFormatError(f"{path}: unknown dataset kind {kind!r}; expected one of {sorted(_PARSERS)}")
     return _PARSERS[kind](data, scenes_dir=scenes_dir, source=str(path))
 
 
@@ -543,9 +475,7 @@ def load_vlnce_gt(path: PathLike) -> dict[str, dict]:
         locs = ck.get(entry, "locations", key, list)
         out[str(key)] = dict(
             entry,
-            locations=[
-                ck.vec(p, 3, f"{key}.locations[{j}]") for j, p in enumerate(locs)
-            ],
+            locations=[ck.vec(p, 3, f"{key}.locations[{j}]") for j, p in enumerate(locs)],
         )
     return out
 
@@ -574,13 +504,8 @@ def dataset_to_json(ds: EpisodeDataset) -> dict:
         out["content_scenes_path"] = ds.content_scenes_path
     if ds.kind == "objectnav":
         out["category_to_task_category_id"] = ds.category_to_task_category_id
-        out["category_to_scene_annotation_category_id"] = (
-            ds.category_to_scene_annotation_category_id
-        )
-        out["goals_by_category"] = {
-            k: [dataclasses.asdict(g) for g in v]
-            for k, v in ds.goals_by_category.items()
-        }
+        out["category_to_scene_annotation_category_id"] = ds.category_to_scene_annotation_category_id
+        out["goals_by_category"] = {k: [dataclasses.asdict(g) for g in v] for k, v in ds.goals_by_category.items()}
     if ds.kind == "vln":
         out["instruction_vocab"] = ds.instruction_vocab or {"word_list": []}
     return _drop_none(out)
@@ -591,27 +516,17 @@ def save_episodes(ds: EpisodeDataset, path: PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------- paths to follow
-def episode_path(
-    ep: NavigationEpisode, gt: dict[str, dict] | None = None
-) -> list[tuple[Vec3, Quat | None]]:
+def episode_path(ep: NavigationEpisode, gt: dict[str, dict] | None = None) -> list[tuple[Vec3, Quat | None]]:
     """Poses to step through: the first shortest path, VLN-CE gt locations, or the VLN reference path.
 
     Points without a rotation get ``None`` (the caller faces the next waypoint); a path always starts at the
     episode start pose.
     """
-    points: list[tuple[Vec3, Quat | None]] = [
-        (list(ep.start_position), list(ep.start_rotation))
-    ]
+    points: list[tuple[Vec3, Quat | None]] = [(list(ep.start_position), list(ep.start_rotation))]
     if gt is not None and str(ep.episode_id) in gt:
         points += [(p, None) for p in gt[str(ep.episode_id)]["locations"]]
-    elif ep.shortest_paths and any(
-        p.position is not None for p in ep.shortest_paths[0]
-    ):
-        points += [
-            (p.position, p.rotation)
-            for p in ep.shortest_paths[0]
-            if p.position is not None
-        ]
+    elif ep.shortest_paths and any(p.position is not None for p in ep.shortest_paths[0]):
+        points += [(p.position, p.rotation) for p in ep.shortest_paths[0] if p.position is not None]
     elif isinstance(ep, VLNEpisode):
         points += [(p, None) for p in ep.reference_path]
     # drop exact repeats (gt locations start at the start position) so each step moves or turns

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 try:  # share the project's user-error base so front ends treat all of them alike
     from ivl_ros.errors import IvlError as _Base
-except (
-    ImportError
-):  # the bridge is usable on its own, e.g. on a habitat-sim workstation
+except ImportError:  # the bridge is usable on its own, e.g. on a habitat-sim workstation
     _Base = Exception
 
 

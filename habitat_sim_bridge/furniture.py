@@ -43,7 +43,9 @@ class Built:
 
 def box(w: float, h: float, d: float, x: float = 0.0, y: float = 0.0, z: float = 0.0) -> trimesh.Trimesh:
     """An axis-aligned box whose bottom face centre is at (x, y, z)."""
-    return trimesh.creation.box(extents=(w, h, d), transform=trimesh.transformations.translation_matrix((x, y + h / 2, z)))
+    return trimesh.creation.box(
+        extents=(w, h, d), transform=trimesh.transformations.translation_matrix((x, y + h / 2, z))
+    )
 
 
 def cylinder(r: float, h: float, x: float = 0.0, y: float = 0.0, z: float = 0.0, sections: int = 20) -> trimesh.Trimesh:
@@ -71,7 +73,9 @@ def _wood(rng: np.random.Generator) -> tuple[int, int, int]:
 
 
 def _legs(w: float, d: float, h: float, t: float, color: tuple, texture: str | None = None) -> list[Part]:
-    return [Part(box(t, h, t, sx * (w / 2 - t), 0, sz * (d / 2 - t)), color, texture) for sx in (-1, 1) for sz in (-1, 1)]
+    return [
+        Part(box(t, h, t, sx * (w / 2 - t), 0, sz * (d / 2 - t)), color, texture) for sx in (-1, 1) for sz in (-1, 1)
+    ]
 
 
 def chair(rng: np.random.Generator) -> Built:
@@ -98,7 +102,9 @@ def sofa(rng: np.random.Generator) -> Built:
         Part(box(0.2, 0.22, d, w / 2 - 0.1, 0.42, 0), dark, "fabric"),
     ]
     for i in range(2):  # seat cushions read as a sofa even from the front
-        parts.append(Part(box((w - 0.44) / 2 - 0.02, 0.1, d - 0.3, (i - 0.5) * (w - 0.44) / 2, 0.42, 0.1), col, "fabric"))
+        parts.append(
+            Part(box((w - 0.44) / 2 - 0.02, 0.1, d - 0.3, (i - 0.5) * (w - 0.44) / 2, 0.42, 0.1), col, "fabric")
+        )
     return Built(parts, (w, 0.87, d), word)
 
 
@@ -129,7 +135,9 @@ def bed(rng: np.random.Generator) -> Built:
 
 
 def plant(rng: np.random.Generator) -> Built:
-    pot_word, pot = ("terracotta", (180, 92, 56)) if rng.random() < 0.6 else _pick_color(rng, ["white", "black", "blue"])
+    pot_word, pot = (
+        ("terracotta", (180, 92, 56)) if rng.random() < 0.6 else _pick_color(rng, ["white", "black", "blue"])
+    )
     h = float(rng.uniform(0.3, 0.45))
     leaf = (int(rng.integers(40, 80)), int(rng.integers(110, 160)), int(rng.integers(40, 70)))
     parts = [Part(cylinder(0.2, h, sections=16), pot), Part(cylinder(0.18, 0.03, y=h), (70, 50, 30))]

@@ -35,7 +35,7 @@ class NavGrid:
         """Mask of the largest 8-connected free region, so sampled starts can always reach their goals."""
         labels = np.zeros(self.free.shape, dtype=np.int32)
         best, best_size, label = 0, 0, 0
-        for start in zip(*np.nonzero(self.free)):
+        for start in zip(*np.nonzero(self.free), strict=True):
             if labels[start]:
                 continue
             label += 1

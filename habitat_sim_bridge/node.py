@@ -41,14 +41,24 @@ def _make_node_class():
             p = self._declare_all()
             self._tmp = tempfile.TemporaryDirectory(prefix="habitat_bridge_") if p["source"] == "procedural" else None
             opts = SourceOptions(
-                source=p["source"], scene=p["scene"], episodes=p["episodes"], episodes_gt=p["episodes_gt"],
-                scenes_dir=p["scenes_dir"], replay_dir=p["replay_dir"], trajectory=p["trajectory"],
-                images=list(p["images"]), width=p["width"], height=p["height"], hfov=p["hfov"], seed=p["seed"],
+                source=p["source"],
+                scene=p["scene"],
+                episodes=p["episodes"],
+                episodes_gt=p["episodes_gt"],
+                scenes_dir=p["scenes_dir"],
+                replay_dir=p["replay_dir"],
+                trajectory=p["trajectory"],
+                images=list(p["images"]),
+                width=p["width"],
+                height=p["height"],
+                hfov=p["hfov"],
+                seed=p["seed"],
                 workdir=self._tmp.name if self._tmp else "",
             )
             self.source, paths = build_source(opts)
-            self.driver = Driver(paths, loop=p["loop"], can_move=self.source.can_move,
-                                 is_navigable=self.source.is_navigable)
+            self.driver = Driver(
+                paths, loop=p["loop"], can_move=self.source.can_move, is_navigable=self.source.is_navigable
+            )
             self.p = p
             qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
             self.pub_rgb = self.create_publisher(ros_msgs_image_type(), p["image_topic"], qos)
@@ -69,14 +79,33 @@ def _make_node_class():
 
         def _declare_all(self) -> dict:
             defaults = {
-                "source": "procedural", "scene": "", "episodes": "", "episodes_gt": "", "scenes_dir": "",
-                "replay_dir": "", "trajectory": "", "images": [""], "rate": 5.0, "loop": True, "seed": 0,
-                "width": 320, "height": 240, "hfov": 90.0, "max_frames": 0, "wait_for_subscribers": 0,
-                "wait_timeout": 30.0, "exit_when_done": False,
-                "image_topic": "/camera/image_raw", "depth_topic": "/camera/depth/image_raw",
-                "camera_info_topic": "/camera/camera_info", "odom_topic": "/odom",
-                "action_topic": "/habitat/action", "cmd_vel_topic": "/cmd_vel",
-                "world_frame": "map", "base_frame": "base_link", "camera_frame": "camera_optical_frame",
+                "source": "procedural",
+                "scene": "",
+                "episodes": "",
+                "episodes_gt": "",
+                "scenes_dir": "",
+                "replay_dir": "",
+                "trajectory": "",
+                "images": [""],
+                "rate": 5.0,
+                "loop": True,
+                "seed": 0,
+                "width": 320,
+                "height": 240,
+                "hfov": 90.0,
+                "max_frames": 0,
+                "wait_for_subscribers": 0,
+                "wait_timeout": 30.0,
+                "exit_when_done": False,
+                "image_topic": "/camera/image_raw",
+                "depth_topic": "/camera/depth/image_raw",
+                "camera_info_topic": "/camera/camera_info",
+                "odom_topic": "/odom",
+                "action_topic": "/habitat/action",
+                "cmd_vel_topic": "/cmd_vel",
+                "world_frame": "map",
+                "base_frame": "base_link",
+                "camera_frame": "camera_optical_frame",
             }
             out = {k: self.declare_parameter(k, v).value for k, v in defaults.items()}
             out["images"] = [s for s in out["images"] if s]  # a string array needs a non-empty default
@@ -84,8 +113,10 @@ def _make_node_class():
 
         def _on_action(self, msg) -> None:
             if not self.driver.act(msg.data.strip()):
-                self.get_logger().warning(f"action {msg.data!r} ignored (source {self.p['source']} cannot move "
-                                          f"or the action is not one of move_forward/turn_left/turn_right/stop)")
+                self.get_logger().warning(
+                    f"action {msg.data!r} ignored (source {self.p['source']} cannot move "
+                    f"or the action is not one of move_forward/turn_left/turn_right/stop)"
+                )
 
         def _on_twist(self, msg) -> None:
             self.driver.set_twist(msg.linear.x, msg.angular.z)
@@ -124,8 +155,9 @@ def _make_node_class():
             if frame.depth is not None:
                 self.pub_depth.publish(ros_msgs.depth_msg(frame.depth, cam))
             self.pub_info.publish(ros_msgs.camera_info_msg(frame.intrinsics, cam))
-            self.pub_odom.publish(ros_msgs.odometry_msg(frame.position, frame.rotation, world, self.p["base_frame"],
-                                                        self.driver.twist))
+            self.pub_odom.publish(
+                ros_msgs.odometry_msg(frame.position, frame.rotation, world, self.p["base_frame"], self.driver.twist)
+            )
             self.published += 1
 
         def destroy_node(self) -> None:

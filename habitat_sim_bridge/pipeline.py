@@ -41,7 +41,7 @@ def complete_rotations(points: Sequence[tuple[Sequence[float], Sequence[float] |
     prev = None
     for i, (pos, rot) in enumerate(points):
         if rot is None:
-            nxt = next((p for p, _ in points[i + 1:] if list(p) != list(pos)), None)
+            nxt = next((p for p, _ in points[i + 1 :] if list(p) != list(pos)), None)
             rot = quat_from_yaw(yaw_towards(pos, nxt)) if nxt is not None else (prev or quat_from_yaw(0.0))
         out.append(([float(v) for v in pos], [float(v) for v in rot]))
         prev = out[-1][1]

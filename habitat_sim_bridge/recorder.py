@@ -60,13 +60,20 @@ def _sample(sample_id: str, images: list[str], question: str, answer: str) -> di
     else:  # upstream's multi-image convention: numbered <image> placeholders in the first human turn
         human = "".join(f"Image-{i + 1}: <image>\n" for i in range(len(images))) + question
         image = images
-    return {"id": sample_id, "image": image,
-            "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]}
+    return {
+        "id": sample_id,
+        "image": image,
+        "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": answer}],
+    }
 
 
-CAPTION_PROMPTS = ["Describe what the robot sees in one sentence.", "What is in front of the robot?",
-                   "Write a short caption for this view.", "Briefly describe this image.",
-                   "What objects are visible from here?"]
+CAPTION_PROMPTS = [
+    "Describe what the robot sees in one sentence.",
+    "What is in front of the robot?",
+    "Write a short caption for this view.",
+    "Briefly describe this image.",
+    "What objects are visible from here?",
+]
 
 
 def _record_split(cfg: RecordConfig, split: str, n_episodes: int, out: Path) -> dict:
@@ -94,8 +101,14 @@ def _record_split(cfg: RecordConfig, split: str, n_episodes: int, out: Path) -> 
     dataset = objectnav_dataset_json(per_scene)
     write_json(dataset, out / "episodes" / "objectnav" / split / f"{split}.json.gz")
 
-    result: dict[str, list] = {"caption": [], "objnav_qa": [], "trajectory": [], "frames": [], "coco_images": [],
-                               "coco_annotations": []}
+    result: dict[str, list] = {
+        "caption": [],
+        "objnav_qa": [],
+        "trajectory": [],
+        "frames": [],
+        "coco_images": [],
+        "coco_annotations": [],
+    }
     total = sum(len(eps) for _, _, eps in plan)
     bar = _progress(total, f"render {split}", cfg.progress)
     for scene, glb, eps in plan:
@@ -132,16 +145,33 @@ def _record_episode(cfg, split, scene, source, ep, out: Path, result: dict) -> N
         q, a = cap.objectnav_qa(frame, frng)
         result["objnav_qa"].append(_sample(f"{sid}_qa", [rel], q, a))
         seen = cap.visible_objects(frame)
-        result["frames"].append({"image": rel, "scene": scene.name, "room_type": scene.room_type,
-                                 "episode_id": eid, "position": p["position"], "rotation": p["rotation"],
-                                 "visible": [{"instance_id": s.instance_id, "category": s.category, "color": s.color,
-                                              "side": s.side, "range": s.range, "fraction": round(s.fraction, 4)}
-                                             for s in seen]})
+        result["frames"].append(
+            {
+                "image": rel,
+                "scene": scene.name,
+                "room_type": scene.room_type,
+                "episode_id": eid,
+                "position": p["position"],
+                "rotation": p["rotation"],
+                "visible": [
+                    {
+                        "instance_id": s.instance_id,
+                        "category": s.category,
+                        "color": s.color,
+                        "side": s.side,
+                        "range": s.range,
+                        "fraction": round(s.fraction, 4),
+                    }
+                    for s in seen
+                ],
+            }
+        )
         image_id = len(result["coco_images"]) + 1
         result["coco_images"].append({"id": image_id, "file_name": rel, "width": cfg.width, "height": cfg.height})
         for text in texts:
-            result["coco_annotations"].append({"id": len(result["coco_annotations"]) + 1, "image_id": image_id,
-                                               "caption": text})
+            result["coco_annotations"].append(
+                {"id": len(result["coco_annotations"]) + 1, "image_id": image_id, "caption": text}
+            )
     if len(frames) >= 2:
         trng = np.random.default_rng([cfg.seed, SPLIT_SALT[split], eid, 999])
         chosen = list(range(len(frames)))[-4:]
@@ -181,8 +211,13 @@ def _meta(out: Path, split: str, result: dict) -> dict:
         if not rows:
             continue
         name = f"habitat_{kind}" if split == "train" else f"habitat_{split}_{kind}"
-        meta[name] = {"root": str(out / "images") + "/", "annotation": str(out / "annotations" / f"{split}_{kind}.jsonl"),
-                      "data_augment": False, "repeat_time": 1, "length": len(rows)}
+        meta[name] = {
+            "root": str(out / "images") + "/",
+            "annotation": str(out / "annotations" / f"{split}_{kind}.jsonl"),
+            "data_augment": False,
+            "repeat_time": 1,
+            "length": len(rows),
+        }
     return meta
 
 
@@ -191,8 +226,9 @@ def record(cfg: RecordConfig) -> dict[str, Path]:
     if cfg.num_episodes < 1 or cfg.frames_per_episode < 1:
         from habitat_sim_bridge.errors import BridgeError
 
-        raise BridgeError(f"--num-episodes and --frames-per-episode must be >= 1, got "
-                          f"{cfg.num_episodes} and {cfg.frames_per_episode}")
+        raise BridgeError(
+            f"--num-episodes and --frames-per-episode must be >= 1, got {cfg.num_episodes} and {cfg.frames_per_episode}"
+        )
     out = Path(cfg.out)
     heldout_n = cfg.heldout_episodes if cfg.heldout_episodes is not None else max(2, cfg.num_episodes // 4)
     paths: dict[str, Path] = {}
@@ -207,9 +243,13 @@ def record(cfg: RecordConfig) -> dict[str, Path]:
         meta_path.write_text(json.dumps(_meta(out, split, result), indent=2) + "\n")
         paths[f"{split}_meta"] = meta_path
         if split == "heldout":
-            coco = {"info": {"description": "ivl_ros habitat held-out captions", "image_root": str(out / "images")},
-                    "images": result["coco_images"], "annotations": result["coco_annotations"],
-                    "type": "captions", "licenses": []}
+            coco = {
+                "info": {"description": "ivl_ros habitat held-out captions", "image_root": str(out / "images")},
+                "images": result["coco_images"],
+                "annotations": result["coco_annotations"],
+                "type": "captions",
+                "licenses": [],
+            }
             paths["heldout_coco"] = out / "heldout_coco.json"
             paths["heldout_coco"].write_text(json.dumps(coco, indent=1) + "\n")
     return paths

@@ -74,8 +74,13 @@ def pose_fields(target, position: Sequence[float], rotation: Sequence[float]) ->
     target.orientation.x, target.orientation.y, target.orientation.z, target.orientation.w = q
 
 
-def odometry_msg(position: Sequence[float], rotation: Sequence[float], header, child_frame: str,
-                 twist: tuple[float, float] = (0.0, 0.0)):
+def odometry_msg(
+    position: Sequence[float],
+    rotation: Sequence[float],
+    header,
+    child_frame: str,
+    twist: tuple[float, float] = (0.0, 0.0),
+):
     """nav_msgs/Odometry when the wheel is installed, else geometry_msgs/PoseStamped."""
     try:
         from nav_msgs.msg import Odometry

@@ -27,23 +27,59 @@ TASK_CATEGORIES = fu.CATEGORIES
 # Which furniture a room of each type gets: (category, how many, where): "wall" = back against a wall,
 # "corner" = in a corner, "center" = free-standing.
 ROOM_TYPES: dict[str, list[tuple[str, tuple[int, int], str]]] = {
-    "living room": [("sofa", (1, 1), "wall"), ("tv", (1, 1), "wall"), ("table", (0, 1), "center"),
-                    ("chair", (0, 2), "center"), ("plant", (1, 2), "corner"), ("lamp", (0, 1), "corner"),
-                    ("bookshelf", (0, 1), "wall"), ("cabinet", (0, 1), "wall")],
-    "bedroom": [("bed", (1, 1), "wall"), ("cabinet", (1, 2), "wall"), ("lamp", (0, 1), "corner"),
-                ("plant", (0, 1), "corner"), ("chair", (0, 1), "center"), ("tv", (0, 1), "wall")],
-    "dining room": [("table", (1, 1), "center"), ("chair", (2, 4), "table"), ("cabinet", (0, 1), "wall"),
-                    ("plant", (1, 2), "corner"), ("lamp", (0, 1), "corner"), ("bookshelf", (0, 1), "wall")],
-    "office": [("table", (1, 1), "center"), ("chair", (1, 2), "table"), ("bookshelf", (1, 2), "wall"),
-               ("cabinet", (0, 1), "wall"), ("plant", (0, 1), "corner"), ("lamp", (1, 1), "corner"),
-               ("sofa", (0, 1), "wall")],
+    "living room": [
+        ("sofa", (1, 1), "wall"),
+        ("tv", (1, 1), "wall"),
+        ("table", (0, 1), "center"),
+        ("chair", (0, 2), "center"),
+        ("plant", (1, 2), "corner"),
+        ("lamp", (0, 1), "corner"),
+        ("bookshelf", (0, 1), "wall"),
+        ("cabinet", (0, 1), "wall"),
+    ],
+    "bedroom": [
+        ("bed", (1, 1), "wall"),
+        ("cabinet", (1, 2), "wall"),
+        ("lamp", (0, 1), "corner"),
+        ("plant", (0, 1), "corner"),
+        ("chair", (0, 1), "center"),
+        ("tv", (0, 1), "wall"),
+    ],
+    "dining room": [
+        ("table", (1, 1), "center"),
+        ("chair", (2, 4), "table"),
+        ("cabinet", (0, 1), "wall"),
+        ("plant", (1, 2), "corner"),
+        ("lamp", (0, 1), "corner"),
+        ("bookshelf", (0, 1), "wall"),
+    ],
+    "office": [
+        ("table", (1, 1), "center"),
+        ("chair", (1, 2), "table"),
+        ("bookshelf", (1, 2), "wall"),
+        ("cabinet", (0, 1), "wall"),
+        ("plant", (0, 1), "corner"),
+        ("lamp", (1, 1), "corner"),
+        ("sofa", (0, 1), "wall"),
+    ],
 }
-WALL_COLORS = {"white": (232, 230, 222), "beige": (222, 206, 176), "light blue": (176, 198, 222),
-               "light green": (190, 214, 180), "pale yellow": (236, 224, 170), "light grey": (200, 200, 200),
-               "pink": (232, 196, 196)}
-FLOORS = [("planks", (176, 128, 82), "wooden"), ("planks", (120, 84, 54), "dark wooden"),
-          ("tiles", (210, 210, 204), "tiled"), ("tiles", (190, 170, 140), "tiled"), ("carpet", (120, 120, 130), "grey carpet"),
-          ("carpet", (150, 90, 80), "red carpet")]
+WALL_COLORS = {
+    "white": (232, 230, 222),
+    "beige": (222, 206, 176),
+    "light blue": (176, 198, 222),
+    "light green": (190, 214, 180),
+    "pale yellow": (236, 224, 170),
+    "light grey": (200, 200, 200),
+    "pink": (232, 196, 196),
+}
+FLOORS = [
+    ("planks", (176, 128, 82), "wooden"),
+    ("planks", (120, 84, 54), "dark wooden"),
+    ("tiles", (210, 210, 204), "tiled"),
+    ("tiles", (190, 170, 140), "tiled"),
+    ("carpet", (120, 120, 130), "grey carpet"),
+    ("carpet", (150, 90, 80), "red carpet"),
+]
 
 
 @dataclass
@@ -90,12 +126,22 @@ class GeneratedScene:
             "wall_color": self.wall_color,
             "floor": self.floor,
             "objects": [
-                {"instance_id": o.instance_id, "category": o.category, "color": o.color,
-                 "position": [round(v, 4) for v in o.position], "yaw": round(o.yaw, 4), "size": list(o.size)}
+                {
+                    "instance_id": o.instance_id,
+                    "category": o.category,
+                    "color": o.color,
+                    "position": [round(v, 4) for v in o.position],
+                    "yaw": round(o.yaw, 4),
+                    "size": list(o.size),
+                }
                 for o in self.structure + self.objects
             ],
-            "navgrid": {"origin": list(self.navgrid.origin), "cell": self.navgrid.cell, "floor_y": 0.0,
-                        "file": f"{self.name}.navmap.npy"},
+            "navgrid": {
+                "origin": list(self.navgrid.origin),
+                "cell": self.navgrid.cell,
+                "floor_y": 0.0,
+                "file": f"{self.name}.navmap.npy",
+            },
         }
 
 
@@ -137,7 +183,9 @@ def _try_place(rng, built: fu.Built, mode: str, w: float, d: float, taken: list,
             continue
         margin = 0.02 if mode == "table" else 0.35  # leave walking space between pieces
         # chairs may tuck under their table; nothing else may touch
-        if any(_overlaps(obj.footprint(margin), o_fp) for is_table, o_fp in taken if not (mode == "table" and is_table)):
+        if any(
+            _overlaps(obj.footprint(margin), o_fp) for is_table, o_fp in taken if not (mode == "table" and is_table)
+        ):
             continue
         return obj
     return None
@@ -252,7 +300,9 @@ def _group_meshes(parts: list[fu.Part], tex_cache: dict, rng: np.random.Generato
     plain = [p for p in parts if p.texture is None]
     if plain:
         meshes = [_unshared(p.mesh) for p in plain]
-        colors = np.concatenate([np.tile([*p.color, 255], (len(m.vertices), 1)) for p, m in zip(plain, meshes)])
+        colors = np.concatenate(
+            [np.tile([*p.color, 255], (len(m.vertices), 1)) for p, m in zip(plain, meshes, strict=True)]
+        )
         merged = trimesh.util.concatenate(meshes)
         merged.visual = trimesh.visual.ColorVisuals(merged, vertex_colors=colors.astype(np.uint8))
         out.append(merged)
@@ -294,8 +344,9 @@ def export_scene(scene: GeneratedScene, out_dir: str | Path, seed: int = 0) -> P
 
 
 # --------------------------------------------------------------------------- episodes
-def follow_waypoints(waypoints: list[list[float]], start_yaw: float, final_yaw: float | None,
-                     turn_deg: float = 30.0) -> list[dict]:
+def follow_waypoints(
+    waypoints: list[list[float]], start_yaw: float, final_yaw: float | None, turn_deg: float = 30.0
+) -> list[dict]:
     """Discrete-agent states (turn in ``turn_deg`` steps, then move) along waypoints, as shortest-path points.
 
     Each point is the state *before* its action (1 forward, 2 left, 3 right, 0 stop), like habitat-lab's.
@@ -323,8 +374,14 @@ def follow_waypoints(waypoints: list[list[float]], start_yaw: float, final_yaw: 
     if final_yaw is not None:
         turn_to(final_yaw)
     points.append({"position": pos, "rotation": quat_from_yaw(yaw), "action": 0})
-    return [{"position": [round(v, 4) for v in p["position"]], "rotation": [round(v, 6) for v in p["rotation"]],
-             "action": p["action"]} for p in points]
+    return [
+        {
+            "position": [round(v, 4) for v in p["position"]],
+            "rotation": [round(v, 6) for v in p["rotation"]],
+            "action": p["action"],
+        }
+        for p in points
+    ]
 
 
 def _view_cells(scene: GeneratedScene, obj: PlacedObject, reach: np.ndarray, max_dist: float = 1.0) -> set:
@@ -334,7 +391,7 @@ def _view_cells(scene: GeneratedScene, obj: PlacedObject, reach: np.ndarray, max
     zs = g.origin[1] + rows * g.cell
     x0, x1, z0, z1 = obj.footprint()
     dist = np.hypot(np.maximum(np.maximum(x0 - xs, xs - x1), 0), np.maximum(np.maximum(z0 - zs, zs - z1), 0))
-    return {(int(r), int(c)) for r, c, dd in zip(rows, cols, dist) if dd <= max_dist}
+    return {(int(r), int(c)) for r, c, dd in zip(rows, cols, dist, strict=True) if dd <= max_dist}
 
 
 def make_objectnav_episodes(scene: GeneratedScene, scene_id: str, rng: np.random.Generator, count: int) -> tuple:
@@ -349,17 +406,29 @@ def make_objectnav_episodes(scene: GeneratedScene, scene_id: str, rng: np.random
             continue
         views[obj.instance_id] = cells
         vp = sorted(cells)[:: max(1, len(cells) // 4)][:4]
-        goals_by_category.setdefault(f"{basename}_{obj.category}", []).append({
-            "object_id": obj.instance_id, "object_name": f"{obj.category}_{obj.instance_id}",
-            "object_category": obj.category, "position": [round(v, 4) for v in obj.center], "radius": None,
-            "room_id": "0", "room_name": scene.room_type,
-            "view_points": [{"agent_state": {"position": [round(v, 4) for v in scene.navgrid.to_world(c)],
-                                             "rotation": quat_from_yaw(yaw_towards(scene.navgrid.to_world(c),
-                                                                                   obj.center))},
-                             "iou": None} for c in vp],
-        })
+        goals_by_category.setdefault(f"{basename}_{obj.category}", []).append(
+            {
+                "object_id": obj.instance_id,
+                "object_name": f"{obj.category}_{obj.instance_id}",
+                "object_category": obj.category,
+                "position": [round(v, 4) for v in obj.center],
+                "radius": None,
+                "room_id": "0",
+                "room_name": scene.room_type,
+                "view_points": [
+                    {
+                        "agent_state": {
+                            "position": [round(v, 4) for v in scene.navgrid.to_world(c)],
+                            "rotation": quat_from_yaw(yaw_towards(scene.navgrid.to_world(c), obj.center)),
+                        },
+                        "iou": None,
+                    }
+                    for c in vp
+                ],
+            }
+        )
     categories = sorted({k.rsplit("_", 1)[1] for k in goals_by_category})
-    free_cells = list(zip(*np.nonzero(reach)))
+    free_cells = list(zip(*np.nonzero(reach), strict=True))
     episodes = []
     attempts = 0
     while len(episodes) < count and categories and free_cells and attempts < count * 20:
@@ -377,15 +446,24 @@ def make_objectnav_episodes(scene: GeneratedScene, scene_id: str, rng: np.random
         start_yaw = float(rng.uniform(-math.pi, math.pi))
         final_yaw = yaw_towards(waypoints[-1], nearest.center)
         points = follow_waypoints(waypoints, start_yaw, final_yaw)
-        geo = float(sum(np.linalg.norm(np.subtract(b, a)) for a, b in zip(waypoints, waypoints[1:])))
-        episodes.append({
-            "episode_id": str(len(episodes)), "scene_id": scene_id, "scene_dataset_config": "default",
-            "start_position": points[0]["position"], "start_rotation": points[0]["rotation"],
-            "object_category": category, "goals": [], "shortest_paths": [points],
-            "info": {"geodesic_distance": round(geo, 4),
-                     "euclidean_distance": round(float(np.linalg.norm(np.subtract(waypoints[-1], waypoints[0]))), 4),
-                     "closest_goal_object_id": nearest.instance_id},
-        })
+        geo = float(sum(np.linalg.norm(np.subtract(b, a)) for a, b in zip(waypoints, waypoints[1:], strict=False)))
+        episodes.append(
+            {
+                "episode_id": str(len(episodes)),
+                "scene_id": scene_id,
+                "scene_dataset_config": "default",
+                "start_position": points[0]["position"],
+                "start_rotation": points[0]["rotation"],
+                "object_category": category,
+                "goals": [],
+                "shortest_paths": [points],
+                "info": {
+                    "geodesic_distance": round(geo, 4),
+                    "euclidean_distance": round(float(np.linalg.norm(np.subtract(waypoints[-1], waypoints[0]))), 4),
+                    "closest_goal_object_id": nearest.instance_id,
+                },
+            }
+        )
     return episodes, goals_by_category
 
 
@@ -398,9 +476,21 @@ def objectnav_dataset_json(per_scene: list[tuple[list, dict]]) -> dict:
     cats = {c: i for i, c in enumerate(TASK_CATEGORIES)}
     for i, ep in enumerate(episodes):
         ep["episode_id"] = str(i)
-    return {"category_to_task_category_id": cats, "category_to_scene_annotation_category_id": dict(cats),
-            "goals_by_category": goals, "episodes": episodes}
+    return {
+        "category_to_task_category_id": cats,
+        "category_to_scene_annotation_category_id": dict(cats),
+        "goals_by_category": goals,
+        "episodes": episodes,
+    }
 
 
-__all__ = ["GeneratedScene", "PlacedObject", "export_scene", "generate_scene", "make_objectnav_episodes",
-           "objectnav_dataset_json", "poses_along", "to_trimesh_scene"]
+__all__ = [
+    "GeneratedScene",
+    "PlacedObject",
+    "export_scene",
+    "generate_scene",
+    "make_objectnav_episodes",
+    "objectnav_dataset_json",
+    "poses_along",
+    "to_trimesh_scene",
+]

@@ -76,7 +76,7 @@ class FrameSource(ABC):
         """Whether the agent may stand at ``position``; sources without a navmesh allow everything."""
         return True
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most sources hold nothing to release
         """Release renderer resources."""
 
     def __enter__(self) -> FrameSource:

@@ -28,9 +28,18 @@ def habitat_sim_available() -> str | None:
 class HabitatSimSource(FrameSource):
     """RGB, depth and semantic sensors on one agent; poses are set directly (teleport), as for path replay."""
 
-    def __init__(self, scene: str, width: int = 320, height: int = 240, hfov: float = 90.0,
-                 sensor_height: float = 1.25, scene_dataset_config: str = "default", forward_step: float = 0.25,
-                 turn_angle: float = 10.0, gpu_device_id: int = 0):
+    def __init__(
+        self,
+        scene: str,
+        width: int = 320,
+        height: int = 240,
+        hfov: float = 90.0,
+        sensor_height: float = 1.25,
+        scene_dataset_config: str = "default",
+        forward_step: float = 0.25,
+        turn_angle: float = 10.0,
+        gpu_device_id: int = 0,
+    ):
         reason = habitat_sim_available()
         if reason:
             raise BridgeError(reason)
@@ -44,8 +53,11 @@ class HabitatSimSource(FrameSource):
         backend.enable_physics = False
         backend.gpu_device_id = gpu_device_id
         specs = []
-        for uuid, kind in (("rgb", hs.SensorType.COLOR), ("depth", hs.SensorType.DEPTH),
-                           ("semantic", hs.SensorType.SEMANTIC)):
+        for uuid, kind in (
+            ("rgb", hs.SensorType.COLOR),
+            ("depth", hs.SensorType.DEPTH),
+            ("semantic", hs.SensorType.SEMANTIC),
+        ):
             spec = hs.CameraSensorSpec()
             spec.uuid = uuid
             spec.sensor_type = kind

@@ -62,8 +62,16 @@ def _detect_up(path: Path, meta: dict | None) -> str:
 class MeshSource(FrameSource):
     """Render a mesh scene at agent poses: RGB, depth (metres), instance ids."""
 
-    def __init__(self, scene_path: str | Path, width: int = 320, height: int = 240, hfov: float = 90.0,
-                 sensor_height: float = 1.25, up: str = "auto", headlight: bool = True):
+    def __init__(
+        self,
+        scene_path: str | Path,
+        width: int = 320,
+        height: int = 240,
+        hfov: float = 90.0,
+        sensor_height: float = 1.25,
+        up: str = "auto",
+        headlight: bool = True,
+    ):
         reason = osmesa_available()
         if reason:
             raise BridgeError(f"MeshSource cannot render here: {reason}")
@@ -134,9 +142,7 @@ class MeshSource(FrameSource):
         if self._headlight is not None:
             self.scene.set_pose(self._headlight, pose)
         rgb, depth = self._renderer.render(self.scene)
-        seg, _ = self._renderer.render(
-            self.scene, flags=self._pyrender.RenderFlags.SEG, seg_node_map=self._seg_map
-        )
+        seg, _ = self._renderer.render(self.scene, flags=self._pyrender.RenderFlags.SEG, seg_node_map=self._seg_map)
         seg = seg.astype(np.int32)
         ids = (seg[:, :, 0] << 16) | (seg[:, :, 1] << 8) | seg[:, :, 2]
         visible = {int(i) for i in np.unique(ids)} - {0}

@@ -51,8 +51,10 @@ def load_habitat_trajectory(path: str | Path) -> list[tuple[list[float], list[fl
     if len(data["positions"]) != len(data["rotations"]):
         raise BridgeError(f"{path}: 'positions' and 'rotations' differ in length")
     actions = data.get("actions") or [None] * len(data["positions"])
-    return [(_vec(p, 3, f"{path}: positions[{i}]"), _vec(r, 4, f"{path}: rotations[{i}]"), a)
-            for i, (p, r, a) in enumerate(zip(data["positions"], data["rotations"], actions, strict=False))]
+    return [
+        (_vec(p, 3, f"{path}: positions[{i}]"), _vec(r, 4, f"{path}: rotations[{i}]"), a)
+        for i, (p, r, a) in enumerate(zip(data["positions"], data["rotations"], actions, strict=False))
+    ]
 
 
 class ReplaySource(FrameSource):
@@ -83,11 +85,16 @@ class ReplaySource(FrameSource):
             where = f"{index}: frames[{i}]"
             if not isinstance(f, dict) or not isinstance(f.get("rgb"), str):
                 raise BridgeError(f"{where}.rgb must be an image path")
-            poses.append(RecordedPose(
-                rgb=root / f["rgb"], position=_vec(f.get("position"), 3, f"{where}.position"),
-                rotation=_vec(f.get("rotation"), 4, f"{where}.rotation"),
-                depth=root / f["depth"] if f.get("depth") else None,
-                semantic=root / f["semantic"] if f.get("semantic") else None, action=f.get("action")))
+            poses.append(
+                RecordedPose(
+                    rgb=root / f["rgb"],
+                    position=_vec(f.get("position"), 3, f"{where}.position"),
+                    rotation=_vec(f.get("rotation"), 4, f"{where}.rotation"),
+                    depth=root / f["depth"] if f.get("depth") else None,
+                    semantic=root / f["semantic"] if f.get("semantic") else None,
+                    action=f.get("action"),
+                )
+            )
         return cls(poses, hfov=float(data.get("hfov", 90.0)))
 
     @classmethod
@@ -96,8 +103,10 @@ class ReplaySource(FrameSource):
         if not images:
             raise BridgeError("a trajectory replay needs at least one image")
         steps = load_habitat_trajectory(trajectory)
-        return cls([RecordedPose(Path(images[i % len(images)]), p, r, action=a) for i, (p, r, a) in enumerate(steps)],
-                   hfov=hfov)
+        return cls(
+            [RecordedPose(Path(images[i % len(images)]), p, r, action=a) for i, (p, r, a) in enumerate(steps)],
+            hfov=hfov,
+        )
 
     def _rgb(self, path: Path) -> np.ndarray:
         if path not in self._cache:
@@ -114,8 +123,14 @@ class ReplaySource(FrameSource):
         rgb = self._rgb(p.rgb)
         depth = np.load(p.depth).astype(np.float32) if p.depth else None
         semantic = np.load(p.semantic).astype(np.int32) if p.semantic else None
-        return Frame(rgb=rgb, depth=depth, semantic=semantic, intrinsics=self.intrinsics,
-                     position=list(p.position), rotation=list(p.rotation))
+        return Frame(
+            rgb=rgb,
+            depth=depth,
+            semantic=semantic,
+            intrinsics=self.intrinsics,
+            position=list(p.position),
+            rotation=list(p.rotation),
+        )
 
     def nearest(self, position: Sequence[float], rotation: Sequence[float]) -> int:
         yaw = yaw_from_quat(rotation)

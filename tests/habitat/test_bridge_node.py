@@ -17,12 +17,14 @@ LISTEN = Path(__file__).parent / "procs" / "listen.py"
 
 def _env() -> dict:
     env = dict(os.environ)
-    env.update({
-        "ROS_DOMAIN_ID": str(random.randint(50, 99)),  # parallel test runs must not hear each other
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
-        "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    })
+    env.update(
+        {
+            "ROS_DOMAIN_ID": str(random.randint(50, 99)),  # parallel test runs must not hear each other
+            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+            "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
+            "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        }
+    )
     return env
 
 
@@ -30,10 +32,28 @@ def _run(tmp_path: Path, params: list[str], expected: int, timeout: float = 40.0
     pytest.importorskip("rclpy", reason="ROS 2 wheels (requirements/ros.txt) are not installed")
     env = _env()
     out = tmp_path / "got.json"
-    listener = subprocess.Popen([sys.executable, str(LISTEN), str(out), str(expected), str(timeout)], env=env,
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    args = [sys.executable, "-m", "habitat_sim_bridge.node", "--ros-args", "-p", "wait_for_subscribers:=1",
-            "-p", "exit_when_done:=true", "-p", "loop:=false", "-p", "rate:=30.0"]
+    listener = subprocess.Popen(
+        [sys.executable, str(LISTEN), str(out), str(expected), str(timeout)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "habitat_sim_bridge.node",
+        "--ros-args",
+        "-p",
+        "wait_for_subscribers:=1",
+        "-p",
+        "exit_when_done:=true",
+        "-p",
+        "loop:=false",
+        "-p",
+        "rate:=30.0",
+    ]
     for p in params:
         args += ["-p", p]
     node = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -66,8 +86,15 @@ def _check_common(got: dict, n: int) -> None:
 def test_real_trajectory_replays_through_node(tmp_path, shared_habitat):
     traj = json.loads((shared_habitat / "habitat-sim_trajectory_data.json").read_text())
     n = len(traj["positions"])
-    got = _run(tmp_path, ["source:=trajectory", f"trajectory:={shared_habitat / 'habitat-sim_trajectory_data.json'}",
-                          f"images:=['{shared_habitat / 'van-gogh-room.color.png'}']"], expected=n)
+    got = _run(
+        tmp_path,
+        [
+            "source:=trajectory",
+            f"trajectory:={shared_habitat / 'habitat-sim_trajectory_data.json'}",
+            f"images:=['{shared_habitat / 'van-gogh-room.color.png'}']",
+        ],
+        expected=n,
+    )
     _check_common(got, n)
     assert got["depth"] == []  # recorded stills have no depth; nothing fake is published
     assert {(m["w"], m["h"]) for m in got["rgb"]} == {(320, 240)}

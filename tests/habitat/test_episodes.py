@@ -28,10 +28,7 @@ def test_pointnav_json_and_gz_agree():
     ep = plain.episodes[0]
     assert ep.goals[0].radius == 0.2 and len(ep.goals[0].position) == 3
     assert [p.action for p in ep.shortest_paths[0]] == [1, 1, 1]
-    assert (
-        plain.episodes[1].shortest_paths is None
-        and plain.episodes[1].goals[0].radius is None
-    )
+    assert plain.episodes[1].shortest_paths is None and plain.episodes[1].goals[0].radius is None
 
 
 def test_scenes_dir_replaces_default_prefix():
@@ -81,22 +78,15 @@ def test_vln_and_gt_locations():
     ep = ds.episodes[0]
     assert isinstance(ep, VLNEpisode) and ep.episode_id == 1 and ep.trajectory_id == 101
     words = ds.instruction_vocab["word_list"]
-    assert (
-        " ".join(words[t] for t in ep.instruction.instruction_tokens)
-        == ep.instruction.instruction_text
-    )
+    assert " ".join(words[t] for t in ep.instruction.instruction_tokens) == ep.instruction.instruction_text
     assert len(ep.reference_path) == 11
     gt = load_vlnce_gt(FIX / "vln_r2r_gt.json.gz")
     assert len(gt["1"]["locations"]) == 58 and gt["2"]["forward_steps"] == 18
     # with gt locations the path follows the real trajectory (repeated start point collapsed)
-    assert (
-        len(episode_path(ep, gt)) >= len(episode_path(ep)) >= 3
-    )  # in-place turns collapse
+    assert len(episode_path(ep, gt)) >= len(episode_path(ep)) >= 3  # in-place turns collapse
 
 
-@pytest.mark.parametrize(
-    "name", ["pointnav.json", "objectnav.json.gz", "vln_r2r.json.gz"]
-)
+@pytest.mark.parametrize("name", ["pointnav.json", "objectnav.json.gz", "vln_r2r.json.gz"])
 @pytest.mark.parametrize("suffix", [".json", ".json.gz"])
 def test_round_trip(tmp_path, name, suffix):
     ds = load_episodes(FIX / name)

@@ -14,8 +14,17 @@ from habitat_sim_bridge.recorder import RecordConfig, record
 
 
 def _run(out: Path, seed: int = 5) -> dict:
-    cfg = RecordConfig(out=str(out), num_episodes=3, frames_per_episode=3, seed=seed, heldout_episodes=2,
-                       episodes_per_scene=2, width=128, height=96, progress=False)
+    cfg = RecordConfig(
+        out=str(out),
+        num_episodes=3,
+        frames_per_episode=3,
+        seed=seed,
+        heldout_episodes=2,
+        episodes_per_scene=2,
+        width=128,
+        height=96,
+        progress=False,
+    )
     return record(cfg)
 
 
@@ -26,8 +35,11 @@ def recorded(needs_osmesa, tmp_path_factory):
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".png", ".jsonl", ".gz")}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix in (".png", ".jsonl", ".gz")
+    }
 
 
 def test_same_seed_same_bytes(recorded):
@@ -40,7 +52,7 @@ def test_meta_and_jsonl_follow_upstream_format(recorded):
     base, paths, _ = recorded
     meta = json.loads(paths["train_meta"].read_text())
     assert set(meta) == {"habitat_caption", "habitat_objnav_qa", "habitat_trajectory"}
-    for name, entry in meta.items():
+    for entry in meta.values():
         assert set(entry) == {"root", "annotation", "data_augment", "repeat_time", "length"}
         assert entry["data_augment"] is False and entry["repeat_time"] == 1
         rows = [json.loads(line) for line in Path(entry["annotation"]).read_text().splitlines()]
@@ -65,8 +77,17 @@ def test_captions_agree_with_ground_truth(recorded):
     base, _, _ = recorded
     frames = {json.loads(line)["image"]: json.loads(line) for line in (base / "a" / "frames_train.jsonl").open()}
     rows = [json.loads(line) for line in (base / "a" / "annotations" / "train_caption.jsonl").open()]
-    words = {"chair": "chair", "sofa": "sofa", "table": "table", "bed": "bed", "plant": "plant", "tv": "TV",
-             "cabinet": "cabinet", "lamp": "lamp", "bookshelf": "bookshel"}
+    words = {
+        "chair": "chair",
+        "sofa": "sofa",
+        "table": "table",
+        "bed": "bed",
+        "plant": "plant",
+        "tv": "TV",
+        "cabinet": "cabinet",
+        "lamp": "lamp",
+        "bookshelf": "bookshel",
+    }
     for row in rows:
         text = row["conversations"][1]["value"]
         visible = {v["category"] for v in frames[row["image"]]["visible"]}

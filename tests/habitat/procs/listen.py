@@ -32,8 +32,15 @@ def main() -> int:
 
     def on_image(key):
         def cb(msg):
-            item = {"stamp": stamp(msg.header), "frame_id": msg.header.frame_id, "encoding": msg.encoding,
-                    "w": msg.width, "h": msg.height, "step": msg.step, "bytes": len(msg.data)}
+            item = {
+                "stamp": stamp(msg.header),
+                "frame_id": msg.header.frame_id,
+                "encoding": msg.encoding,
+                "w": msg.width,
+                "h": msg.height,
+                "step": msg.step,
+                "bytes": len(msg.data),
+            }
             if msg.encoding == "rgb8":
                 arr = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
                 item["mean"] = float(arr.mean())
@@ -41,19 +48,32 @@ def main() -> int:
                 arr = np.frombuffer(msg.data, np.float32).reshape(msg.height, msg.width)
                 item["depth_max"] = float(arr.max())
             got[key].append(item)
+
         return cb
 
     node.create_subscription(Image, "/camera/image_raw", on_image("rgb"), qos)
     node.create_subscription(Image, "/camera/depth/image_raw", on_image("depth"), qos)
-    node.create_subscription(CameraInfo, "/camera/camera_info", lambda m: got["info"].append(
-        {"stamp": stamp(m.header), "frame_id": m.header.frame_id, "k": list(m.k), "w": m.width, "h": m.height}), qos)
+    node.create_subscription(
+        CameraInfo,
+        "/camera/camera_info",
+        lambda m: got["info"].append(
+            {"stamp": stamp(m.header), "frame_id": m.header.frame_id, "k": list(m.k), "w": m.width, "h": m.height}
+        ),
+        qos,
+    )
     odom_t = odometry_type()
 
     def on_odom(m):
         pose = m.pose.pose if hasattr(m, "child_frame_id") else m.pose
-        got["odom"].append({"stamp": stamp(m.header), "frame_id": m.header.frame_id,
-                            "child": getattr(m, "child_frame_id", ""), "type": type(m).__name__,
-                            "xyz": [pose.position.x, pose.position.y, pose.position.z]})
+        got["odom"].append(
+            {
+                "stamp": stamp(m.header),
+                "frame_id": m.header.frame_id,
+                "child": getattr(m, "child_frame_id", ""),
+                "type": type(m).__name__,
+                "xyz": [pose.position.x, pose.position.y, pose.position.z],
+            }
+        )
 
     node.create_subscription(odom_t, "/odom", on_odom, qos)
     end = time.monotonic() + timeout
