@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 
 from ivl_ros.node.launch_spec import TRANSPORT_ENV
 
@@ -25,10 +24,10 @@ def _image_msg(path: str):
         return rgb_to_image(np.asarray(img.convert("RGB")), "rgb8")
 
 
-def _wait(future, timeout: float):
-    done = threading.Event()
-    future.add_done_callback(lambda _f: done.set())
-    if not done.wait(timeout):
+def _wait(executor, future, timeout: float):
+    # Spin on this thread (no background spinner): exits are then clean, with nothing left in a DDS wait.
+    executor.spin_until_future_complete(future, timeout_sec=timeout)
+    if not future.done():
         raise TimeoutError
     return future.result()
 
@@ -49,12 +48,15 @@ def ask(question: str, camera: str = "", image: str | None = None, max_new_token
     node = Node("ivl_ros_ask")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
     try:
         shown = [""]  # streamed text printed so far
         fields = {"question": question, "camera": camera, "max_new_tokens": max_new_tokens}
         if image:
-            fields["image"] = _image_msg(image)
+            try:
+                fields["image"] = _image_msg(image)
+            except OSError as exc:
+                print(f"ivl-ros-ask: cannot read {image}: {exc}", file=sys.stderr)
+                return 2
         if stream:
             client = ActionClient(node, Describe, "/ivl/describe")
             if not client.wait_for_server(timeout_sec=min(timeout, 10.0)):
@@ -72,15 +74,16 @@ def ask(question: str, camera: str = "", image: str | None = None, max_new_token
                     sys.stdout.flush()
                 shown[0] = text
 
-            handle = _wait(client.send_goal_async(Describe.Goal(**fields), feedback_callback=on_feedback), timeout)
-            result = _wait(handle.get_result_async(), timeout).result
+            handle = _wait(executor, client.send_goal_async(Describe.Goal(**fields), feedback_callback=on_feedback),
+                           timeout)
+            result = _wait(executor, handle.get_result_async(), timeout).result
         else:
             client = node.create_client(Ask, "/ivl/ask")
             if not client.wait_for_service(timeout_sec=min(timeout, 10.0)):
                 print("ivl-ros-ask: /ivl/ask is not available (is ivl_captioner running, same ROS_DOMAIN_ID?)",
                       file=sys.stderr)
                 return 2
-            result = _wait(client.call_async(Ask.Request(**fields)), timeout)
+            result = _wait(executor, client.call_async(Ask.Request(**fields)), timeout)
         if as_json:
             print(json.dumps({"answer": result.answer, "success": result.success, "message": result.message,
                               "latency_ms": result.latency_ms}))

@@ -176,10 +176,21 @@ class Client(Node):
                         **{kv.key: kv.value for kv in s.values}}
         return out
 
+    def op_get_params(self, names: list[str]) -> dict:
+        result = wait_future(self.params.get_parameters(names), 10.0)
+        pairs = zip(names, result.values, strict=True)
+        return {n: Parameter.from_parameter_msg(_named(n, v)).value for n, v in pairs}
+
     def op_set_params(self, values: dict) -> list[dict]:
         params = [Parameter(k, value=v) for k, v in values.items()]
         result = wait_future(self.params.set_parameters(params), 10.0)
         return [{"successful": r.successful, "reason": r.reason} for r in result.results]
+
+
+def _named(name, value):
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+
+    return ParameterMsg(name=name, value=value)
 
 
 def image_msg(seed: int = 0, width: int = 64, height: int = 48, encoding: str = "rgb8", step: int | None = None,

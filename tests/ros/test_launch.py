@@ -1,0 +1,143 @@
+"""Both launch paths: launch_spec, the pip launcher for real (start, use, SIGINT), the .launch.py file with
+stand-ins for launch/launch_ros (not installable from PyPI), the YAML and the ask client."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, Proc, ros_env
+
+from ivl_ros.node import launch_spec, launcher
+from ivl_ros.node.params import defaults
+
+LAUNCH_FILE = REPO / "launch" / "captioner.launch.py"
+CONFIG = REPO / "config" / "captioner.yaml"
+
+
+def test_yaml_holds_every_parameter_with_its_default():
+    data = yaml.safe_load(CONFIG.read_text())
+    assert data["/**/ivl_captioner"]["ros__parameters"] == defaults()
+
+
+def test_plan_applies_arguments_and_conditions(tmp_path):
+    nodes = launch_spec.plan({"model_path": "/m", "image_topics": "['/cam/image_raw']", "caption_rate_hz": "2",
+                              "compressed": "true"})
+    assert [n.spec.name for n in nodes] == ["ivl_captioner"]
+    assert nodes[0].overrides == {"model_path": "/m", "image_topics": ["/cam/image_raw"], "caption_rate_hz": 2.0,
+                                  "compressed": True}
+    assert nodes[0].params_file.samefile(CONFIG)
+    sim = launch_spec.plan({"use_sim": "true", "camera_topic": "/x", "backend": ""})
+    assert [n.spec.name for n in sim] == ["ivl_captioner", "habitat_sim_bridge"]
+    assert sim[0].overrides == {"image_topics": ["/x"]}
+    for bad, message in [({"max_tiles": "many"}, "must be int"), ({"use_sim": "maybe"}, "true or false"),
+                         ({"nonsense": "1"}, "unknown launch argument"), ({"image_topics": "[1]"}, "list of topic"),
+                         ({"params_file": str(tmp_path / "none.yaml")}, "does not exist")]:
+        with pytest.raises(launch_spec.LaunchError, match=message):
+            launch_spec.plan(bad)
+    assert launch_spec.child_env({"FASTDDS_BUILTIN_TRANSPORTS": "SHM"})["FASTDDS_BUILTIN_TRANSPORTS"] == "SHM"
+    assert launch_spec.child_env({})["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
+
+
+def test_launch_file_ast_reads_launch_spec():
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert ("launch_ros.actions", "Node") in imports and ("ivl_ros.node", "launch_spec") in imports
+    assert "generate_launch_description" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+
+def _stub_launch_modules(monkeypatch):
+    """Minimal launch/launch_ros stand-ins that record what the launch file builds."""
+    class Action:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    mods = {name: types.ModuleType(name) for name in
+            ("launch", "launch.actions", "launch.substitutions", "launch_ros", "launch_ros.actions")}
+    mods["launch"].LaunchDescription = lambda entities: list(entities)
+    for name in ("DeclareLaunchArgument", "OpaqueFunction", "SetEnvironmentVariable"):
+        setattr(mods["launch.actions"], name, type(name, (Action,), {}))
+    mods["launch.substitutions"].EnvironmentVariable = type("EnvironmentVariable", (Action,), {})
+    mods["launch_ros.actions"].Node = type("Node", (Action,), {})
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+
+
+def test_launch_file_builds_the_same_nodes(monkeypatch):
+    if "launch_ros" not in sys.modules:
+        _stub_launch_modules(monkeypatch)
+    namespace: dict = {}
+    exec(compile(LAUNCH_FILE.read_text(), str(LAUNCH_FILE), "exec"), namespace)
+    entities = namespace["generate_launch_description"]()
+    kinds = [type(e).__name__ for e in entities]
+    assert kinds[0] == "SetEnvironmentVariable" and kinds[-1] == "OpaqueFunction"
+    declared = {e.args[0] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
+    assert declared == set(launch_spec.LAUNCH_ARGUMENTS)
+    context = types.SimpleNamespace(launch_configurations={
+        **{k: v for k, (v, _) in launch_spec.LAUNCH_ARGUMENTS.items()}, "model_path": "/m", "use_sim": "true",
+        "caption_rate_hz": "2.5"})
+    nodes = entities[-1].kwargs["function"](context)
+    assert [n.kwargs["executable"] for n in nodes] == ["ivl_captioner", "habitat_sim_bridge"]
+    assert nodes[0].kwargs["name"] == "ivl_captioner" and nodes[0].kwargs["package"] == "ivl_ros"
+    assert nodes[0].kwargs["parameters"][1:] == [{"model_path": "/m", "caption_rate_hz": 2.5}]
+    assert Path(nodes[0].kwargs["parameters"][0]).samefile(CONFIG)
+
+
+def test_supervise_stops_everything_when_a_child_dies():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    crasher = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    start = time.monotonic()
+    assert launcher.supervise({"sleeper": sleeper, "crasher": crasher}, []) == 3
+    assert sleeper.poll() is not None and time.monotonic() - start < 10
+
+
+def test_launcher_reports_bad_arguments(capsys):
+    assert launcher.main(["captioner", "max_tiles:=lots"]) == 2
+    assert "max_tiles:='lots' must be int" in capsys.readouterr().err
+    assert launcher.main(["captioner", "model_path"]) == 2
+
+
+def test_pip_launcher_runs_compressed_cameras_and_stops_on_sigint(tiny_ckpt, domain, logs, client):
+    env = ros_env(domain)
+    env.pop("FASTDDS_BUILTIN_TRANSPORTS")  # the launcher must set it for its children
+    proc = Proc([sys.executable, "-m", "ivl_ros.node.launcher", "captioner", f"model_path:={tiny_ckpt}",
+                 "image_topics:=['/cam/image_raw']", "compressed:=true", "caption_rate_hz:=20.0", "max_tiles:=1",
+                 "max_new_tokens:=8"], env, logs / "launcher.log")
+    try:
+        assert client.call("wait_ready")["model"]["model_loaded"] == "true", proc.log()
+        assert client.call("get_params", names=["caption_rate_hz", "image_topics", "compressed"]) == {
+            "caption_rate_hz": 20.0, "image_topics": ["/cam/image_raw"], "compressed": True}
+        corrupt = base64.b64encode(b"\xff\xd8\xff\xe0" + bytes(200)).decode()
+        client.call("publish_compressed", topic="/cam/image_raw/compressed", data_b64=corrupt)
+        client.call("publish_compressed", topic="/cam/image_raw/compressed", fmt="png", data_b64="")
+        proc.wait_log("cannot be decoded")
+        proc.wait_log("compressed image has no data")
+        client.call("captions")
+        client.call("publish_compressed", topic="/cam/image_raw/compressed", seed=4, frame_id="jpeg-frame")
+        end, caps = time.monotonic() + 15, []
+        while not caps and time.monotonic() < end:
+            caps = client.call("captions")
+            time.sleep(0.1)
+        assert caps and caps[0]["camera"] == "/cam/image_raw" and caps[0]["frame_id"] == "jpeg-frame"
+        asked = subprocess.run([sys.executable, "-m", "ivl_ros.node.ask", "What is here?", "--json"], env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert asked.returncode == 0, asked.stderr
+        assert json.loads(asked.stdout)["success"]
+        streamed = subprocess.run([sys.executable, "-m", "ivl_ros.node.ask", "What is here?", "--stream"],
+                                  env=env, capture_output=True, text=True, timeout=60)
+        assert streamed.returncode == 0 and streamed.stdout.strip(), streamed.stderr
+    finally:
+        code = proc.stop(signal.SIGINT, timeout=20)
+    log = proc.log()
+    assert code == 0, log
+    assert "Traceback" not in log
+    assert "started ivl_captioner" in log
