@@ -203,8 +203,8 @@ def _write_jsonl(rows: list[dict], path: Path) -> None:
 
 
 def _meta(out: Path, split: str, result: dict) -> dict:
-    """Upstream InternVL meta entries; paths keep the form of ``--out`` (relative ones are relative to the
-    working directory of training, the repository root, as in upstream's shell scripts)."""
+    """Upstream InternVL meta entries. Paths are relative to the meta file's folder, so the whole output folder
+    can be moved; the project's finetune data reader resolves them against that folder first."""
     meta = {}
     for kind in ("caption", "objnav_qa", "trajectory"):
         rows = result[kind]
@@ -212,8 +212,8 @@ def _meta(out: Path, split: str, result: dict) -> dict:
             continue
         name = f"habitat_{kind}" if split == "train" else f"habitat_{split}_{kind}"
         meta[name] = {
-            "root": str(out / "images") + "/",
-            "annotation": str(out / "annotations" / f"{split}_{kind}.jsonl"),
+            "root": "images/",
+            "annotation": f"annotations/{split}_{kind}.jsonl",
             "data_augment": False,
             "repeat_time": 1,
             "length": len(rows),
@@ -244,7 +244,7 @@ def record(cfg: RecordConfig) -> dict[str, Path]:
         paths[f"{split}_meta"] = meta_path
         if split == "heldout":
             coco = {
-                "info": {"description": "ivl_ros habitat held-out captions", "image_root": str(out / "images")},
+                "info": {"description": "ivl_ros habitat held-out captions", "image_root": "images/"},
                 "images": result["coco_images"],
                 "annotations": result["coco_annotations"],
                 "type": "captions",

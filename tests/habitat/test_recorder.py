@@ -51,11 +51,12 @@ def test_same_seed_same_bytes(recorded):
 def test_meta_and_jsonl_follow_upstream_format(recorded):
     base, paths, _ = recorded
     meta = json.loads(paths["train_meta"].read_text())
+    root = paths["train_meta"].parent  # entries are relative to the meta file's folder
     assert set(meta) == {"habitat_caption", "habitat_objnav_qa", "habitat_trajectory"}
     for entry in meta.values():
         assert set(entry) == {"root", "annotation", "data_augment", "repeat_time", "length"}
         assert entry["data_augment"] is False and entry["repeat_time"] == 1
-        rows = [json.loads(line) for line in Path(entry["annotation"]).read_text().splitlines()]
+        rows = [json.loads(line) for line in (root / entry["annotation"]).read_text().splitlines()]
         assert len(rows) == entry["length"] > 0
         for row in rows:
             assert set(row) == {"id", "image", "conversations"}
@@ -63,13 +64,13 @@ def test_meta_and_jsonl_follow_upstream_format(recorded):
             assert human["from"] == "human" and gpt["from"] == "gpt" and gpt["value"].strip()
             images = row["image"] if isinstance(row["image"], list) else [row["image"]]
             for rel in images:
-                assert not Path(rel).is_absolute() and (Path(entry["root"]) / rel).is_file()
+                assert not Path(rel).is_absolute() and (root / entry["root"] / rel).is_file()
             if isinstance(row["image"], list):
                 assert human["value"].startswith("".join(f"Image-{i + 1}: <image>\n" for i in range(len(images))))
             else:
                 assert human["value"].startswith("<image>\n")
             assert human["value"].count("<image>") == len(images)
-    ids = [json.loads(line)["id"] for e in meta.values() for line in Path(e["annotation"]).read_text().splitlines()]
+    ids = [json.loads(line)["id"] for e in meta.values() for line in (root / e["annotation"]).read_text().splitlines()]
     assert len(ids) == len(set(ids))
 
 
@@ -125,3 +126,12 @@ def test_cli_rejects_bad_budget(tmp_path, capsys):
 
     assert main(["--out", str(tmp_path), "--num-episodes", "0", "--no-progress"]) == 2
     assert "--num-episodes" in capsys.readouterr().err
+
+
+def test_finetune_data_checker_accepts_it(recorded):
+    """The project's finetune checker (when present in this checkout) validates the recorded data."""
+    data = pytest.importorskip("finetune.data", reason="finetune/data.py is not in this checkout")
+    _, paths, _ = recorded
+    for key in ("train_meta", "heldout_meta"):
+        report = data.check_data(paths[key])
+        assert not report.problems, [str(p) for p in report.problems]
