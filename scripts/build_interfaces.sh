@@ -31,7 +31,7 @@ PYINC=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 NPINC=$("$PY" -c "import numpy; print(numpy.get_include())")
 PYVER=$("$PY" -c "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')")
 CPTAG="cp${PYVER/./}-cp${PYVER/./}"
-grep -rl "/opt/python/$CPTAG/" "$VENV/share" --include='*.cmake' | xargs -r sed -i \
+{ grep -rl "/opt/python/$CPTAG/" "$VENV/share" --include='*.cmake' || true; } | xargs -r sed -i \
   -e "s#/opt/python/$CPTAG/include/python$PYVER#$PYINC#g" \
   -e "s#/opt/python/$CPTAG/lib/python$PYVER/site-packages/numpy/_core/include#$NPINC#g"
 
