@@ -51,10 +51,11 @@ class FastTorchBackend(TorchBackend):
         self.use_compile = self.use_graphs if compile is None else compile
         self.check_every = max(1, check_every)
         # One StaticLM per model: it re-points the model's linears at fused weights, which must happen once.
-        lm = getattr(self.model, "_ivl_static_lm", None)
+        lm = self.model.__dict__.get("_ivl_static_lm")
         if lm is None:
             lm = StaticLM(self.model)
-            self.model._ivl_static_lm = lm
+            # Through __dict__: as a registered submodule it would show up in the model's state_dict.
+            self.model.__dict__["_ivl_static_lm"] = lm
         self.lm = lm
         self.vocab = int(self.model.lm_head.weight.shape[0])
         self._states: OrderedDict[tuple[int, int], GreedyState] = OrderedDict()
