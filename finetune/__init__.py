@@ -1,0 +1,1 @@
+"""LoRA / full finetuning of InternVL2 on InternVL-format data (entry points: lora.py, merge.py)."""
