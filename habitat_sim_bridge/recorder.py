@@ -68,6 +68,8 @@ def _sample(sample_id: str, images: list[str], question: str, answer: str) -> di
 
 
 CAPTION_PROMPTS = [
+    # Upstream's caption-eval prompt first: `ivl caption` and the captioner node send exactly this.
+    "Provide a one-sentence caption for the provided image.",
     "Describe what the robot sees in one sentence.",
     "What is in front of the robot?",
     "Write a short caption for this view.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,25 @@ TINY_GEOMETRY = {
                "image_size": 112, "patch_size": 14},
     "llm": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
             "intermediate_size": 256},
+    "sp_vocab_size": 1024,
+}
+
+# The embedded demo captioner (models/ivl-demo): same family, sized so the checkpoint stays under 20 MB.
+DEMO_GEOMETRY = {
+    "vision": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512,
+               "image_size": 112, "patch_size": 14},
+    "llm": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4,
+            "intermediate_size": 512},
+    "sp_vocab_size": 1024,
+}
+
+# The real InternVL2-2B (InternViT-300M-448px + internlm2-chat-1_8b); vocab_size overrides the tokenizer-derived
+# size so that the embedding and lm_head have their full 92553 rows even with the ~1k-piece tiny tokenizer.
+INTERNVL2_2B_GEOMETRY = {
+    "vision": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
+               "image_size": 448, "patch_size": 14},
+    "llm": {"hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 8,
+            "intermediate_size": 8192, "vocab_size": 92553},
     "sp_vocab_size": 1024,
 }
 
@@ -56,11 +76,15 @@ def _corpus(seed: int) -> list[str]:
     return lines
 
 
-def train_tiny_sentencepiece(vocab_size: int = 1024, seed: int = 0) -> bytes:
-    """A BPE sentencepiece model with byte fallback and no dummy prefix (as InternLM2's)."""
+def train_tiny_sentencepiece(vocab_size: int = 1024, seed: int = 0, corpus: Iterable[str] = ()) -> bytes:
+    """A BPE sentencepiece model with byte fallback and no dummy prefix (as InternLM2's).
+
+    ``corpus`` adds domain sentences (e.g. a dataset's captions) to the built-in text.
+    """
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus(seed)), model_writer=out, vocab_size=vocab_size, model_type="bpe",
+        sentence_iterator=iter([*_corpus(seed), *corpus]), model_writer=out, vocab_size=vocab_size,
+        model_type="bpe",
         byte_fallback=True, add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
         user_defined_symbols=CHAT_TOKENS, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0,
         num_threads=1, minloglevel=2, hard_vocab_limit=False, normalization_rule_name="identity")
@@ -86,7 +110,8 @@ def tiny_config(sp_vocab: int, geometry: dict | None = None) -> dict:
             "num_attention_heads": llm["num_attention_heads"], "num_hidden_layers": llm["num_hidden_layers"],
             "num_key_value_heads": llm["num_key_value_heads"], "rms_norm_eps": 1e-5,
             "rope_scaling": {"factor": 2.0, "type": "dynamic"}, "rope_theta": 1000000, "tie_word_embeddings": False,
-            "torch_dtype": "float32", "use_cache": True, "vocab_size": sp_vocab + len(INTERNVL_TOKENS),
+            "torch_dtype": "float32", "use_cache": True,
+            "vocab_size": llm.get("vocab_size", sp_vocab + len(INTERNVL_TOKENS)),
         },
         "max_dynamic_patch": 12, "min_dynamic_patch": 1, "model_type": "internvl_chat", "ps_version": "v2",
         "select_layer": -1, "template": "internlm2-chat", "torch_dtype": "float32", "use_backbone_lora": 0,
@@ -117,24 +142,28 @@ def random_upstream_tensors(config: dict, seed: int = 0, dtype: torch.dtype = to
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in InternVLForConditionalGeneration(hf_config).state_dict().items()}
     gen = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, shape in shapes.items():
-        if name.endswith(("layernorm_before.weight", "layernorm_after.weight", "layer_norm.weight", "norm.weight",
-                          "input_layernorm.weight", "post_attention_layernorm.weight")):
-            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        elif name.endswith(("lambda_1", "lambda_2")):
-            t = 0.5 + 0.1 * torch.randn(shape, generator=gen)
-        elif name.endswith("bias"):
-            t = 0.05 * torch.randn(shape, generator=gen)
-        elif "embed_tokens" in name or "cls_token" in name or "position_embeddings" in name:
-            t = torch.randn(shape, generator=gen)
-        elif name == "lm_head.weight":
-            t = 4.0 * torch.randn(shape, generator=gen) / shape[-1] ** 0.5
-        else:
-            fan_in = int(np.prod(shape[1:]))
-            t = torch.randn(shape, generator=gen) / fan_in**0.5
-        tensors[name] = t.to(dtype)
+    tensors = {name: random_tensor(name, shape, gen).to(dtype) for name, shape in shapes.items()}
     return unconvert_state_dict(tensors, hf_config)
+
+
+def random_tensor(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
+    """One transformers-named tensor of random weights, on ``gen``'s device (see random_upstream_tensors)."""
+    def randn() -> torch.Tensor:
+        return torch.randn(shape, generator=gen, device=gen.device)
+
+    if name.endswith(("layernorm_before.weight", "layernorm_after.weight", "layer_norm.weight", "norm.weight",
+                      "input_layernorm.weight", "post_attention_layernorm.weight")):
+        return 1.0 + 0.1 * randn()
+    if name.endswith(("lambda_1", "lambda_2")):
+        return 0.5 + 0.1 * randn()
+    if name.endswith("bias"):
+        return 0.05 * randn()
+    if "embed_tokens" in name or "cls_token" in name or "position_embeddings" in name:
+        return randn()
+    if name == "lm_head.weight":
+        return 4.0 * randn() / shape[-1] ** 0.5
+    fan_in = int(np.prod(shape[1:]))
+    return randn() / fan_in**0.5
 
 
 _REMOTE_CODE_TRAP = '''# Stand-in for the remote code an upstream checkpoint ships. ivl_ros must never import it.
@@ -172,14 +201,14 @@ def write_tokenizer_files(out: Path, sp_proto: bytes) -> None:
 
 
 def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, geometry: dict | None = None,
-                         shard_bytes: int | None = None, overwrite: bool = False) -> Path:
+                         shard_bytes: int | None = None, overwrite: bool = False, corpus: Iterable[str] = ()) -> Path:
     """Write a tiny random InternVL2 checkpoint in the upstream layout to ``out_dir``."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OptionError(f"{out}: exists and is not empty; choose a new directory")
     out.mkdir(parents=True, exist_ok=True)
     g = geometry or TINY_GEOMETRY
-    sp_proto = train_tiny_sentencepiece(g.get("sp_vocab_size", 1024), seed=seed)
+    sp_proto = train_tiny_sentencepiece(g.get("sp_vocab_size", 1024), seed=seed, corpus=corpus)
     sp_size = spm.SentencePieceProcessor(model_proto=sp_proto).get_piece_size()
     config = tiny_config(sp_size, g)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
