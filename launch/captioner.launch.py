@@ -5,8 +5,9 @@ The node list, the params YAML and the meaning of every argument come from ivl_r
 the pip-only launcher (`ivl-ros-launch captioner ...`) reads too, so both start the same thing.
 """
 
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
-from launch.substitutions import EnvironmentVariable
+import os
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch_ros.actions import Node
 
 from ivl_ros.node import launch_spec
@@ -17,18 +18,17 @@ def _nodes(context):
     # Evaluated at launch time so that node parameters given as launch arguments (caption_rate_hz:=2.0)
     # override the YAML only when they are given.
     launches = launch_spec.plan(dict(context.launch_configurations), strict=False)
+    # Large images between processes need a Fast DDS transport setting; the user's own choice is kept.
+    env = launch_spec.transport_env(os.environ)
     return [
         Node(package=launch_spec.PACKAGE, executable=launch.spec.executable, name=launch.spec.name,
-             output="screen", emulate_tty=True,
+             output="screen", emulate_tty=True, additional_env=env,
              parameters=[str(launch.params_file)] + ([launch.overrides] if launch.overrides else []))
         for launch in launches
     ]
 
 
 def generate_launch_description():
-    # Large images between processes need Fast DDS's LARGE_DATA transport; keep the user's choice if set.
-    transport = [SetEnvironmentVariable(name, EnvironmentVariable(name, default_value=value))
-                 for name, value in launch_spec.TRANSPORT_ENV.items()]
     arguments = [DeclareLaunchArgument(name, default_value=default, description=description)
                  for name, (default, description) in launch_spec.LAUNCH_ARGUMENTS.items()]
-    return LaunchDescription([*transport, *arguments, OpaqueFunction(function=_nodes)])
+    return LaunchDescription([*arguments, OpaqueFunction(function=_nodes)])

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from ivl_ros.node.launch_spec import TRANSPORT_ENV
+from ivl_ros.node.launch_spec import transport_env
 
 
 def _image_msg(path: str):
@@ -34,8 +34,7 @@ def _wait(executor, future, timeout: float):
 
 def ask(question: str, camera: str = "", image: str | None = None, max_new_tokens: int = 0, stream: bool = False,
         timeout: float = 60.0, as_json: bool = False) -> int:
-    for key, value in TRANSPORT_ENV.items():  # read by Fast DDS when the participant is created
-        os.environ.setdefault(key, value)
+    os.environ.update(transport_env(os.environ))  # read by Fast DDS when the participant is created
     import rclpy
     from rclpy.action import ActionClient
     from rclpy.executors import SingleThreadedExecutor

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -44,8 +45,12 @@ def test_plan_applies_arguments_and_conditions(tmp_path):
                          ({"params_file": str(tmp_path / "none.yaml")}, "does not exist")]:
         with pytest.raises(launch_spec.LaunchError, match=message):
             launch_spec.plan(bad)
-    assert launch_spec.child_env({"FASTDDS_BUILTIN_TRANSPORTS": "SHM"})["FASTDDS_BUILTIN_TRANSPORTS"] == "SHM"
+    assert launch_spec.child_env({"FASTDDS_BUILTIN_TRANSPORTS": "SHM"}) == {"FASTDDS_BUILTIN_TRANSPORTS": "SHM"}
+    assert launch_spec.transport_env({"FASTDDS_DEFAULT_PROFILES_FILE": "/p.xml"}) == {}
     assert launch_spec.child_env({})["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
+    # LARGE_DATA does not carry VGA frames under LOCALHOST discovery: the shipped SHM profile is used there.
+    local = launch_spec.transport_env({"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"})
+    assert list(local) == ["FASTDDS_DEFAULT_PROFILES_FILE"] and Path(local["FASTDDS_DEFAULT_PROFILES_FILE"]).is_file()
 
 
 def test_launch_file_ast_reads_launch_spec():
@@ -62,11 +67,10 @@ def _stub_launch_modules(monkeypatch):
             self.args, self.kwargs = args, kwargs
 
     mods = {name: types.ModuleType(name) for name in
-            ("launch", "launch.actions", "launch.substitutions", "launch_ros", "launch_ros.actions")}
+            ("launch", "launch.actions", "launch_ros", "launch_ros.actions")}
     mods["launch"].LaunchDescription = lambda entities: list(entities)
-    for name in ("DeclareLaunchArgument", "OpaqueFunction", "SetEnvironmentVariable"):
+    for name in ("DeclareLaunchArgument", "OpaqueFunction"):
         setattr(mods["launch.actions"], name, type(name, (Action,), {}))
-    mods["launch.substitutions"].EnvironmentVariable = type("EnvironmentVariable", (Action,), {})
     mods["launch_ros.actions"].Node = type("Node", (Action,), {})
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
@@ -79,7 +83,7 @@ def test_launch_file_builds_the_same_nodes(monkeypatch):
     exec(compile(LAUNCH_FILE.read_text(), str(LAUNCH_FILE), "exec"), namespace)
     entities = namespace["generate_launch_description"]()
     kinds = [type(e).__name__ for e in entities]
-    assert kinds[0] == "SetEnvironmentVariable" and kinds[-1] == "OpaqueFunction"
+    assert kinds[-1] == "OpaqueFunction"
     declared = {e.args[0] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
     assert declared == set(launch_spec.LAUNCH_ARGUMENTS)
     context = types.SimpleNamespace(launch_configurations={
@@ -90,6 +94,7 @@ def test_launch_file_builds_the_same_nodes(monkeypatch):
     assert nodes[0].kwargs["name"] == "ivl_captioner" and nodes[0].kwargs["package"] == "ivl_ros"
     assert nodes[0].kwargs["parameters"][1:] == [{"model_path": "/m", "caption_rate_hz": 2.5}]
     assert Path(nodes[0].kwargs["parameters"][0]).samefile(CONFIG)
+    assert nodes[0].kwargs["additional_env"] == launch_spec.transport_env(os.environ)
 
 
 def test_supervise_stops_everything_when_a_child_dies():
