@@ -42,7 +42,9 @@ def make_session(path: Path, providers: list[str], device: str = "cpu"):
     options.log_severity_level = 3  # keep ORT's per-node placement warnings out of user output
     provider_list: list = list(providers)
     if providers[0] == "CUDAExecutionProvider":
-        provider_list = [("CUDAExecutionProvider", {"device_id": _device_id(device)}), *providers[1:]]
+        # TF32 off: fp32 graphs then compute in fp32 as torch does by default, which greedy parity relies on.
+        cuda_options = {"device_id": _device_id(device), "use_tf32": 0}
+        provider_list = [("CUDAExecutionProvider", cuda_options), *providers[1:]]
     return ort.InferenceSession(str(path), sess_options=options, providers=provider_list)
 
 
