@@ -70,8 +70,13 @@ class VisionLanguageEngine:
     # -- construction ------------------------------------------------------------------------------
     @classmethod
     def load(cls, model_path: str | Path, backend: str = "torch", device: str = "cpu", dtype: str = "float32",
-             engines_path: str | Path | None = None, attention: str | None = None) -> VisionLanguageEngine:
-        """Load a checkpoint (upstream or converted layout) with the named backend."""
+             engines_path: str | Path | None = None, attention: str | None = None,
+             fast: bool | None = None) -> VisionLanguageEngine:
+        """Load a checkpoint (upstream or converted layout) with the named backend.
+
+        ``fast`` (torch only): the static-cache, CUDA-graph path of :mod:`backends.torch_fast`; by default
+        on for CUDA devices and off on CPU. Both give the same tokens.
+        """
         check_backend_name(backend)
         path = Path(model_path)
         if backend == "torch":
@@ -79,6 +84,12 @@ class VisionLanguageEngine:
             from ivl_ros.model.checkpoint import load_model
 
             loaded = load_model(path, device=device, dtype=dtype, attention=attention)
+            if fast is None:
+                fast = loaded.model.device.type == "cuda"
+            if fast:
+                from ivl_ros.model.backends.torch_fast import FastTorchBackend
+
+                return cls(FastTorchBackend(loaded), loaded.tokenizer, loaded.spec, model_id=path.resolve().name)
             return cls(TorchBackend(loaded), loaded.tokenizer, loaded.spec, model_id=path.resolve().name)
         try:
             from ivl_ros.model.backends.exported import load_exported_backend
@@ -136,7 +147,12 @@ class VisionLanguageEngine:
         with self._lock:
             start = time.perf_counter()
             session = self.backend.session(ids, mask, pixel_values)
-            outputs = generate(session, len(prepared), settings, self.eos_id, self.tokenizer.pad_id, on_step)
+            # A session may decode on its own device (no host round trip per token); streaming needs the loop.
+            device_generate = getattr(session, "generate", None)
+            if device_generate is not None and on_step is None:
+                outputs = device_generate(settings, self.eos_id, self.tokenizer.pad_id)
+            else:
+                outputs = generate(session, len(prepared), settings, self.eos_id, self.tokenizer.pad_id, on_step)
             latency_ms = (time.perf_counter() - start) * 1000.0
         answers = []
         for p, out in zip(prepared, outputs, strict=True):

@@ -60,6 +60,9 @@ class DecoderSession(Protocol):
     def step(self, next_ids: np.ndarray) -> np.ndarray:
         """Append one token per row (shape (batch,)); return the next logits (batch, vocab)."""
 
+    # Optional: ``generate(settings, eos_id, pad_id) -> list[list[int]]`` with exactly :func:`generate`'s
+    # result, for sessions that decode on their device; the engine uses it when no streaming is asked.
+
 
 def _sample(scores: np.ndarray, settings: GenerationSettings, rng: np.random.Generator) -> np.ndarray:
     scores = scores / settings.temperature

@@ -1,0 +1,3 @@
+from ivl_ros.bench.command import main
+
+raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""What the suite runs per backend, behind one small interface.
+
+* ``hf-baseline``: transformers ``generate`` on ``InternVLForConditionalGeneration`` with its default
+  dynamic cache, as upstream ``chat()`` calls it (eager Python loop, logits processors on the host side
+  of the loop);
+* ``torch`` (plain) and ``torch-fast``: the project's engine with the plain or the fast torch backend;
+* ``onnx``: the engine with exported engines (another package builds them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ivl_ros.model.engine import CAPTION_PROMPT, GenerationSettings, PreparedPrompt, VisionLanguageEngine
+from ivl_ros.model.prompt import cut_response
+
+
+def batch_inputs(prepared: Sequence[PreparedPrompt], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Left-padded ids, mask and stacked tiles, as the engine builds them."""
+    longest = max(len(p.prompt_ids) for p in prepared)
+    ids = np.full((len(prepared), longest), pad_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, p in enumerate(prepared):
+        ids[row, longest - len(p.prompt_ids):] = p.prompt_ids
+        mask[row, longest - len(p.prompt_ids):] = 1
+    tiles = [p.pixel_values for p in prepared if p.pixel_values is not None]
+    return ids, mask, (np.concatenate(tiles) if tiles else None)
+
+
+class EngineBench:
+    """The project's engine with some backend (plain torch, fast torch, onnx)."""
+
+    def __init__(self, name: str, engine: VisionLanguageEngine, note: str = "") -> None:
+        self.name = name
+        self.engine = engine
+        self.note = note
+
+    def vision(self, pixel_values: torch.Tensor) -> object:
+        return self.engine.backend.image_features(pixel_values)
+
+    @property
+    def has_vision(self) -> bool:
+        return hasattr(self.engine.backend, "image_features")
+
+    def generate(self, prepared: Sequence[PreparedPrompt], settings: GenerationSettings) -> list[list[int]]:
+        return [a.token_ids for a in self.engine.run(prepared, settings)]
+
+    def caption(self, frame: np.ndarray, settings: GenerationSettings) -> str:
+        return self.engine.caption(frame, max_tiles=6, settings=settings).answer
+
+
+class HFBaseline:
+    """transformers ``generate`` with its default cache on the same ``nn.Module`` (upstream chat() style)."""
+
+    name = "hf-baseline"
+    note = "transformers generate(), default DynamicCache, SDPA"
+    has_vision = True
+
+    def __init__(self, engine: VisionLanguageEngine) -> None:
+        self.engine = engine  # only for prepare() (tiling, prompt) and the tokenizer
+        self.model = engine.backend.model
+        self.device = next(self.model.parameters()).device
+        self.dtype = next(self.model.parameters()).dtype
+
+    @torch.inference_mode()
+    def vision(self, pixel_values: torch.Tensor) -> object:
+        return self.model.model.get_image_features(pixel_values=pixel_values.to(self.dtype), return_dict=True)
+
+    @torch.inference_mode()
+    def generate(self, prepared: Sequence[PreparedPrompt], settings: GenerationSettings) -> list[list[int]]:
+        tok = self.engine.tokenizer
+        ids, mask, pv = batch_inputs(prepared, tok.pad_id)
+        kwargs = {}
+        if pv is not None:
+            kwargs["pixel_values"] = torch.from_numpy(pv).to(self.device, self.dtype)
+        out = self.model.generate(
+            input_ids=torch.from_numpy(ids).to(self.device), attention_mask=torch.from_numpy(mask).to(self.device),
+            max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens or None, do_sample=False,
+            eos_token_id=self.engine.eos_id, pad_token_id=tok.pad_id, **kwargs)
+        new = out[:, ids.shape[1]:].cpu().numpy()
+        rows = []
+        for row in new:
+            hits = np.flatnonzero(row == self.engine.eos_id)
+            rows.append([int(t) for t in row[: int(hits[0]) + 1 if hits.size else len(row)]])
+        return rows
+
+    def caption(self, frame: np.ndarray, settings: GenerationSettings) -> str:
+        prepared = self.engine.prepare(frame, CAPTION_PROMPT, max_tiles=6)
+        tokens = self.generate([prepared], settings)[0]
+        return cut_response(self.engine.tokenizer.decode(tokens))

@@ -1,0 +1,160 @@
+"""Results files: JSON (everything), a markdown table (the headline numbers) and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Issue 8's targets (H100, batch 1, bf16).
+TARGETS = {"decode_b1": ">= 500 tok/s", "vision_7": "<= 12 ms", "ttft_max6": "<= 30 ms", "caption": "<= 100 ms",
+           "vision_1": "<= 3 ms", "peak": "<= 6 GB"}
+
+
+def _get(d: dict, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def rows(results: dict) -> list[tuple[str, str, list[str]]]:
+    """(metric, target, one cell per backend) for the headline table."""
+    backends = results["backends"]
+    ceiling = _get(results, "ceiling", "tokens_per_s_datasheet") or _get(results, "ceiling", "tokens_per_s_measured")
+    batch = results["config"]["decode_batch"]
+
+    def ms(*path) -> list[str]:
+        cells = []
+        for b in backends:
+            med, p90 = _get(b, *path, "median"), _get(b, *path, "p90")
+            cells.append("n/a" if med is None else f"{med:.1f} ({p90:.1f})")
+        return cells
+
+    def rate(key: str) -> list[str]:
+        cells = []
+        for b in backends:
+            tps = _get(b, key, "tokens_per_s")
+            share = f", {100 * tps / ceiling:.0f}% of ceiling" if tps and ceiling and key == "decode_b1" else ""
+            cells.append(f"{_fmt(tps)}{share}")
+        return cells
+
+    out = [(f"vision+projector, {n} tile(s), ms median (p90)", TARGETS.get(f"vision_{n}", ""), ms("vision_ms", str(n)))
+           for n in results["config"]["tile_counts"]]
+    out += [("time to first token, 640x480 at max 6 tiles (7), ms", TARGETS["ttft_max6"], ms("ttft_ms", "max6")),
+            ("time to first token, 640x480 at 1 tile, ms", "", ms("ttft_ms", "1tile")),
+            ("decode, batch 1, 128 new tokens, tok/s", TARGETS["decode_b1"], rate("decode_b1")),
+            (f"decode, batch {batch}, tok/s (all rows)", "", rate(f"decode_b{batch}")),
+            ("caption 640x480 end to end (min 8 / max 30 new), ms", TARGETS["caption"], ms("caption_ms")),
+            ("peak GPU memory, batch-1 work, GB", TARGETS["peak"],
+             [_fmt(b.get("peak_gb_batch1"), 2) for b in backends]),
+            (f"peak GPU memory, incl. batch {batch}, GB", "", [_fmt(b.get("peak_gb"), 2) for b in backends])]
+    return out
+
+
+def speedups(results: dict) -> list[str]:
+    """Each backend's ratio to hf-baseline on the headline metrics."""
+    backends = {b["name"]: b for b in results["backends"]}
+    base = backends.get("hf-baseline")
+    if base is None:
+        return []
+    lines = []
+    for name, b in backends.items():
+        if name == "hf-baseline":
+            continue
+        parts = []
+        for label, path, higher_better in (("decode b1", ("decode_b1", "tokens_per_s"), True),
+                                           ("vision 7 tiles", ("vision_ms", "7", "median"), False),
+                                           ("TTFT 7 tiles", ("ttft_ms", "max6", "median"), False),
+                                           ("caption", ("caption_ms", "median"), False)):
+            x, y = _get(b, *path), _get(base, *path)
+            if x and y:
+                parts.append(f"{label} {x / y if higher_better else y / x:.1f}x")
+        lines.append(f"- {name} vs hf-baseline: " + ", ".join(parts))
+    return lines
+
+
+def markdown(results: dict) -> str:
+    names = [b["name"] for b in results["backends"]]
+    c = results.get("ceiling", {})
+    lines = [f"# Benchmark: {results['model']} on {results['device']}", "",
+             f"Command: `{results['command']}`", "",
+             f"Run at {results['when']}; torch {results['versions']['torch']}, transformers "
+             f"{results['versions']['transformers']}; dtype {results['dtype']}. Medians with p90 in brackets; "
+             f"{results['config']['warmup']} warm-up and {results['config']['reps']} timed repetitions "
+             f"({results['config']['slow_reps']} for multi-second eager decodes).", "",
+             "| metric | target | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for metric, target, cells in rows(results):
+        lines.append(f"| {metric} | {target} | " + " | ".join(cells) + " |")
+    lines += ["", *speedups(results), ""]
+    if c:
+        lines += [f"Bandwidth ceiling for decode: {c['decode_bytes'] / 1e9:.3f} GB read per token "
+                  f"({c['decode_params'] / 1e9:.3f} B LLM parameters outside the embedding table, "
+                  f"{c['bytes_per_param']} bytes each; the KV cache adds {c['kv_bytes_at_context'] / 1e6:.0f} MB "
+                  f"at the {c['context']}-token context, not counted). Datasheet bandwidth "
+                  f"{_fmt(c.get('datasheet_tb_s'), 2)} TB/s -> {_fmt(c.get('tokens_per_s_datasheet'), 0)} tok/s; "
+                  f"measured device copy {_fmt(c.get('measured_tb_s'), 2)} TB/s -> "
+                  f"{_fmt(c.get('tokens_per_s_measured'), 0)} tok/s.", ""]
+    pre = results.get("preprocess", {})
+    if pre:
+        lines += [f"CPU tiling of the 640x480 frame (max 6 -> {pre['tiles']} tiles, {pre['prompt_tokens']} prompt "
+                  f"tokens): {pre['max6']['median']:.1f} ms median; it is inside the caption numbers, not inside "
+                  "time to first token.", ""]
+    for b in results["backends"]:
+        extra = [f"{k}: {v}" for k, v in b.get("errors", {}).items()]
+        if b.get("decode_mode"):
+            extra.insert(0, f"decode ran as {b['decode_mode']}")
+        if b.get("note"):
+            extra.insert(0, b["note"])
+        lines.append(f"- **{b['name']}**: " + "; ".join(extra))
+    for name, why in results.get("skipped", {}).items():
+        lines.append(f"- **{name}**: skipped: {why}")
+    lines += ["", "Definitions: see `ivl_ros/bench/suite.py`. Raw numbers: the JSON file beside this one.", ""]
+    return "\n".join(lines)
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = results["backends"]
+    names = [b["name"] for b in backends]
+    batch = results["config"]["decode_batch"]
+    panels = [("vision+projector, 7 tiles (ms)", [_get(b, "vision_ms", "7", "median") for b in backends]),
+              ("time to first token, 7 tiles (ms)", [_get(b, "ttft_ms", "max6", "median") for b in backends]),
+              ("caption end to end (ms)", [_get(b, "caption_ms", "median") for b in backends]),
+              ("decode batch 1 (tok/s)", [_get(b, "decode_b1", "tokens_per_s") for b in backends]),
+              (f"decode batch {batch} (tok/s)", [_get(b, f"decode_b{batch}", "tokens_per_s") for b in backends])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4))
+    colours = ["#888888", "#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+    for ax, (title, values) in zip(axes, panels, strict=True):
+        heights = [v or 0.0 for v in values]
+        ax.bar(range(len(names)), heights, color=colours[: len(names)])
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_title(title, fontsize=10)
+        for i, v in enumerate(values):
+            ax.text(i, heights[i], _fmt(v), ha="center", va="bottom", fontsize=8)
+    ceiling = _get(results, "ceiling", "tokens_per_s_datasheet")
+    if ceiling:
+        axes[3].axhline(ceiling, color="black", linestyle="--", linewidth=1)
+        axes[3].text(0, ceiling, "bandwidth ceiling", fontsize=8, va="bottom")
+    fig.suptitle(f"{results['model']} on {results['device']}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict, out_dir: Path, tag: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{tag}.json", out_dir / f"{tag}.md", out_dir / f"{tag}.png"]
+    paths[0].write_text(json.dumps(results, indent=2) + "\n")
+    paths[1].write_text(markdown(results))
+    if results["backends"]:
+        chart(results, paths[2])
+    return paths

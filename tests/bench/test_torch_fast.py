@@ -1,0 +1,78 @@
+"""The fast torch path (static cache, device-side greedy) gives the plain torch path's tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ivl_ros.model.engine import GenerationSettings, VisionLanguageEngine
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_checkpoint):
+    plain = VisionLanguageEngine.load(tiny_checkpoint, fast=False)
+    fast = VisionLanguageEngine.load(tiny_checkpoint, fast=True)
+    return plain, fast
+
+
+def _frame(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("settings", [
+    GenerationSettings(max_new_tokens=40),
+    GenerationSettings(max_new_tokens=30, min_new_tokens=8),
+    GenerationSettings(max_new_tokens=25, min_new_tokens=25),
+])
+def test_greedy_tokens_identical_single(engines, sample_frame, settings):
+    plain, fast = engines
+    questions = ["Provide a one-sentence caption for the provided image.", "Hi", "Where?", "Is there a chair?"]
+    for i, question in enumerate(questions):
+        image = sample_frame if i % 2 == 0 else _frame(i)
+        a = plain.ask(image, question, settings=settings)
+        b = fast.ask(image, question, settings=settings)
+        assert b.token_ids == a.token_ids and b.answer == a.answer
+
+
+def test_greedy_tokens_identical_batch_with_padding(engines, sample_frame):
+    plain, fast = engines
+    images = [sample_frame, None, _frame(3)[:100, :250], sample_frame[::-1]]
+    questions = ["Describe.", "What is in front of the robot?", "Is there a red box?", "Where?"]
+    settings = GenerationSettings(max_new_tokens=24, min_new_tokens=4)
+    a = plain.ask_batch(images, questions, max_tiles=4, settings=settings)
+    b = fast.ask_batch(images, questions, max_tiles=4, settings=settings)
+    assert [x.token_ids for x in b] == [x.token_ids for x in a]
+
+
+def test_stop_token_ends_rows_and_check_interval_does_not_matter(engines, sample_frame):
+    plain, fast = engines
+    settings = GenerationSettings(max_new_tokens=40)
+    ref = [plain.ask(sample_frame, q, settings=settings).token_ids for q in ("Hi", "Go", "Where?")]
+    for every in (1, 3, 64):
+        fast.backend.check_every = every
+        got = [fast.ask(sample_frame, q, settings=settings).token_ids for q in ("Hi", "Go", "Where?")]
+        assert got == ref
+    fast.backend.check_every = 8
+
+
+def test_streaming_and_sampling_use_the_session_protocol(engines, sample_frame):
+    plain, fast = engines
+    pieces: list[str] = []
+    settings = GenerationSettings(max_new_tokens=12)
+    streamed = fast.ask(sample_frame, "Hi", settings=settings, on_text=pieces.append)
+    assert streamed.token_ids == plain.ask(sample_frame, "Hi", settings=settings).token_ids and pieces
+    sampled = GenerationSettings(max_new_tokens=12, do_sample=True, temperature=0.7, top_k=20, seed=3)
+    assert fast.ask(sample_frame, "Hi", settings=sampled).token_ids == plain.ask(
+        sample_frame, "Hi", settings=sampled).token_ids
+
+
+def test_session_grows_its_cache_past_the_first_allocation(engines, monkeypatch):
+    from ivl_ros.model.backends import torch_fast
+
+    plain, fast = engines
+    monkeypatch.setattr(torch_fast, "STREAM_SLACK", 1)
+    monkeypatch.setattr(torch_fast, "CACHE_QUANTUM", 8)
+    settings = GenerationSettings(max_new_tokens=30, min_new_tokens=30)
+    pieces: list[str] = []
+    got = fast.ask(None, "Tell me a long story.", settings=settings, on_text=pieces.append)
+    assert got.token_ids == plain.ask(None, "Tell me a long story.", settings=settings).token_ids
