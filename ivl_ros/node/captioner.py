@@ -97,7 +97,6 @@ class CaptionNode(Node):
         self.last_latency_ms = 0.0
         self.last_error = ""
 
-        self._frames_group = ReentrantCallbackGroup()
         self._requests_group = ReentrantCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
         self.caption_pub = self.create_publisher(Caption, "~/caption", QoSProfile(depth=10))
@@ -177,8 +176,10 @@ class CaptionNode(Node):
             msg_type, convert = (CompressedImage, compressed_to_rgb) if compressed else (Image, image_to_rgb)
             # Sensor-data QoS (best effort) matches both best-effort and reliable camera publishers; a reliable
             # subscriber would silently get nothing from a best-effort camera.
+            # One exclusive group per camera: its frames are handled in order (an older frame can never
+            # overwrite a newer one), while different cameras proceed in parallel.
             self.create_subscription(msg_type, topic, partial(self._on_frame, camera, convert),
-                                     qos_profile_sensor_data, callback_group=self._frames_group,
+                                     qos_profile_sensor_data, callback_group=MutuallyExclusiveCallbackGroup(),
                                      qos_overriding_options=QoSOverridingOptions.with_default_policies())
 
     def _on_frame(self, camera: str, convert: Any, msg: Any) -> None:
