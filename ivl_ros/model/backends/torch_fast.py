@@ -75,7 +75,8 @@ class FastTorchBackend(TorchBackend):
         if entry is None:
             entry = self._capture_vit(tiles, pv)
         graph, static_in, static_out = entry
-        static_in.copy_(pv, non_blocking=True)
+        # Upload in float32 and convert on the device: copy_ across devices would convert on the CPU first.
+        static_in.copy_(pv.to(self.device, non_blocking=True))
         graph.replay()
         return static_out
 
@@ -117,8 +118,6 @@ class FastTorchBackend(TorchBackend):
         while len(self._states) >= MAX_STATES:
             self._states.popitem(last=False)
         st = GreedyState.allocate(self.lm, batch, length, self.device, self.dtype, self.vocab)
-        if self.use_graphs:
-            self._capture_decode(st)
         self._states[key] = st
         return st
 
@@ -134,8 +133,10 @@ class FastTorchBackend(TorchBackend):
             except Exception as exc:  # a failed compile or capture must not break captioning
                 log.warning("decode graph capture (%s) failed, falling back: %s", mode, exc)
                 torch.cuda.synchronize()
+                if mode.startswith("compiled"):
+                    self.use_compile = False  # do not pay for a failing compile again on the next state
         else:
-            st.mode = "eager"
+            st.mode = "eager (graph capture failed)"
         self.decode_mode = st.mode
 
     def run_step(self, st: GreedyState) -> None:
@@ -192,6 +193,10 @@ class FastSession:
         self._check_length(self.input_ids.shape[1] + n)
         b = self.backend
         st = b.state(self.batch, cache_length(self.input_ids.shape[1] + n))
+        if n > 1 and b.use_graphs and st.mode == "eager" and st.graph is None:
+            # Captured on first need (a one-token request never compiles); capturing scribbles on the state,
+            # which the reset and prefill below overwrite.
+            b._capture_decode(st)
         st.reset(settings.min_new_tokens, eos_id, pad_id)
         choose(self._prefill(st), st)
         done = 1
