@@ -40,6 +40,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--slow-reps", type=int, default=3, help="repetitions of multi-second eager decodes")
     p.add_argument("--no-compile", action="store_true", help="torch-fast: CUDA graphs without torch.compile")
+    p.add_argument("--node-stream", type=float, default=0.0, metavar="SECONDS",
+                   help="after the suite, run the node's frame slot + inference thread on a 30 Hz stream with the "
+                        "fastest torch engine for this long (0: skip)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--tag", default=None, help="file name stem (default: derived from model and device)")
     args = p.parse_args(argv)
@@ -155,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             from ivl_ros.model.backends.torch_fast import FastTorchBackend
 
             fast = FastTorchBackend(loaded, compile=not args.no_compile and None)
-            bench = EngineBench("torch-fast", VisionLanguageEngine(fast, loaded.tokenizer, loaded.spec, model_name),
+            fast_engine = VisionLanguageEngine(fast, loaded.tokenizer, loaded.spec, model_name)
+            bench = EngineBench("torch-fast", fast_engine,
                                 note="static KV cache, CUDA-graph ViT and decode, greedy on device")
             bench.fast = True
         else:
@@ -172,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
             fast._states.clear()
         results["backends"].append(res)
         report.write(results, args.out, tag)  # after each backend, so that a cut-off run still leaves numbers
+    if args.node_stream > 0:
+        from ivl_ros.bench.node_latency import stream_latency
+
+        chosen = fast_engine if "torch-fast" in args.backend_list else plain
+        log.info("node stream for %.0f s", args.node_stream)
+        results["node_stream"] = {"backend": chosen.backend.__class__.__name__,
+                                  **stream_latency(chosen, seconds=args.node_stream)}
     paths = report.write(results, args.out, tag)
     print(report.markdown(results))
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -113,6 +113,17 @@ def markdown(results: dict) -> str:
         lines.append(f"- **{b['name']}**: " + "; ".join(extra))
     for name, why in results.get("skipped", {}).items():
         lines.append(f"- **{name}**: skipped: {why}")
+    node = results.get("node_stream")
+    if node and node.get("total_ms"):
+        lines += ["", f"Node machinery under a {node['rate_hz']:.0f} Hz 640x480 stream for {node['seconds']:.0f} s "
+                  f"({node['backend']}, no ROS transport): {node['frames_sent']} frames in, {node['captioned']} "
+                  f"captioned, {node['dropped']} replaced in the latest-frame slot. Frame-in -> caption-out "
+                  f"{node['total_ms']['median']:.1f} ms median ({node['total_ms']['p90']:.1f} p90) = wait in slot "
+                  f"{node['wait_ms']['median']:.1f} + model {node['model_ms']['median']:.1f} ms (medians); node overhead (scheduling delay "
+                  f"once the frame and the worker were ready) {node['overhead_ms']['median']:.2f} ms median "
+                  f"({node['overhead_ms']['p90']:.2f} p90). "
+                  f"Histogram of total ms (edges {node['histogram_total_ms']['edges']}): "
+                  f"{node['histogram_total_ms']['counts']}."]
     lines += ["", "Definitions: see `ivl_ros/bench/suite.py`. Raw numbers: the JSON file beside this one.", ""]
     return "\n".join(lines)
 
