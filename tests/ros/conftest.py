@@ -40,12 +40,9 @@ def domain() -> int:
 
 
 @pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    from ivl_ros.model.tiny import make_tiny_checkpoint
-
-    path = tmp_path_factory.mktemp("ckpt") / "tiny_internvl2"
-    make_tiny_checkpoint(path)
-    return path
+def tiny_ckpt(tiny_checkpoint) -> Path:
+    """The session's tiny checkpoint (tests/conftest.py); the node reports its directory name as model_id."""
+    return tiny_checkpoint
 
 
 class Proc:
@@ -155,12 +152,32 @@ def start_camera(domain: int, tmp_path: Path, **kwargs) -> subprocess.Popen:
                             stderr=open(tmp_path / "camera.log", "w"))
 
 
+class SingleThreadEngine:
+    """The same model in the test process, to check the node's answers against ``engine.ask``.
+
+    Runs with one torch thread like the node processes (OMP_NUM_THREADS=1), so float reductions match,
+    and restores the thread count so other test folders keep their speed.
+    """
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name):
+        import torch
+
+        method = getattr(self._engine, name)
+
+        def call(*args, **kwargs):
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                torch.set_num_threads(before)
+
+        return call
+
+
 @pytest.fixture(scope="session")
-def engine(tiny_ckpt):
-    """The same model in the test process, to check the node's answers against ``engine.ask``."""
-    import torch
-
-    from ivl_ros.model.engine import VisionLanguageEngine
-
-    torch.set_num_threads(1)  # as the node processes (OMP_NUM_THREADS=1): identical float reductions
-    return VisionLanguageEngine.load(tiny_ckpt)
+def engine(tiny_engine):
+    return SingleThreadEngine(tiny_engine)

@@ -7,7 +7,6 @@ import io
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from procs.common import make_frame
 from sensor_msgs.msg import CompressedImage, Image
 
 from ivl_ros.node.image_msgs import (
@@ -18,6 +17,7 @@ from ivl_ros.node.image_msgs import (
     rgb_to_compressed,
     rgb_to_image,
 )
+from tests.ros.procs.common import make_frame
 
 RGB = make_frame(1, 20, 10)
 
@@ -112,3 +112,12 @@ def test_image_transport_format_strings_are_accepted():
     msg = rgb_to_compressed(RGB, "png")
     msg.format = "rgb8; png compressed rgb8"
     np.testing.assert_array_equal(compressed_to_rgb(msg), RGB)
+
+
+def test_debug_image_draws_the_caption_on_a_copy():
+    from ivl_ros.node.debug_image import annotate
+
+    frame = np.full((48, 64, 3), 200, np.uint8)
+    out = annotate(frame, "a chair next to a table", "/camera/image_raw")
+    assert out.shape == frame.shape and out.dtype == np.uint8
+    assert (frame == 200).all() and (out[:4] != 200).any()

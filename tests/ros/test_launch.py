@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, Proc, ros_env
 
 from ivl_ros.node import launch_spec, launcher
 from ivl_ros.node.params import defaults
+from tests.ros.conftest import REPO, Proc, ros_env
 
 LAUNCH_FILE = REPO / "launch" / "captioner.launch.py"
 CONFIG = REPO / "config" / "captioner.yaml"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 
@@ -34,3 +36,8 @@ def test_failed_model_is_reported_everywhere(node, client):
     assert not goal["success"] and goal["message"].startswith("the model failed to load:")
     assert node.popen.poll() is None
 
+
+
+def test_sigterm_stops_the_node_cleanly(node):
+    assert node.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in node.log()

@@ -7,10 +7,10 @@ import json
 import time
 
 import pytest
-from conftest import start_camera
-from procs.common import make_frame
 
 from ivl_ros.model.generation import CAPTION_SETTINGS, GenerationSettings
+from tests.ros.conftest import start_camera
+from tests.ros.procs.common import make_frame
 
 CAM, CAM2, SILENT = "/camera/image_raw", "/cam2/image_raw", "/cam3/image_raw"
 MAX_TILES, MAX_NEW = 2, 16
@@ -23,6 +23,7 @@ def node(start_node, client, tiny_ckpt):
                       max_tiles=MAX_TILES, max_new_tokens=MAX_NEW, max_pixels=100_000, max_question_tokens=64)
     diag = client.call("wait_ready")
     assert diag["model"]["model_loaded"] == "true", proc.log()
+    proc.model_id = tiny_ckpt.name
     return proc
 
 
@@ -53,7 +54,7 @@ def test_captions_carry_the_frame_headers(node, client, domain, logs):
     assert len(main) >= 3, (client.call("diagnostics"), node.log())
     for cap in main:
         assert published["stamps"][cap["frame_id"].removeprefix("seq=")] == cap["stamp"]
-        assert cap["text"] and cap["tiles"] >= 1 and cap["latency_ms"] > 0 and cap["model_id"] == "tiny_internvl2"
+        assert cap["text"] and cap["tiles"] >= 1 and cap["latency_ms"] > 0 and cap["model_id"] == node.model_id
     second = [c for c in captions if c["camera"] == CAM2]
     assert [(c["frame_id"], c["stamp"]) for c in second] == [("cam2-frame", [7, 8])]
 
@@ -149,7 +150,7 @@ def test_parameters_change_at_run_time(node, client, engine):
 def test_diagnostics_report_health(node, client):
     diag = client.call("diagnostics")
     model = diag["model"]
-    assert model["level"] == 0 and model["backend"] == "torch" and model["model_id"] == "tiny_internvl2"
+    assert model["level"] == 0 and model["backend"] == "torch" and model["model_id"] == node.model_id
     assert float(model["last_latency_ms"]) > 0 and int(model["frames_dropped"]) >= 0
     assert diag[SILENT]["message"] == "no frame received yet"
 

@@ -9,7 +9,8 @@ import sys
 import zipfile
 
 import pytest
-from conftest import REPO
+
+from tests.ros.conftest import REPO
 
 SHARE = "ivl_ros-0.1.0.data/data/share"
 CONSOLE_SCRIPTS = {"ivl-ros-launch": "ivl_ros.node.launcher:main", "ivl-ros-ask": "ivl_ros.node.ask:main",

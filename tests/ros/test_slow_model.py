@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import start_camera
+
+from tests.ros.conftest import start_camera
 
 DELAY_S = 0.6
 
