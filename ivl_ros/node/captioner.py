@@ -227,6 +227,8 @@ class CaptionNode(Node):
             self.last_error = f"caption: {exc}"
             self.get_logger().error(f"captioning {[f.camera for f in frames]} failed: {exc}")
             return
+        if not self.context.ok():
+            return  # Ctrl-C arrived during the model call: the publishers are gone
         debug = self.p("publish_debug_image")
         for frame, answer in zip(frames, answers, strict=True):
             msg = Caption(header=frame.header, camera=frame.camera, text=answer.answer, model_id=engine.model_id,
@@ -239,6 +241,8 @@ class CaptionNode(Node):
         self.last_latency_ms = float(answers[0].latency_ms)
 
     def _on_worker_error(self, what: str, exc: BaseException) -> None:
+        if not self.context.ok():
+            return  # shutting down: a publish racing the context shutdown is expected, not an error
         self.last_error = f"{what}: {type(exc).__name__}: {exc}"
         self.get_logger().error(f"{what} failed unexpectedly: {type(exc).__name__}: {exc}")
 

@@ -34,7 +34,7 @@ class NodeSpec:
 
 NODES = (
     NodeSpec("ivl_captioner", "ivl_ros.node.captioner", "ivl_captioner"),
-    NodeSpec("habitat_sim_bridge", "habitat_sim_bridge.node", "habitat_sim_bridge", condition="use_sim"),
+    NodeSpec("habitat_bridge", "habitat_sim_bridge.node", "habitat_bridge", condition="use_sim"),
 )
 
 # Launch arguments beyond the node parameters: name -> (default, description). An empty default means

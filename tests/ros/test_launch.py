@@ -38,7 +38,7 @@ def test_plan_applies_arguments_and_conditions(tmp_path):
                                   "compressed": True}
     assert nodes[0].params_file.samefile(CONFIG)
     sim = launch_spec.plan({"use_sim": "true", "camera_topic": "/x", "backend": ""})
-    assert [n.spec.name for n in sim] == ["ivl_captioner", "habitat_sim_bridge"]
+    assert [n.spec.name for n in sim] == ["ivl_captioner", "habitat_bridge"]
     assert sim[0].overrides == {"image_topics": ["/x"]}
     for bad, message in [({"max_tiles": "many"}, "must be int"), ({"use_sim": "maybe"}, "true or false"),
                          ({"nonsense": "1"}, "unknown launch argument"), ({"image_topics": "[1]"}, "list of topic"),
@@ -90,7 +90,7 @@ def test_launch_file_builds_the_same_nodes(monkeypatch):
         **{k: v for k, (v, _) in launch_spec.LAUNCH_ARGUMENTS.items()}, "model_path": "/m", "use_sim": "true",
         "caption_rate_hz": "2.5"})
     nodes = entities[-1].kwargs["function"](context)
-    assert [n.kwargs["executable"] for n in nodes] == ["ivl_captioner", "habitat_sim_bridge"]
+    assert [n.kwargs["executable"] for n in nodes] == ["ivl_captioner", "habitat_bridge"]
     assert nodes[0].kwargs["name"] == "ivl_captioner" and nodes[0].kwargs["package"] == "ivl_ros"
     assert nodes[0].kwargs["parameters"][1:] == [{"model_path": "/m", "caption_rate_hz": 2.5}]
     assert Path(nodes[0].kwargs["parameters"][0]).samefile(CONFIG)
