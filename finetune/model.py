@@ -34,7 +34,8 @@ def load_for_training(path: str, device: str, dtype: str, attention: str, gradie
         p.requires_grad_(False)
     if gradient_checkpointing:
         # Non-reentrant checkpointing needs no enable_input_require_grads and works under DDP.
-        vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(vlm, "activation_checkpointing_enable", None) or vlm.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return loaded
 
 
