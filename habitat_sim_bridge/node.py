@@ -67,6 +67,7 @@ def _make_node_class():
             self.pub_odom = self.create_publisher(ros_msgs.odometry_type(), p["odom_topic"], qos)
             self.create_subscription(String, p["action_topic"], self._on_action, 10)
             self.create_subscription(Twist, p["cmd_vel_topic"], self._on_twist, 10)
+            self.has_depth = not isinstance(self.source, ReplaySource) or self.source.poses[0].depth is not None
             self.published = 0
             self.done = False
             self._last_stamp_ns = 0
@@ -132,7 +133,10 @@ def _make_node_class():
             if self.done:
                 return
             want = self.p["wait_for_subscribers"]
-            if want and self.published == 0 and self.pub_rgb.get_subscription_count() < want:
+            pubs = [self.pub_rgb, self.pub_info, self.pub_odom]  # every topic, or its first sample is lost
+            if self.has_depth:
+                pubs.append(self.pub_depth)
+            if want and self.published == 0 and min(p.get_subscription_count() for p in pubs) < want:
                 if time.monotonic() - self._wait_started < self.p["wait_timeout"]:
                     return  # a test or recorder wants every frame: start once it is listening
             now = time.monotonic()
@@ -201,6 +205,10 @@ def main(args: list[str] | None = None) -> int:
                 rclpy.spin_once(node, timeout_sec=0.05)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # SIGINT shut the context down in the middle of a tick (publish then fails): a normal exit
     except BridgeError as exc:
         print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
         rc = 2

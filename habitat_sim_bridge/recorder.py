@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,9 +79,6 @@ CAPTION_PROMPTS = [
 
 def _record_split(cfg: RecordConfig, split: str, n_episodes: int, out: Path) -> dict:
     """Render one split; returns the annotation lists and COCO entries."""
-    # llvmpipe's threaded rasteriser can flip single edge pixels between runs; one thread makes the PNGs
-    # byte-identical for a seed (about 30 % slower). Read when the GL context is made, so set it before.
-    os.environ.setdefault("LP_NUM_THREADS", "1")
     from habitat_sim_bridge.sources.mesh import MeshSource
 
     rng = np.random.default_rng([cfg.seed, SPLIT_SALT[split]])

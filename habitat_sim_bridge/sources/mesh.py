@@ -96,7 +96,8 @@ class MeshSource(FrameSource):
         by_meta = {o["instance_id"]: o for o in (self.meta or {}).get("objects", [])}
         self._seg_map = {}
         next_id = 1
-        for node_name in tm_scene.graph.nodes_geometry:
+        # a fixed draw order: coplanar faces (decals, skirting) resolve the same way every run
+        for node_name in sorted(tm_scene.graph.nodes_geometry):
             transform, geom_name = tm_scene.graph[node_name]
             geom = tm_scene.geometry[geom_name]
             if not hasattr(geom, "faces"):

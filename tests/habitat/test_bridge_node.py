@@ -114,3 +114,64 @@ def test_procedural_scene_publishes_depth(tmp_path, needs_osmesa):
     for m in got["depth"]:
         assert m["encoding"] == "32FC1" and m["step"] == 96 * 4 and m["bytes"] == 72 * 96 * 4
         assert 0.1 < m["depth_max"] < 12.0  # metres inside a room
+
+
+def test_actions_and_cmd_vel_move_the_agent(tmp_path, needs_osmesa):
+    pytest.importorskip("rclpy", reason="ROS 2 wheels (requirements/ros.txt) are not installed")
+    env = _env()
+    out = tmp_path / "teleop.json"
+    teleop = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "procs" / "teleop.py"), str(out), "40"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    node = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "habitat_sim_bridge.node",
+            "--ros-args",
+            "-p",
+            "source:=procedural",
+            "-p",
+            "seed:=2",
+            "-p",
+            "width:=64",
+            "-p",
+            "height:=48",
+            "-p",
+            "rate:=20.0",
+            "-p",
+            "loop:=true",
+            "-p",
+            "wait_for_subscribers:=0",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        teleop_out, _ = teleop.communicate(timeout=50)
+    finally:
+        node.send_signal(2)  # SIGINT: the node must exit cleanly
+        try:
+            node_out, _ = node.communicate(timeout=15)
+        finally:
+            if node.poll() is None:
+                node.kill()
+    assert teleop.returncode == 0, teleop_out
+    assert node.returncode == 0, node_out
+    assert "Traceback" not in node_out, node_out
+    r = json.loads(out.read_text())
+    turn1, turn2, fwd, spun = r["after_turn"], r["after_turn2"], r["after_forward"], r["after_twist"]
+    assert turn2[:2] == pytest.approx(turn1[:2], abs=1e-6)  # turning keeps the position
+    dyaw = (turn2[2] - turn1[2] + 3.14159) % 6.28318 - 3.14159
+    assert dyaw == pytest.approx(0.1745, abs=1e-3)  # 10 degrees
+    moved = ((fwd[0] - turn2[0]) ** 2 + (fwd[1] - turn2[1]) ** 2) ** 0.5
+    assert moved == pytest.approx(0.25, abs=1e-4) or moved == 0.0  # 0 only if the step was blocked
+    assert abs((spun[2] - fwd[2] + 3.14159) % 6.28318 - 3.14159) > 0.05  # cmd_vel angular.z turns the agent
