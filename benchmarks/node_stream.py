@@ -24,6 +24,10 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
+# The stated bound: the stream may add at most this much over the idle node (frame buffers, DDS pools, one
+# batch of activations), and after the first 10 s RSS must stay flat within RSS_FLAT_MB (no per-frame leak).
+RSS_OVER_IDLE_MB = 64.0
+RSS_FLAT_MB = 16.0
 
 
 def rss_mb(pid: int) -> float:
@@ -126,6 +130,9 @@ def observe(args: argparse.Namespace, env: dict[str, str], ckpt: Path) -> dict:
         "rss_mb": {"idle_before_stream": round(rss_idle, 1), "min": min(rss), "max": max(rss),
                    "growth_after_10s": round(max(steady) - min(steady), 1) if steady else None},
         "rss_samples": samples, "node_alive_at_end": alive, "node_exit_code_after_sigint": exit_code,
+        "rss_bound": {"over_idle_mb": RSS_OVER_IDLE_MB, "flat_after_10s_mb": RSS_FLAT_MB,
+                      "within": bool(max(rss) - rss_idle <= RSS_OVER_IDLE_MB
+                                     and (not steady or max(steady) - min(steady) <= RSS_FLAT_MB))},
     }
 
 
@@ -152,6 +159,9 @@ def markdown(r: dict, meta: dict) -> str:
         f"| node RSS idle / min / max during the stream | {rss['idle_before_stream']} / {rss['min']} / "
         f"{rss['max']} MB |",
         f"| RSS growth after the first 10 s | {rss['growth_after_10s']} MB |",
+        f"| stated bound: max RSS <= idle + {r['rss_bound']['over_idle_mb']:.0f} MB and flat within "
+        f"{r['rss_bound']['flat_after_10s_mb']:.0f} MB after 10 s | "
+        f"{'met' if r['rss_bound']['within'] else 'NOT met'} |",
         f"| node alive at the end; exit code after SIGINT | {r['node_alive_at_end']}; "
         f"{r['node_exit_code_after_sigint']} |",
         "",
