@@ -119,10 +119,11 @@ def export_decoder(model: torch.nn.Module, out_path: Path) -> dict:
 
 def compare_decoder(model: torch.nn.Module, onnx_path: Path, providers: list[str]) -> dict:
     """ORT vs the torch wrapper on a few (batch, seq, past) shapes: logits and present max abs diff."""
-    import onnxruntime as ort
 
     geo = text_geometry(model)
-    session = ort.InferenceSession(str(onnx_path), providers=providers)
+    from ivl_ros.model.backends.onnx_backend import make_session
+
+    session = make_session(onnx_path, providers)  # the runtime's options (CUDA: no TF32)
     names = input_names(geo["layers"])
     device = next(model.parameters()).device
     wrapper = DecoderWrapper(model).eval()

@@ -62,9 +62,9 @@ def export_vision(model: torch.nn.Module, tile_size: int, max_tiles_total: int, 
 def compare_vision(model: torch.nn.Module, onnx_path: Path, tile_size: int, tile_counts: list[int],
                    providers: list[str]) -> dict:
     """Max abs diff ORT vs torch fp32 per tile count (torch in the model's own dtype/device)."""
-    import onnxruntime as ort
+    from ivl_ros.model.backends.onnx_backend import make_session
 
-    session = ort.InferenceSession(str(onnx_path), providers=providers)
+    session = make_session(onnx_path, providers)  # the runtime's options (CUDA: no TF32)
     device = next(model.parameters()).device
     diffs, scale, shapes = {}, 0.0, {}
     for n in tile_counts:
