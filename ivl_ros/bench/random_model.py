@@ -56,6 +56,10 @@ def random_model(name: str, workdir: Path, device: str = "cuda", dtype: str = "b
     target = resolve_dtype(dtype)
     for pname, param in model.named_parameters():
         param.data = random_tensor(pname, param.shape, gen).to(target)
+    # The tiny tokenizer has ~1k pieces and the full-size vocab 92553 rows: zero the head rows it cannot decode,
+    # so greedy output stays decodable (those logits are 0, far below the in-range maximum). The matrix keeps
+    # its full size, so the work per token is unchanged.
+    model.lm_head.weight[tokenizer.vocab_size:] = 0
     lm = model.model.language_model
     with torch_device:
         lm.rotary_emb = type(lm.rotary_emb)(config=hf_config.text_config)
