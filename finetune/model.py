@@ -34,8 +34,11 @@ def load_for_training(path: str, device: str, dtype: str, attention: str, gradie
         p.requires_grad_(False)
     if gradient_checkpointing:
         # Non-reentrant checkpointing needs no enable_input_require_grads and works under DDP.
-        enable = getattr(vlm, "activation_checkpointing_enable", None) or vlm.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(vlm, "activation_checkpointing_enable"):  # newer transformers 5.x name
+            vlm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return loaded
 
 

@@ -329,6 +329,8 @@ def run_training(cfg: TrainConfig) -> int:
         _finish(d)
         return 128 + interrupted
     if d.main:
+        stats = _run_stats(runlog.rows, dev, n_train, d.world, cfg)
+        (out / "run_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         _write_outputs(cfg, out, vlm, peft_model, loaded, runlog)
     _finish(d)
     return 0
@@ -348,6 +350,23 @@ def _check_ranks_agree(d: Dist, vlm, out: Path) -> None:
         (out / "ddp_check.json").write_text(json.dumps({"ranks": digests, "agree": len(set(digests)) == 1}) + "\n")
         if len(set(digests)) != 1:
             raise RuntimeError(f"DDP ranks diverged: trainable weight digests {digests}")
+
+
+def _run_stats(rows: list[dict], dev: torch.device, n_train: int, world: int, cfg: TrainConfig) -> dict:
+    """Throughput summary of this run (first step left out of the means: it includes warm-up)."""
+    timed = rows[1:] or rows
+    step_times = [float(r["step_time_s"]) for r in timed]
+    stats = {"steps": len(rows), "trainable_parameters": n_train, "world_size": world,
+             "per_device_batch_size": cfg.per_device_batch_size, "gradient_acc": cfg.gradient_acc,
+             "samples_per_step": cfg.per_device_batch_size * cfg.gradient_acc * world,
+             "mean_step_time_s": sum(step_times) / len(step_times) if step_times else None,
+             "mean_samples_per_s": (sum(float(r["samples_per_s"]) for r in timed) / len(timed)) if timed else None,
+             "first_step_time_s": float(rows[0]["step_time_s"]) if rows else None}
+    if dev.type == "cuda":
+        stats["peak_gpu_memory_allocated_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+        stats["peak_gpu_memory_reserved_gib"] = torch.cuda.max_memory_reserved(dev) / 2**30
+        stats["gpu"] = torch.cuda.get_device_name(dev)
+    return stats
 
 
 def _finish(d: Dist) -> None:
