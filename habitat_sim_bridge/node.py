@@ -165,8 +165,10 @@ def _make_node_class():
             self.published += 1
 
         def destroy_node(self) -> None:
-            self.source.close()
-            if self._tmp is not None:
+            # also runs from rclpy's finaliser when __init__ failed half-way (e.g. a bad scene path)
+            if getattr(self, "source", None) is not None:
+                self.source.close()
+            if getattr(self, "_tmp", None) is not None:
                 self._tmp.cleanup()
             super().destroy_node()
 
@@ -205,13 +207,13 @@ def main(args: list[str] | None = None) -> int:
                 rclpy.spin_once(node, timeout_sec=0.05)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except BridgeError as exc:
+        print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
+        rc = 2
     except Exception:
         if rclpy.ok():
             raise
         # SIGINT shut the context down in the middle of a tick (publish then fails): a normal exit
-    except BridgeError as exc:
-        print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
-        rc = 2
     finally:
         if node is not None:
             node.destroy_node()

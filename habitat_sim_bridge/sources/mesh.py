@@ -72,6 +72,8 @@ class MeshSource(FrameSource):
         up: str = "auto",
         headlight: bool = True,
     ):
+        if not Path(scene_path).is_file():
+            raise BridgeError(f"{scene_path}: scene file not found")
         reason = osmesa_available()
         if reason:
             raise BridgeError(f"MeshSource cannot render here: {reason}")
@@ -79,8 +81,6 @@ class MeshSource(FrameSource):
         import trimesh
 
         self.path = Path(scene_path)
-        if not self.path.is_file():
-            raise BridgeError(f"{self.path}: scene file not found")
         meta_path = self.path.with_name(self.path.stem + ".scene.json")
         self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
         self.up = _detect_up(self.path, self.meta) if up == "auto" else up

@@ -175,3 +175,20 @@ def test_actions_and_cmd_vel_move_the_agent(tmp_path, needs_osmesa):
     moved = ((fwd[0] - turn2[0]) ** 2 + (fwd[1] - turn2[1]) ** 2) ** 0.5
     assert moved == pytest.approx(0.25, abs=1e-4) or moved == 0.0  # 0 only if the step was blocked
     assert abs((spun[2] - fwd[2] + 3.14159) % 6.28318 - 3.14159) > 0.05  # cmd_vel angular.z turns the agent
+
+
+def test_node_reports_bad_setup_without_traceback():
+    pytest.importorskip("rclpy", reason="ROS 2 wheels (requirements/ros.txt) are not installed")
+    args = [
+        sys.executable,
+        "-m",
+        "habitat_sim_bridge.node",
+        "--ros-args",
+        "-p",
+        "source:=mesh",
+        "-p",
+        "scene:=/nonexistent/scene.glb",
+    ]
+    proc = subprocess.run(args, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "/nonexistent/scene.glb" in proc.stderr and "Traceback" not in proc.stderr
