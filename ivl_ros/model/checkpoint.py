@@ -12,7 +12,6 @@ Two layouts load:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -25,7 +24,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ivl_ros.errors import CheckpointError, OptionError
-from ivl_ros.model.spec import ModelSpec, load_spec, read_config
+from ivl_ros.model.spec import (
+    ModelSpec,
+    checkpoint_hash,  # noqa: F401  (re-exported: callers use checkpoint.checkpoint_hash)
+    load_spec,
+    read_config,
+    weight_files,
+)
 from ivl_ros.model.tokenizer import InternLM2Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -214,27 +219,6 @@ def unconvert_state_dict(tensors: dict[str, torch.Tensor], hf_config) -> dict[st
 # ------------------------------------------------------------------------------------------------
 # Safetensors files
 # ------------------------------------------------------------------------------------------------
-def weight_files(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise CheckpointError(f"{index}: not a safetensors index ({exc})") from None
-        files = sorted({path / f for f in weight_map.values()})
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            raise CheckpointError(f"{index}: lists shard {missing[0].name}, which is missing from {path}")
-        return files
-    single = path / "model.safetensors"
-    if single.is_file():
-        return [single]
-    if list(path.glob("*.bin")) or list(path.glob("*.pt")):
-        raise CheckpointError(f"{path}: only pickle weights (.bin/.pt) found; convert them to safetensors "
-                              "(pickle files can execute code and are not loaded)")
-    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
-
-
 def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
@@ -245,18 +229,6 @@ def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
         except Exception as exc:  # safetensors raises SafetensorError with a header message
             raise CheckpointError(f"{f}: cannot read safetensors ({exc})") from None
     return tensors
-
-
-def checkpoint_hash(path: str | Path) -> str:
-    """A content hash of the weight files + config (used to match exported engines to a checkpoint)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    for f in [path / "config.json", *weight_files(path)]:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Kept apart from :mod:`ivl_ros.model.checkpoint` so that the ONNX/TensorRT runtim
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,3 +112,36 @@ def load_spec(path: str | Path):
             raise CheckpointError(f"{path / 'config.json'}: missing key 'ivl_ros' (written by `ivl convert`)")
         spec = ModelSpec(**config["ivl_ros"])
     return layout, spec, tokenizer
+
+
+def weight_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index ({exc})") from None
+        files = sorted({path / f for f in weight_map.values()})
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index}: lists shard {missing[0].name}, which is missing from {path}")
+        return files
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    if list(path.glob("*.bin")) or list(path.glob("*.pt")):
+        raise CheckpointError(f"{path}: only pickle weights (.bin/.pt) found; convert them to safetensors "
+                              "(pickle files can execute code and are not loaded)")
+    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """A content hash of the weight files + config (used to match exported engines to a checkpoint)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for f in [path / "config.json", *weight_files(path)]:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]

@@ -6,11 +6,11 @@ the manifest with the same names (``MANIFEST_NAME``, ``FORMAT_VERSION``, the ``S
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from ivl_ros.errors import CheckpointError, IvlError
+from ivl_ros.model.spec import checkpoint_hash
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -43,30 +43,12 @@ TENSORRT_INSTALL_HINT = ("install TensorRT-RTX with `pip install -r requirements
                          "(Jetson, data-centre GPUs)")
 
 
-def _weight_files(path: Path) -> list[Path]:
-    # Same file list and order as ivl_ros.model.checkpoint.weight_files, without importing torch.
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return sorted({path / f for f in weight_map.values()})
-    single = path / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
-
-
 def checkpoint_fingerprint(path: str | Path) -> str:
-    """The value of ``ivl_ros.model.checkpoint.checkpoint_hash`` computed without torch (tested equal)."""
+    """The checkpoint's content hash (torch-free: ``ivl_ros.model.spec.checkpoint_hash``)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path}: no config.json; expected a checkpoint directory")
-    h = hashlib.sha256()
-    for f in [path / "config.json", *_weight_files(path)]:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    return checkpoint_hash(path)
 
 
 def read_manifest(engines_dir: str | Path) -> dict:
