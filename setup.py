@@ -16,7 +16,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
     ],
     # Runtime requirements are kept loose for GPU machines (torch 2.11 cu130, transformers 5.17);
     # scripts/setup.sh installs the pinned CPU set. ROS 2 (rclpy) comes from the ROS install or the
@@ -33,6 +33,11 @@ setup(
     entry_points={
         "console_scripts": [
             "ivl = ivl_ros.cli:main",
+            "ivl-ros-launch = ivl_ros.node.launcher:main",
+            "ivl-ros-ask = ivl_ros.node.ask:main",
+            # The names `ros2 run` / launch_ros use (installed to lib/ivl_ros by setup.cfg under colcon).
+            "ivl_captioner = ivl_ros.node.captioner:main",
+            "habitat_bridge = habitat_sim_bridge.node:main",
         ],
     },
     zip_safe=False,

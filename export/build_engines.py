@@ -29,6 +29,7 @@ from ivl_ros.model.backends.engines import (  # noqa: E402
     STAGE_VISION,
     TensorRTUnavailableError,
     checkpoint_fingerprint,
+    default_engines_dir,
 )
 
 VISION_FILE, ENGINE_FILE, CACHE_FILE = "vision.onnx", "vision.engine", "timing.cache"
@@ -41,7 +42,8 @@ QUANT_QUESTIONS = ["What is in front of the robot?", "Describe the room.", "Is t
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="build_engines.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, help="checkpoint directory (default: $IVL_MODEL or the demo model)")
-    p.add_argument("--out", type=Path, required=True, help="engines directory to write")
+    p.add_argument("--out", type=Path, help="engines directory to write (default: <checkpoint>-engines next to "
+                   "the checkpoint, where the onnx/trt backends look when no engines path is given)")
     p.add_argument("--max-tiles", type=int, default=12, help="largest max_tiles the engines serve (+1 thumbnail)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="vision graph precision")
     p.add_argument("--trt", choices=["auto", "tensorrt", "tensorrt_rtx", "off"], default="auto")
@@ -56,7 +58,7 @@ class Builder:
 
         self.args = args
         self.model_path = (args.model or default_model_path()).resolve()
-        self.out = args.out
+        self.out = args.out or default_engines_dir(self.model_path)
         if not 1 <= args.max_tiles <= 40:
             raise OptionError(f"--max-tiles must be in 1..40, got {args.max_tiles}")
         self.out.mkdir(parents=True, exist_ok=True)

@@ -188,8 +188,11 @@ def ros_msgs_info_type():
 
 
 def main(args: list[str] | None = None) -> int:
-    # large frames over Fast DDS's default transports stall or drop; must be set before the participant exists
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    # Large frames over Fast DDS's default transports stall or drop; one rule for every image-moving process
+    # of the project (keeps the user's choice). Must be set before the participant exists.
+    from ivl_ros.node.launch_spec import transport_env
+
+    os.environ.update(transport_env(os.environ))
     import rclpy
     from rclpy.executors import ExternalShutdownException
 

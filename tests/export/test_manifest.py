@@ -34,7 +34,8 @@ def test_engines_from_another_checkpoint_are_refused(engines_dir, tmp_path):
 
 
 def test_missing_or_foreign_engine_directories_are_refused(tiny_checkpoint, engines_dir, tmp_path):
-    with pytest.raises(EngineError, match="needs an engines directory"):
+    # No engines path: the default <checkpoint>-engines folder is used, and its absence is explained.
+    with pytest.raises(EngineError, match=r"tiny-internvl2-engines/manifest.json: missing; build engines"):
         VisionLanguageEngine.load(tiny_checkpoint, backend="onnx")
     with pytest.raises(EngineError, match="manifest.json: missing; build engines"):
         VisionLanguageEngine.load(tiny_checkpoint, backend="onnx", engines_path=tmp_path)

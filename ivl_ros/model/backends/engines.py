@@ -43,6 +43,13 @@ TENSORRT_INSTALL_HINT = ("install TensorRT-RTX with `pip install -r requirements
                          "(Jetson, data-centre GPUs)")
 
 
+def default_engines_dir(model_path: str | Path) -> Path:
+    """Where engines of a checkpoint live unless told otherwise: a sibling folder ``<checkpoint>-engines``
+    (the checkpoint folder itself may be read-only or shared)."""
+    model_path = Path(model_path).resolve()
+    return model_path.parent / f"{model_path.name}-engines"
+
+
 def checkpoint_fingerprint(path: str | Path) -> str:
     """The checkpoint's content hash (torch-free: ``ivl_ros.model.spec.checkpoint_hash``)."""
     path = Path(path)

@@ -14,6 +14,7 @@ from ivl_ros.model.backends.engines import (
     STAGE_VISION,
     EngineError,
     check_source,
+    default_engines_dir,
     read_manifest,
     stage_file,
     tile_range,
@@ -32,10 +33,8 @@ def decoder_path(manifest: dict, engines_dir: Path) -> Path:
 
 def load_exported_backend(backend: str, model_path: str | Path, engines_path: str | Path | None,
                           device: str = "cpu") -> tuple[ExportedBackend, InternLM2Tokenizer, ModelSpec]:
-    if engines_path is None:
-        raise EngineError(f"backend {backend!r} needs an engines directory (--engines DIR / engines_path), built "
-                          "with `python export/build_engines.py --model DIR --out DIR`")
-    model_path, engines_dir = Path(model_path), Path(engines_path)
+    model_path = Path(model_path)
+    engines_dir = Path(engines_path) if engines_path else default_engines_dir(model_path)
     _, spec, tokenizer = load_spec(model_path)
     manifest = read_manifest(engines_dir)
     check_source(manifest, model_path, engines_dir)
