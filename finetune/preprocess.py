@@ -23,7 +23,7 @@ from ivl_ros.model.tokenizer import InternLM2Tokenizer
 IGNORE_INDEX = -100
 USER_ROLE = f"{IM_START}user\n"
 ASSISTANT_ROLE = f"{IM_START}assistant\n"
-JPEG_QUALITIES = tuple(range(75, 101, 5))  # upstream's data_augment: a random JPEG re-encode per tile
+JPEG_QUALITIES = tuple(range(75, 101))  # data_augment: a random JPEG re-encode (quality 75..100) per tile
 
 
 @dataclass

@@ -107,6 +107,8 @@ def _device(cfg: TrainConfig, d: Dist) -> torch.device:
         name = f"cuda:{d.local_rank}"
     dev = torch.device(name)
     if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
     return dev
 
