@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 class Builder:
     def __init__(self, args: argparse.Namespace) -> None:
-        from ivl_ros.cli import default_model_path
+        from ivl_ros.model.defaults import default_model_path
 
         self.args = args
         self.model_path = (args.model or default_model_path()).resolve()

@@ -8,30 +8,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ivl_ros.errors import IvlError, OptionError
+from ivl_ros.model.defaults import default_model_path, demo_notice
 
 # Subcommands that live with their feature; each module has add_parser(subparsers) and run(args) -> int.
 PLUGIN_COMMANDS = {"eval-caption": "ivl_ros.eval.command"}
-
-DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "ivl-demo"
-
-
-def default_model_path() -> Path:
-    """``$IVL_MODEL``, else the embedded demo model shipped in the repository."""
-    env = os.environ.get("IVL_MODEL")
-    if env:
-        return Path(env)
-    if (DEMO_MODEL_DIR / "config.json").is_file():
-        return DEMO_MODEL_DIR
-    raise OptionError("no model given: pass --model DIR (an InternVL2 checkpoint directory), set IVL_MODEL, "
-                      "or create a tiny test model with `ivl make-tiny DIR`")
-
 
 def _size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)[xX](\d+)", text)
@@ -146,6 +132,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.min_new_tokens > args.max_new_tokens:
         raise OptionError(f"--min-new-tokens ({args.min_new_tokens}) exceeds --max-new-tokens ({args.max_new_tokens})")
     model = args.model or default_model_path()
+    notice = demo_notice(model)
+    if notice and not args.json:
+        print(f"ivl: {notice}", file=sys.stderr)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
                                   do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p,
                                   top_k=args.top_k, seed=args.seed)

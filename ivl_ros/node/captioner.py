@@ -33,6 +33,7 @@ from ivl_interfaces.action import Describe
 from ivl_interfaces.msg import Caption
 from ivl_interfaces.srv import Ask
 from ivl_ros.errors import IvlError
+from ivl_ros.model.defaults import default_model_path, demo_notice
 from ivl_ros.model.generation import CAPTION_SETTINGS, GenerationSettings
 from ivl_ros.node import diagnostics
 from ivl_ros.node.debug_image import annotate
@@ -146,10 +147,10 @@ class CaptionNode(Node):
 
     # -- model ---------------------------------------------------------------------------------------------
     def _load_engine(self) -> DelayedEngine:
-        model_path = self.p("model_path")
-        if not model_path:
-            raise IvlError("parameter model_path is empty; set it to an InternVL2 checkpoint directory "
-                           "(model_path:=DIR)")
+        model_path = self.p("model_path") or str(default_model_path())
+        notice = demo_notice(model_path)
+        if notice:
+            self.get_logger().info(notice)
         if not Path(model_path).exists():  # said before the slow torch import
             raise IvlError(f"model_path {model_path} does not exist")
         from ivl_ros.model.engine import VisionLanguageEngine  # deferred: torch import takes seconds
