@@ -10,6 +10,7 @@ text. Every problem is reported as ``file:line: what is wrong`` so that a user c
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,8 @@ IMAGE_TAG = "<image>"
 VIDEO_TAG = "<video>"
 ROLES = ("human", "gpt")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-REGISTRY = Path(__file__).resolve().parent / "datasets.json"
+# The named-dataset registry; IVL_DATASETS points at another one (tests, users with their own data roots).
+REGISTRY = Path(os.environ.get("IVL_DATASETS") or Path(__file__).resolve().parent / "datasets.json")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -55,10 +55,11 @@ def apply_lora(vlm: nn.Module, r: int, alpha: int, dropout: float, vision_r: int
     return get_peft_model(vlm, config)
 
 
-def unfreeze_full(vlm: nn.Module) -> None:
-    """upstream full.sh: LLM (with embeddings and output) and MLP projector trained, ViT frozen."""
+def unfreeze_full(vlm: nn.Module, backbone: bool = False) -> None:
+    """upstream full.sh: LLM (with embeddings and output) and MLP projector trained, ViT frozen unless
+    ``backbone`` (upstream's freeze_backbone False)."""
     for name, p in vlm.named_parameters():
-        if not name.startswith("model.vision_tower."):
+        if backbone or not name.startswith("model.vision_tower."):
             p.requires_grad_(True)
 
 

@@ -43,6 +43,7 @@ class TrainConfig:
     lora_dropout: float = 0.05
     vision_lora_r: int = 0
     unfreeze_mlp: bool = False
+    unfreeze_backbone: bool = False
     learning_rate: float = 4e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.03
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora-dropout", type=float, default=0.05)
     g.add_argument("--vision-lora-r", type=int, default=0, help="also LoRA on the ViT with this rank (0: off)")
     g.add_argument("--unfreeze-mlp", action="store_true", help="also train the MLP projector (saved in the adapter)")
+    g.add_argument("--unfreeze-backbone", action="store_true",
+                   help="with --full: train the ViT too (upstream freeze_backbone False; for models trained "
+                   "from scratch)")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="base weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
@@ -167,13 +171,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for name in ("lora_r", "max_dynamic_patch", "max_seq_length", "save_steps", "save_total_limit"):
         if getattr(args, name) < 1:
             raise OptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.unfreeze_backbone and not args.full:
+        raise OptionError("--unfreeze-backbone goes with --full (for LoRA on the ViT use --vision-lora-r)")
     name = args.data if "/" not in args.data and not args.data.endswith(".json") else \
         os.path.splitext(os.path.basename(args.data))[0]
     output = args.output_dir or os.path.join("runs", f"{'full' if args.full else 'lora'}-{name}")
     return TrainConfig(
         data=args.data, model=args.model, output_dir=output, full=args.full, lora_r=args.lora_r,
         lora_alpha=args.lora_alpha or 2 * args.lora_r, lora_dropout=args.lora_dropout,
-        vision_lora_r=args.vision_lora_r, unfreeze_mlp=args.unfreeze_mlp, learning_rate=args.learning_rate,
+        vision_lora_r=args.vision_lora_r, unfreeze_mlp=args.unfreeze_mlp,
+        unfreeze_backbone=args.unfreeze_backbone, learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm,
         epochs=args.epochs, max_steps=args.max_steps, max_dynamic_patch=args.max_dynamic_patch,
         max_seq_length=args.max_seq_length, group_by_length=args.group_by_length, gpus=gpus, batch_size=batch,

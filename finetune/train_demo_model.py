@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if train.exists():
             shutil.rmtree(train)
         run(command)
-    trained = train / "checkpoint" if (train / "checkpoint" / "config.json").is_file() else train
+    trained = train / "model"  # where lora.py --full writes the full checkpoint
     after = evaluate(trained, args.data, args.work / "eval_trained", args.eval_limit)
 
     assemble(trained, args.out, before, after, command, args, time.time() - started, train)

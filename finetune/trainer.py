@@ -172,7 +172,7 @@ def run_training(cfg: TrainConfig) -> int:
     vlm.config.name_or_path = str(Path(cfg.model).resolve())
     peft_model = None
     if cfg.full:
-        unfreeze_full(vlm)
+        unfreeze_full(vlm, backbone=cfg.unfreeze_backbone)
     else:
         peft_model = apply_lora(vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.vision_lora_r,
                                 cfg.unfreeze_mlp)

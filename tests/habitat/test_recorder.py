@@ -165,3 +165,20 @@ def test_finetune_data_checker_accepts_it(recorded):
     for key in ("train_meta", "heldout_meta"):
         report = data.check_data(paths[key])
         assert not report.problems, [str(p) for p in report.problems]
+
+
+def test_lora_trains_on_recorded_data_by_name(recorded, tiny_checkpoint, tmp_path):
+    """The CI path of issue 5: bridge data -> `finetune/lora.py --data habitat` (name resolved by the registry)."""
+    _, paths, _ = recorded
+    registry = tmp_path / "datasets.json"
+    registry.write_text(json.dumps({"habitat": str(paths["train_meta"])}))
+    env = dict(os.environ, IVL_DATASETS=str(registry), OMP_NUM_THREADS="1")
+    lora = [sys.executable, "finetune/lora.py", "--data", "habitat"]
+    check = subprocess.run([*lora, "--check-data"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    out = tmp_path / "run"
+    train = subprocess.run([*lora, "--model", str(tiny_checkpoint), "--output-dir", str(out), "--max-steps", "2",
+                            "--lora-r", "8", "--batch-size", "2", "--per-device-batch-size", "2", "--device", "cpu"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
