@@ -35,6 +35,7 @@ setup(
             "ivl = ivl_ros.cli:main",
             "ivl-ros-launch = ivl_ros.node.launcher:main",
             "ivl-ros-ask = ivl_ros.node.ask:main",
+            "ivl-ros-demo = ivl_ros.node.demo:main",
             # The names `ros2 run` / launch_ros use (installed to lib/ivl_ros by setup.cfg under colcon).
             "ivl_captioner = ivl_ros.node.captioner:main",
             "habitat_bridge = habitat_sim_bridge.node:main",

@@ -157,6 +157,30 @@ class Client(Node):
         return {"accepted": True, "status": result.status, "answer": r.answer, "success": r.success,
                 "message": r.message, "result_t": time.monotonic() - start, "feedback": feedback}
 
+    def op_caption_files(self, topic: str, paths: list[str], timeout: float = 120.0) -> list[str]:
+        """Publish each image file as an rgb8 frame with its own stamp, re-sending it until the node's caption
+        for exactly that stamp arrives (the node keeps only the latest frame); one caption per file."""
+        pub = self._pub("raw", topic)
+        texts = []
+        end = time.monotonic() + timeout
+        for i, path in enumerate(paths):
+            rgb = np.asarray(PILImage.open(path).convert("RGB"))
+            msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
+            msg.data = rgb.tobytes()
+            msg.header.frame_id = f"regression-{i}"
+            msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + i, 0
+            while True:
+                with self.lock:
+                    hit = [c for c in self.captions if c["stamp"] == [1000 + i, 0]]
+                if hit:
+                    texts.append(hit[0]["text"])
+                    break
+                if time.monotonic() > end:
+                    raise TimeoutError(f"no caption for {path} within {timeout} s")
+                pub.publish(msg)
+                time.sleep(0.25)
+        return texts
+
     def op_captions(self, clear: bool = True) -> list[dict]:
         with self.lock:
             out = list(self.captions)
