@@ -40,8 +40,8 @@ def test_batch_rows_equal_single_results(tiny_engine, sample_frame):
     images = [sample_frame, None, sample_frame[:100, :250], sample_frame[::-1]]
     questions = ["Describe.", "What is in front of the robot?", "Is there a red box?", "<image>\nWhere?"]
     batch = tiny_engine.ask_batch(images, questions, max_tiles=4, settings=SHORT)
-    single = [tiny_engine.ask(i, q, max_tiles=4, settings=SHORT) for i, q in zip(images, questions)]
-    for b, s in zip(batch, single):
+    single = [tiny_engine.ask(i, q, max_tiles=4, settings=SHORT) for i, q in zip(images, questions, strict=True)]
+    for b, s in zip(batch, single, strict=True):
         assert b.token_ids == s.token_ids and b.answer == s.answer and b.prompt_ids == s.prompt_ids
 
 
