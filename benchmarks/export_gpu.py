@@ -21,14 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-FULL_GEOMETRY = {
-    "vision": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
-               "image_size": 448, "patch_size": 14},
-    "llm": {"hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 8,
-            "intermediate_size": 8192},
-    "sp_vocab_size": 1024,
-}
-FULL_VOCAB = 92553  # InternLM2's 92544 pieces + 9 InternVL tokens; the tiny tokenizer uses the first ~1k ids
+from ivl_ros.model.tiny import INTERNVL2_2B_GEOMETRY as FULL_GEOMETRY  # noqa: E402
+
+FULL_VOCAB = FULL_GEOMETRY["llm"]["vocab_size"]  # 92544 pieces + 9 InternVL tokens; the tiny tokenizer uses ~1k
 
 
 def make_checkpoint(path: Path, tiny: bool) -> Path:

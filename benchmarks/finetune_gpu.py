@@ -21,13 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-INTERNVL2_2B = {
-    "vision": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
-               "image_size": 448, "patch_size": 14},
-    "llm": {"hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 8,
-            "intermediate_size": 8192},
-}
-REAL_VOCAB = 92553
+from ivl_ros.model.tiny import INTERNVL2_2B_GEOMETRY as INTERNVL2_2B  # noqa: E402
+
+REAL_VOCAB = INTERNVL2_2B["llm"]["vocab_size"]
 
 
 def build_full_size(out: Path) -> Path:
