@@ -5,6 +5,7 @@ Only PIL and numpy are used so that the ONNX/TensorRT runtime path needs no torc
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,7 +100,47 @@ def normalize_tile(tile: Image.Image, tile_size: int) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def _channel_tables() -> np.ndarray:
+    """(3, 256) float32: every uint8 value normalised per channel with ``normalize_tile``'s float32 ops.
+
+    Each op is one correctly rounded float32 operation on the value alone, so looking the result up is
+    bit-identical to computing it per pixel, and a lookup costs a fraction of the three passes.
+    """
+    x = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
+    return np.ascontiguousarray(((x - IMAGENET_MEAN) / IMAGENET_STD).T)
+
+
+_TABLES = _channel_tables()
+_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ivl-thumbnail")
+
+
+def _normalize_into(out: np.ndarray, rgb: np.ndarray) -> None:
+    """HxWx3 uint8 ``rgb`` -> ``out`` (3, H, W) float32, one table lookup per channel plane."""
+    for ch in range(3):
+        np.take(_TABLES[ch], rgb[:, :, ch], out=out[ch])
+
+
 def pixel_values_for(image: Image.Image, tile_size: int, max_tiles: int, use_thumbnail: bool = True) -> np.ndarray:
-    """``image`` -> pixel values of shape (num_tiles, 3, tile_size, tile_size), float32."""
-    tiles = tile_image(image, tile_size, max_tiles, use_thumbnail)
-    return np.stack([normalize_tile(t, tile_size) for t in tiles])
+    """``image`` -> pixel values of shape (num_tiles, 3, tile_size, tile_size), float32.
+
+    Same values as normalising each tile of :func:`tile_image` with :func:`normalize_tile`, but the
+    resized image is read into numpy once and sliced (no per-tile crop and copy), and every tile is
+    written straight into the output (no float32 temporaries, no stack).
+    """
+    if image.mode != "RGB":
+        # Resizing then converting is not the same as converting then resizing for every mode: keep the
+        # reference order for the rare non-RGB input.
+        return np.stack([normalize_tile(t, tile_size) for t in tile_image(image, tile_size, max_tiles, use_thumbnail)])
+    s = tile_size
+    grid = dynamic_tile_grid(image.width, image.height, s, max_tiles, use_thumbnail=use_thumbnail)
+    # The same resizes as tile_image (PIL's default resample), so the uint8 pixels are identical.
+    # Pillow releases the GIL while it resamples: the thumbnail resize runs beside the large one.
+    thumb = _POOL.submit(image.resize, (s, s)) if grid.thumbnail else None
+    resized = np.asarray(image.resize((s * grid.cols, s * grid.rows)))
+    out = np.empty((grid.num_tiles, 3, s, s), dtype=np.float32)
+    for r in range(grid.rows):
+        for c in range(grid.cols):
+            _normalize_into(out[r * grid.cols + c], resized[r * s:(r + 1) * s, c * s:(c + 1) * s])
+    if thumb is not None:
+        _normalize_into(out[-1], np.asarray(thumb.result()))
+    return out

@@ -14,6 +14,7 @@ from ivl_ros.model.tiling import (
     IMAGENET_STD,
     candidate_grids,
     dynamic_tile_grid,
+    normalize_tile,
     pixel_values_for,
     tile_image,
 )
@@ -83,3 +84,23 @@ def test_pixel_values_normalisation_and_bicubic():
     resized = np.asarray(img.resize((112 * grid.cols, 112 * grid.rows), Image.Resampling.BICUBIC), np.float32)
     first = (resized[:112, :112] / np.float32(255) - IMAGENET_MEAN) / IMAGENET_STD
     np.testing.assert_array_equal(pv[0], first.transpose(2, 0, 1))
+
+
+def _reference_pixel_values(img, tile_size, max_tiles, use_thumbnail=True):
+    """The per-tile path pixel_values_for used to take: crop each tile, normalise it, stack."""
+    return np.stack([normalize_tile(t, tile_size) for t in tile_image(img, tile_size, max_tiles, use_thumbnail)])
+
+
+@pytest.mark.parametrize("size,max_tiles,thumb,mode", [
+    ((640, 480), 6, True, "RGB"), ((300, 200), 6, True, "RGB"), ((97, 1000), 12, True, "RGB"),
+    ((250, 250), 1, True, "RGB"), ((640, 480), 6, False, "RGB"), ((333, 120), 4, True, "L"),
+    ((200, 150), 6, True, "RGBA"),
+])
+def test_pixel_values_bit_identical_to_per_tile_path(size, max_tiles, thumb, mode):
+    rng = np.random.default_rng(size[0] * 7 + size[1])
+    rgb = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8), mode="RGBA")
+    img = rgb.convert(mode)
+    got = pixel_values_for(img, tile_size=112, max_tiles=max_tiles, use_thumbnail=thumb)
+    ref = _reference_pixel_values(img, 112, max_tiles, thumb)
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    assert np.array_equal(got.view(np.uint32), ref.view(np.uint32))  # bit for bit, not just close
