@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             fast = FastTorchBackend(loaded, compile=not args.no_compile and None)
             fast_engine = VisionLanguageEngine(fast, loaded.tokenizer, loaded.spec, model_name)
             bench = EngineBench("torch-fast", fast_engine,
-                                note="static KV cache, CUDA-graph ViT and decode, greedy on device")
+                                note="static KV cache, CUDA-graph ViT, prefill (batch-1 lengths) and decode, "
+                                     "greedy on device")
             bench.fast = True
         else:
             bench, why = _onnx_bench(args)
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "torch-fast":
             res["decode_mode"] = sorted({st.mode for st in fast._states.values() if st.graph is not None}
                                         or {fast.decode_mode})
+            res["vit_mode"] = fast.vit_mode
             fast._states.clear()
         results["backends"].append(res)
         report.write(results, args.out, tag)  # after each backend, so that a cut-off run still leaves numbers

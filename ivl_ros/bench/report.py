@@ -108,6 +108,8 @@ def markdown(results: dict) -> str:
         extra = [f"{k}: {v}" for k, v in b.get("errors", {}).items()]
         if b.get("decode_mode"):
             extra.insert(0, f"decode ran as {b['decode_mode']}")
+        if b.get("vit_mode"):
+            extra.insert(0, f"ViT ran as {b['vit_mode']}+graph")
         if b.get("note"):
             extra.insert(0, b["note"])
         lines.append(f"- **{b['name']}**: " + "; ".join(extra))

@@ -8,7 +8,7 @@ quantity a device tensor, so a whole step is one CUDA graph and the host reads n
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,6 +32,8 @@ class GreedyState:
     eos_mask: torch.Tensor   # (1, V) bool, True at the stop token
     graph: object | None = None
     mode: str = "eager"
+    # Captured prefills of this state's cache, keyed by (prompt length, no padding): see torch_fast.
+    prefills: dict = field(default_factory=dict)
 
     @classmethod
     def allocate(cls, lm: StaticLM, batch: int, length: int, device: torch.device, dtype: torch.dtype,
@@ -75,7 +77,7 @@ def greedy_step(lm: StaticLM, st: GreedyState) -> None:
     st.slot += 1
 
 
-def capture(step: Callable[[], None], warmup: int = 3) -> torch.cuda.CUDAGraph:
+def capture(step: Callable[[], None], warmup: int = 3, pool=None) -> torch.cuda.CUDAGraph:
     """Warm ``step`` up on a side stream (compilation, autotuning, allocator) and capture one call.
 
     The warm-up and the capture advance the state; the caller resets it before real use.
@@ -87,7 +89,7 @@ def capture(step: Callable[[], None], warmup: int = 3) -> torch.cuda.CUDAGraph:
             step()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         step()
     torch.cuda.synchronize()
     return graph

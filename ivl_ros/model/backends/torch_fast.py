@@ -3,9 +3,14 @@
 Same network and weights as :mod:`torch_backend` (the ``nn.Module`` is shared); what changes is how
 it runs. On CUDA:
 
-* the ViT + projector for each tile count is captured once as a CUDA graph (all tiles in one batch);
+* the ViT + projector is compiled (``torch.compile``, dynamic tile count) and, for each tile count,
+  captured once as a CUDA graph (all tiles in one batch); eager capture is the fallback;
 * the decode step (:func:`greedy.greedy_step`) is compiled with ``torch.compile`` (it fuses the small
   norm/rope/softmax kernels) and captured as a CUDA graph per (batch, cache length);
+* the prefill is captured as a CUDA graph per (state, exact prompt length, padding or not): eager it is
+  ~800 small launches that the host, not the GPU, paces; replayed it is the same kernels in one launch.
+  Exact lengths, not padded buckets, so the replay computes bit for bit what the eager prefill does;
+  a robot's camera sends the same frame size and prompt, hence the same length, every time;
 * :meth:`FastSession.generate` replays that graph and looks at the stop flags only every
   ``check_every`` tokens, so the host does not wait on the device per token.
 
@@ -17,6 +22,7 @@ token with the plain backend. Sampling and streaming use the shared generation l
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -34,6 +40,10 @@ log = logging.getLogger(__name__)
 CACHE_QUANTUM = 256  # cache lengths are rounded up to this, so a few graphs serve every prompt
 STREAM_SLACK = 512   # room for new tokens when the length is not known up front (prefill/step use)
 MAX_STATES = 3       # (batch, length) states kept, each with its KV cache and graph
+MAX_PREFILLS = 2     # captured prefill lengths kept per state (a camera sends one prompt length over and over)
+# Prefills of more tokens than this stay eager: there the GPU, not the launch rate, sets the time, and a
+# graph would hold that prefill's activations (hundreds of MB for four cameras) for good.
+PREFILL_GRAPH_TOKENS = 4096
 
 
 def cache_length(tokens: int) -> int:
@@ -62,6 +72,11 @@ class FastTorchBackend(TorchBackend):
         self._step_fn = None
         self._vit_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._vit_pool = None
+        self._prefill_pool = None
+        # Compiled ViT on by default with graphs; IVL_VIT_COMPILE=0 turns it off (e.g. to compare with eager).
+        self.compile_vit = self.use_compile and os.environ.get("IVL_VIT_COMPILE", "1") != "0"
+        self._vit_compiled = None
+        self.vit_mode = "eager"
         self.decode_mode = "eager"  # what the last captured decode ran as, for reports
 
     # -- vision --------------------------------------------------------------------------------------
@@ -80,19 +95,45 @@ class FastTorchBackend(TorchBackend):
         graph.replay()
         return static_out
 
+    def _vit_function(self):
+        """ViT + projector, compiled (fuses LayerNorm/GELU/layer scale/residual
+        passes between the matrix products); the eager module when compiling is off or failed."""
+        eager = super().image_features
+        if not self.compile_vit:
+            return eager
+        if self._vit_compiled is None:
+            def features(pv: torch.Tensor) -> torch.Tensor:
+                out = self.model.model.get_image_features(pixel_values=pv, return_dict=True)
+                return out.pooler_output if hasattr(out, "pooler_output") else out
+
+            # Automatic dynamic shapes: the second tile count recompiles with the count symbolic, and that
+            # compile serves every later count; each count still gets its own CUDA graph below.
+            self._vit_compiled = torch.compile(features)
+        return self._vit_compiled
+
     def _capture_vit(self, tiles: int, example: torch.Tensor):
         static_in = example.to(self.device, self.dtype).clone()
         if self._vit_pool is None:
             self._vit_pool = torch.cuda.graph_pool_handle()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                super().image_features(static_in)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._vit_pool):
-            static_out = super().image_features(static_in)
+        attempts = [("compiled", self._vit_function())] if self.compile_vit else []
+        attempts.append(("eager", super().image_features))
+        for mode, fn in attempts:
+            try:
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(2):
+                        fn(static_in)
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self._vit_pool):
+                    static_out = fn(static_in)
+                break
+            except Exception as exc:  # a failed compile or capture must not break captioning
+                log.warning("ViT graph capture (%s, %d tiles) failed, falling back: %s", mode, tiles, exc)
+                torch.cuda.synchronize()
+                self.compile_vit = False
+        self.vit_mode = mode
         self._vit_graphs[tiles] = (graph, static_in, static_out)
         return self._vit_graphs[tiles]
 
@@ -139,6 +180,49 @@ class FastTorchBackend(TorchBackend):
             st.mode = "eager (graph capture failed)"
         self.decode_mode = st.mode
 
+    def prefill_logits(self, st: GreedyState, embeds: torch.Tensor, positions: torch.Tensor,
+                       key_valid: torch.Tensor, all_valid: bool) -> torch.Tensor:
+        """``lm.prefill`` into ``st``'s cache + the last position's logits (B, V), replaying a graph on CUDA.
+
+        The graph's output lives in a pool shared with other prefill graphs: use it before the next prefill.
+        """
+        key = (int(embeds.shape[1]), all_valid)
+        graphs = self.use_graphs and embeds.shape[0] * embeds.shape[1] <= PREFILL_GRAPH_TOKENS
+        entry = st.prefills.get(key) if graphs else None
+        if entry is None and graphs and key not in st.prefills:
+            entry = self._capture_prefill(st, key, embeds, positions, key_valid)
+        if entry is None:
+            hidden = self.lm.prefill(embeds, positions, key_valid, st.cache, all_valid=all_valid)
+            return self.lm.lm_head(hidden[:, -1])
+        graph, inputs, logits = entry
+        for dst, src in zip(inputs, (embeds, positions, key_valid), strict=True):
+            dst.copy_(src)
+        graph.replay()
+        return logits
+
+    def _capture_prefill(self, st: GreedyState, key: tuple[int, bool], embeds: torch.Tensor,
+                         positions: torch.Tensor, key_valid: torch.Tensor):
+        while len(st.prefills) >= MAX_PREFILLS:
+            st.prefills.pop(next(iter(st.prefills)))
+        inputs = (embeds.clone(), positions.clone(), key_valid.clone())
+        out: list[torch.Tensor] = []
+
+        def run() -> None:
+            hidden = self.lm.prefill(inputs[0], inputs[1], inputs[2], st.cache, all_valid=key[1])
+            out[:] = [self.lm.lm_head(hidden[:, -1])]
+
+        if self._prefill_pool is None:
+            self._prefill_pool = torch.cuda.graph_pool_handle()
+        try:
+            graph = capture(run, warmup=1, pool=self._prefill_pool)
+        except Exception as exc:  # a failed capture must not break captioning: this length stays eager
+            log.warning("prefill graph capture (length %d) failed, running it eagerly: %s", key[0], exc)
+            torch.cuda.synchronize()
+            st.prefills[key] = None
+            return None
+        st.prefills[key] = (graph, inputs, out[0])
+        return st.prefills[key]
+
     def run_step(self, st: GreedyState) -> None:
         if st.graph is not None:
             st.graph.replay()
@@ -165,18 +249,27 @@ class FastSession:
     def batch(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def _prefill(self, st: GreedyState) -> torch.Tensor:
-        """Run the prompt into ``st``'s cache; returns last-position logits (B, V) on the device."""
+    def _prefill(self, st: GreedyState, graphs: bool = False) -> torch.Tensor:
+        """Run the prompt into ``st``'s cache; returns last-position logits (B, V) on the device.
+
+        ``graphs``: replay/capture the prefill graph; only for the backend's long-lived states, since a
+        capture costs an eager run and would be wasted on a one-off state.
+        """
         b = self.backend
         dev = b.device
         ids = torch.from_numpy(self.input_ids).to(dev)
         mask = torch.from_numpy(self.mask).to(dev)
         embeds = b.embed_prompt(ids, self.pixel_values)
         positions = upstream_position_ids(mask)
-        hidden = b.lm.prefill(embeds, positions, mask.bool(), st.cache, all_valid=bool(self.mask.all()))
+        all_valid = bool(self.mask.all())
+        if graphs:
+            logits = b.prefill_logits(st, embeds, positions, mask.bool(), all_valid)
+        else:
+            hidden = b.lm.prefill(embeds, positions, mask.bool(), st.cache, all_valid=all_valid)
+            logits = b.lm.lm_head(hidden[:, -1])
         st.positions.copy_(positions[:, -1] + 1)
         st.slot.fill_(ids.shape[1])
-        return b.lm.lm_head(hidden[:, -1])
+        return logits
 
     def _check_length(self, tokens: int) -> None:
         if tokens > self.backend.lm.max_positions:
@@ -198,7 +291,7 @@ class FastSession:
             # which the reset and prefill below overwrite.
             b._capture_decode(st)
         st.reset(settings.min_new_tokens, eos_id, pad_id)
-        choose(self._prefill(st), st)
+        choose(self._prefill(st, graphs=b.use_graphs), st)
         done = 1
         while done < n:
             if (done - 1) % b.check_every == 0 and bool(st.finished.all()):
