@@ -56,6 +56,7 @@ done
 # Lines "# post-install: pip install ..." override pins that break things (e.g. pyrender's PyOpenGL).
 post_install=$(grep -h '^# post-install: pip install ' requirements/*.txt | sed 's/^# post-install: pip install //' || true)
 while read -r spec; do
+    spec="${spec//\"/}"  # the lines quote specifiers for copy-pasting into a shell
     # shellcheck disable=SC2086
     [ -n "$spec" ] && "${PIP[@]}" $spec
 done <<< "$post_install"
