@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ivl_ros.model.compat import cache_kwargs, output_cache
+
 OPSET = 20
 
 
@@ -46,11 +48,12 @@ class DecoderWrapper(torch.nn.Module):
         pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
         cache = DynamicCache(ddp_cache_data=pairs, config=self.text_config)
         out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, past_key_values=cache, use_cache=True)
+                                  position_ids=position_ids, use_cache=True,
+                                  **cache_kwargs(self.language_model, cache))
         # Keep the sliced state 3-D: lm_head then exports as MatMul (not Gemm), which MatMulNBits can quantise.
         logits = self.lm_head(out.last_hidden_state[:, -1:, :])[:, 0, :].float()
         presents = []
-        for layer in out.past_key_values.layers:
+        for layer in output_cache(out).layers:
             presents += [layer.keys, layer.values]
         return (logits, *presents)
 

@@ -7,6 +7,7 @@ import torch
 
 from ivl_ros.errors import OptionError
 from ivl_ros.model.checkpoint import LoadedModel
+from ivl_ros.model.compat import cache_kwargs
 
 
 def upstream_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -47,8 +48,9 @@ class TorchSession:
 
         if self.cache is None:
             self.cache = DynamicCache(config=self.backend.model.config.text_config)
-        out = self.backend.language_model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions,
-                                          past_key_values=self.cache, use_cache=True)
+        lm = self.backend.language_model
+        out = lm(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions,
+                 use_cache=True, **cache_kwargs(lm, self.cache))
         logits = self.backend.model.lm_head(out.last_hidden_state[:, -1, :])
         return logits.float().cpu().numpy()
 
