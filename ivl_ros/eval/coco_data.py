@@ -12,13 +12,13 @@ Two layouts are read (as upstream ``eval/caption/evaluate_caption.py`` does):
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ivl_ros.errors import IvlError, OptionError
+from ivl_ros.jsonfile import read_json as read_jsonfile
 
 
 @dataclass(frozen=True)
@@ -37,16 +37,8 @@ class CaptionDataset:
 
 
 def read_json(path: str | Path, what: str = "annotation file") -> Any:
-    """Parse a JSON file; IvlError naming the file (and line/column) when it is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise IvlError(f"{path}: {what} not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise IvlError(f"{path}: malformed JSON in {what} (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except UnicodeDecodeError as exc:
-        raise IvlError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    """Parse a JSON input of the evaluation; IvlError naming the file (and line/column) on failure."""
+    return read_jsonfile(path, what)
 
 
 def karpathy_image_id(image: str) -> int:

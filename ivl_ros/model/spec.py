@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ivl_ros.errors import CheckpointError
+from ivl_ros.jsonfile import read_json
 from ivl_ros.model.prompt import INTERNLM2_SYSTEM_MESSAGE, SUPPORTED_TEMPLATES
 
 
@@ -40,10 +41,7 @@ def read_config(path: Path) -> dict:
         raise CheckpointError(f"{path}: not a directory; expected a checkpoint directory with config.json")
     if not cfg_file.is_file():
         raise CheckpointError(f"{cfg_file}: missing; a checkpoint directory needs config.json")
-    try:
-        return json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return read_json(cfg_file, "checkpoint config", CheckpointError)
 
 
 def checkpoint_layout(config: dict, cfg_file: Path) -> str:

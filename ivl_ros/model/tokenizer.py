@@ -19,6 +19,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from ivl_ros.errors import CheckpointError
+from ivl_ros.jsonfile import read_json
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json")
 
@@ -33,11 +34,8 @@ def clean_up_tokenization(text: str) -> str:
     return text
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+def _optional_json(path: Path) -> dict:
+    return read_json(path, "tokenizer file", CheckpointError) if path.is_file() else {}
 
 
 class InternLM2Tokenizer:
@@ -77,7 +75,7 @@ class InternLM2Tokenizer:
         proto = model_file.read_bytes()
         if not proto:
             raise CheckpointError(f"{model_file}: file is empty")
-        config = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
+        config = _optional_json(path / "tokenizer_config.json")
         added: dict[str, int] = {}
         special: set[str] = set()
         for idx, entry in (config.get("added_tokens_decoder") or {}).items():
@@ -85,11 +83,11 @@ class InternLM2Tokenizer:
             if entry.get("special", True):
                 special.add(entry["content"])
         if (path / "added_tokens.json").is_file():
-            for content, idx in _read_json(path / "added_tokens.json").items():
+            for content, idx in _optional_json(path / "added_tokens.json").items():
                 added.setdefault(content, int(idx))
                 special.add(content)
         names = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"}
-        stm = _read_json(path / "special_tokens_map.json") if (path / "special_tokens_map.json").is_file() else {}
+        stm = _optional_json(path / "special_tokens_map.json")
         for key in names:
             value = stm.get(key, config.get(key))
             if isinstance(value, dict):
