@@ -16,21 +16,19 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from ivl_ros.errors import CheckpointError, OptionError
-from ivl_ros.model.checkpoint import LoadedModel, convert_checkpoint, save_upstream_tensors, unconvert_state_dict
-from ivl_ros.model.checkpoint import weight_files as checkpoint_weight_files
+from ivl_ros.model.checkpoint import (
+    LoadedModel,
+    convert_checkpoint,
+    save_upstream_tensors,
+    stored_dtype,
+    unconvert_state_dict,
+)
 
 LAYOUTS = ("upstream", "converted")
 SHARD_BYTES = 5 * 1024**3
 _WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json")
-
-
-def stored_dtype(path: Path) -> torch.dtype:
-    """The dtype the base checkpoint's tensors are stored in (the merged copy keeps it)."""
-    with safe_open(str(checkpoint_weight_files(path)[0]), framework="pt") as fh:
-        return fh.get_tensor(next(iter(fh.keys()))).dtype
 
 
 def _is_weight_file(p: Path) -> bool:

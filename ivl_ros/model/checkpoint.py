@@ -388,7 +388,7 @@ def _build_from_state_dict(hf_config, tensors, dtype, device, attn, path: Path):
 def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str | None = None) -> Path:
     """Write a transformers-layout copy of an upstream checkpoint (``ivl convert``)."""
     src, dst = Path(src), Path(dst)
-    loaded = load_model(src, device="cpu", dtype=dtype or _stored_dtype(src))
+    loaded = load_model(src, device="cpu", dtype=dtype or stored_dtype(src))
     if loaded.layout != "upstream":
         raise CheckpointError(f"{src}: already in the converted (transformers) layout")
     if dst.exists() and any(dst.iterdir()):
@@ -405,15 +405,10 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str | None = Non
     return dst
 
 
-def _stored_dtype(path: Path) -> str:
-    files = weight_files(path)
-    with safe_open(str(files[0]), framework="pt") as fh:
-        first = next(iter(fh.keys()))
-        stored = fh.get_tensor(first).dtype
-    for name, dt in DTYPES.items():
-        if dt == stored:
-            return name
-    return "float32"
+def stored_dtype(path: str | Path) -> torch.dtype:
+    """The dtype a checkpoint's tensors are stored in (copies written from it keep it)."""
+    with safe_open(str(weight_files(Path(path))[0]), framework="pt") as fh:
+        return fh.get_tensor(next(iter(fh.keys()))).dtype
 
 
 def _write_processor_config(dst: Path, spec: ModelSpec) -> None:
