@@ -64,6 +64,14 @@ class DecoderSession(Protocol):
     # result, for sessions that decode on their device; the engine uses it when no streaming is asked.
 
 
+def upstream_position_ids(attention_mask: np.ndarray) -> np.ndarray:
+    """Positions as upstream generate() derives them from a (left-padded) mask: cumsum - 1, padding set to 1.
+
+    Every backend's prefill uses this one rule (torch sessions convert the result to a tensor)."""
+    positions = np.cumsum(attention_mask, axis=-1) - 1
+    return np.where(attention_mask == 0, 1, positions).astype(np.int64)
+
+
 def _sample(scores: np.ndarray, settings: GenerationSettings, rng: np.random.Generator) -> np.ndarray:
     scores = scores / settings.temperature
     if settings.top_k:

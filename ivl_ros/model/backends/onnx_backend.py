@@ -14,6 +14,7 @@ import numpy as np
 
 from ivl_ros.errors import OptionError
 from ivl_ros.model.backends.engines import EngineError, TileCountError
+from ivl_ros.model.generation import upstream_position_ids
 from ivl_ros.model.spec import ModelSpec
 
 
@@ -102,15 +103,10 @@ class OrtDecoder:
         return outputs[0].numpy(), list(outputs[1:])
 
 
-def upstream_positions(mask: np.ndarray) -> np.ndarray:
-    positions = np.cumsum(mask, axis=-1) - 1
-    return np.where(mask == 0, 1, positions).astype(np.int64)
-
-
 def greedy_tokens(decoder: OrtDecoder, embeds: np.ndarray, mask: np.ndarray, table: np.ndarray,
                   new_tokens: int) -> tuple[list[int], np.ndarray]:
     """A bare greedy loop for one row (used to measure quantisation), returning tokens and first logits."""
-    positions = upstream_positions(mask)
+    positions = upstream_position_ids(mask)
     logits, past = decoder.forward(embeds, mask, positions, None)
     first, tokens = logits[0].copy(), []
     for _ in range(new_tokens):
@@ -136,7 +132,7 @@ class ExportedSession:
 
     def prefill(self) -> np.ndarray:
         embeds = self.backend.embed_prompt(self.input_ids, self.pixel_values)
-        self.positions = upstream_positions(self.mask)
+        self.positions = upstream_position_ids(self.mask)
         logits, self.past = self.backend.decoder.forward(embeds, self.mask, self.positions, None)
         return logits.astype(np.float32, copy=False)
 

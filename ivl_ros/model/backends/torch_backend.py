@@ -8,12 +8,7 @@ import torch
 from ivl_ros.errors import OptionError
 from ivl_ros.model.checkpoint import LoadedModel
 from ivl_ros.model.compat import cache_kwargs
-
-
-def upstream_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions as upstream generate() derives them from the mask: cumsum - 1, padding set to 1."""
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.masked_fill(attention_mask == 0, 1)
+from ivl_ros.model.generation import upstream_position_ids
 
 
 class TorchSession:
@@ -24,7 +19,9 @@ class TorchSession:
         self.backend = backend
         dev = backend.device
         self.input_ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(dev)
-        self.mask = torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64)).to(dev)
+        mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        self.mask = torch.from_numpy(mask).to(dev)
+        self.prefill_positions = torch.from_numpy(upstream_position_ids(mask)).to(dev)
         self.pixel_values = pixel_values
         self.cache = None
         self.positions = None
@@ -32,7 +29,7 @@ class TorchSession:
     @torch.inference_mode()
     def prefill(self) -> np.ndarray:
         embeds = self.backend.embed_prompt(self.input_ids, self.pixel_values)
-        self.positions = upstream_position_ids(self.mask)
+        self.positions = self.prefill_positions
         return self._forward(embeds, self.positions)
 
     @torch.inference_mode()

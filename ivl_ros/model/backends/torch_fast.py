@@ -31,9 +31,9 @@ import torch
 from ivl_ros.errors import OptionError
 from ivl_ros.model.backends.greedy import GreedyState, capture, choose, greedy_step
 from ivl_ros.model.backends.static_lm import KVCache, StaticLM
-from ivl_ros.model.backends.torch_backend import TorchBackend, upstream_position_ids
+from ivl_ros.model.backends.torch_backend import TorchBackend
 from ivl_ros.model.checkpoint import LoadedModel
-from ivl_ros.model.generation import GenerationSettings, generate
+from ivl_ros.model.generation import GenerationSettings, generate, upstream_position_ids
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class FastSession:
         ids = torch.from_numpy(self.input_ids).to(dev)
         mask = torch.from_numpy(self.mask).to(dev)
         embeds = b.embed_prompt(ids, self.pixel_values)
-        positions = upstream_position_ids(mask)
+        positions = torch.from_numpy(upstream_position_ids(self.mask)).to(dev)
         all_valid = bool(self.mask.all())
         if graphs:
             logits = b.prefill_logits(st, embeds, positions, mask.bool(), all_valid)
