@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+BRIDGE_NODE = [sys.executable, "-m", "habitat_sim_bridge.node", "--ros-args"]
 LISTEN = Path(__file__).parent / "procs" / "listen.py"
 
 
@@ -41,10 +42,7 @@ def _run(tmp_path: Path, params: list[str], expected: int, timeout: float = 40.0
         text=True,
     )
     args = [
-        sys.executable,
-        "-m",
-        "habitat_sim_bridge.node",
-        "--ros-args",
+        *BRIDGE_NODE,
         "-p",
         "wait_for_subscribers:=1",
         "-p",
@@ -130,10 +128,7 @@ def test_actions_and_cmd_vel_move_the_agent(tmp_path, needs_osmesa):
     )
     node = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "habitat_sim_bridge.node",
-            "--ros-args",
+            *BRIDGE_NODE,
             "-p",
             "source:=procedural",
             "-p",
@@ -180,10 +175,7 @@ def test_actions_and_cmd_vel_move_the_agent(tmp_path, needs_osmesa):
 def test_node_reports_bad_setup_without_traceback():
     pytest.importorskip("rclpy", reason="ROS 2 wheels (requirements/ros.txt) are not installed")
     args = [
-        sys.executable,
-        "-m",
-        "habitat_sim_bridge.node",
-        "--ros-args",
+        *BRIDGE_NODE,
         "-p",
         "source:=mesh",
         "-p",
