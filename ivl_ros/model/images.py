@@ -12,7 +12,7 @@ from ivl_ros.errors import ImageError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
-# Camera encodings accepted for numpy frames: name -> (channels, channel order to reach RGB).
+# Camera encodings accepted for numpy frames (the ROS node uses the same table): name -> channels.
 FRAME_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
 

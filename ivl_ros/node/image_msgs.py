@@ -14,10 +14,11 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from ivl_ros.errors import ImageError
+from ivl_ros.model.images import FRAME_ENCODINGS, frame_to_rgb
 
-# encoding -> channels. 8-bit colour and mono only: the model takes RGB, and a 16-bit or float image on the
-# colour topic is almost always a depth frame sent to the wrong topic.
-ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+# The core's encodings (8-bit colour and mono): the model takes RGB, and a 16-bit or float image on the colour
+# topic is almost always a depth frame sent to the wrong topic.
+ENCODINGS = FRAME_ENCODINGS
 DEPTH_ENCODINGS = {"16uc1", "32fc1", "mono16", "16sc1", "32sc1", "64fc1"}
 COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -60,11 +61,7 @@ def image_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     buffer = np.frombuffer(msg.data, dtype=np.uint8)
     # The strided view skips any row padding (step > width*channels) without copying.
     frame = np.ndarray((height, width, channels), np.uint8, buffer, 0, (step, channels, 1))
-    if channels == 1:
-        return np.repeat(frame, 3, axis=2)
-    if encoding.startswith("bgr"):
-        return frame[:, :, 2::-1]
-    return frame[:, :, :3]
+    return frame_to_rgb(frame, encoding)
 
 
 def compressed_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
