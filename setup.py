@@ -17,6 +17,9 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        # The node executables where `ros2 run` and launch_ros look (<prefix>/lib/<package>/<executable>). pip
+        # ignores setup.cfg's install_scripts, so they are data files here; launch_spec.NODES names the same.
+        (f"lib/{PACKAGE}", sorted(glob("scripts/ros/*"))),
     ],
     # Runtime requirements are kept loose for GPU machines (torch 2.11 cu130, transformers 5.17);
     # scripts/setup.sh installs the pinned CPU set. ROS 2 (rclpy) comes from the ROS install or the

@@ -13,7 +13,6 @@ Accepts ``/habitat/action`` (std_msgs/String: move_forward, turn_left, turn_righ
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -188,11 +187,11 @@ def ros_msgs_info_type():
 
 
 def main(args: list[str] | None = None) -> int:
-    # Large frames over Fast DDS's default transports stall or drop; one rule for every image-moving process
-    # of the project (keeps the user's choice). Must be set before the participant exists.
-    from ivl_ros.node.launch_spec import transport_env
+    # This process sends camera frames: its DDS transport must hand them whole to default-configured subscribers
+    # (keeps the user's explicit choice). Must be set before the participant exists.
+    from ivl_ros.transport import PUBLISHER, configure_process
 
-    os.environ.update(transport_env(os.environ))
+    transport = configure_process(PUBLISHER)
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
@@ -201,6 +200,7 @@ def main(args: list[str] | None = None) -> int:
     rc = 0
     try:
         node = _make_node_class()()
+        node.get_logger().info(transport)
         while rclpy.ok() and not (node.done and node.p["exit_when_done"]):
             rclpy.spin_once(node, timeout_sec=0.1)
         if node.done:

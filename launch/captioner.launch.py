@@ -2,10 +2,9 @@
 [use_sim:=true] [params_file:=FILE] [any_node_parameter:=value ...]
 
 The node list, the params YAML and the meaning of every argument come from ivl_ros.node.launch_spec, which
-the pip-only launcher (`ivl-ros-launch captioner ...`) reads too, so both start the same thing.
+the pip-only launcher (`ivl-ros-launch captioner ...`) reads too, so both start the same thing. Each node picks its
+own DDS transport for images (ivl_ros.transport), so nothing here changes the environment.
 """
-
-import os
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch_ros.actions import Node
@@ -18,11 +17,9 @@ def _nodes(context):
     # Evaluated at launch time so that node parameters given as launch arguments (caption_rate_hz:=2.0)
     # override the YAML only when they are given.
     launches = launch_spec.plan(dict(context.launch_configurations), strict=False)
-    # Large images between processes need a Fast DDS transport setting; the user's own choice is kept.
-    env = launch_spec.transport_env(os.environ)
     return [
         Node(package=launch_spec.PACKAGE, executable=launch.spec.executable, name=launch.spec.name,
-             output="screen", emulate_tty=True, additional_env=env,
+             output="screen", emulate_tty=True,
              parameters=[str(launch.params_file)] + ([launch.overrides] if launch.overrides else []))
         for launch in launches
     ]

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-
-from ivl_ros.node.launch_spec import transport_env
 
 
 def _image_msg(path: str):
@@ -34,7 +31,6 @@ def _wait(executor, future, timeout: float):
 
 def ask(question: str, camera: str = "", image: str | None = None, max_new_tokens: int = 0, stream: bool = False,
         timeout: float = 60.0, as_json: bool = False) -> int:
-    os.environ.update(transport_env(os.environ))  # read by Fast DDS when the participant is created
     import rclpy
     from rclpy.action import ActionClient
     from rclpy.executors import SingleThreadedExecutor

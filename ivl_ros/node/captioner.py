@@ -24,8 +24,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
-from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.qos import QoSProfile
 from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -36,12 +35,14 @@ from ivl_ros.errors import IvlError
 from ivl_ros.model.defaults import default_model_path, demo_notice
 from ivl_ros.model.generation import CAPTION_SETTINGS, GenerationSettings
 from ivl_ros.node import diagnostics
+from ivl_ros.node.cameras import CameraSubscriptions
 from ivl_ros.node.debug_image import annotate
 from ivl_ros.node.frames import LatestFrames
 from ivl_ros.node.image_msgs import FrameError, compressed_to_rgb, image_to_rgb, is_empty, rgb_to_image
 from ivl_ros.node.model_holder import DelayedEngine, ModelHolder
 from ivl_ros.node.params import PARAMS, ParamSpec
 from ivl_ros.node.worker import InferenceWorker
+from ivl_ros.transport import SUBSCRIBER, configure_process, receive_buffer_warning
 
 NODE_NAME = "ivl_captioner"
 ASK_SERVICE = "/ivl/ask"
@@ -101,8 +102,9 @@ class CaptionNode(Node):
         self._requests_group = ReentrantCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
         self.caption_pub = self.create_publisher(Caption, "~/caption", QoSProfile(depth=10))
-        self.debug_pub = self.create_publisher(Image, "~/debug_image", qos_profile_sensor_data)
-        self._subscribe_cameras()
+        # Reliable: matches both kinds of viewer, and reliable ones (rviz's default) get the large frames repaired.
+        self.debug_pub = self.create_publisher(Image, "~/debug_image", QoSProfile(depth=1))
+        self.camera_subs = self._subscribe_cameras()
         self.create_service(Ask, ASK_SERVICE, self._on_ask, callback_group=self._requests_group)
         self._describe_server = ActionServer(self, Describe, DESCRIBE_ACTION, execute_callback=self._on_describe,
                                              cancel_callback=lambda _req: CancelResponse.ACCEPT,
@@ -168,22 +170,19 @@ class CaptionNode(Node):
                                 "report this error until the node is restarted with a working model_path")
 
     # -- frames --------------------------------------------------------------------------------------------
-    def _subscribe_cameras(self) -> None:
+    def _subscribe_cameras(self) -> CameraSubscriptions:
         compressed = self.p("compressed")
-        for camera in self.cameras:
-            topic = camera
-            if compressed and not topic.endswith("/compressed"):
-                topic = topic.rstrip("/") + "/compressed"  # image_transport's naming
-            msg_type, convert = (CompressedImage, compressed_to_rgb) if compressed else (Image, image_to_rgb)
-            # Sensor-data QoS (best effort) matches both best-effort and reliable camera publishers; a reliable
-            # subscriber would silently get nothing from a best-effort camera.
-            # One exclusive group per camera: its frames are handled in order (an older frame can never
-            # overwrite a newer one), while different cameras proceed in parallel.
-            self.create_subscription(msg_type, topic, partial(self._on_frame, camera, convert),
-                                     qos_profile_sensor_data, callback_group=MutuallyExclusiveCallbackGroup(),
-                                     qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        msg_type, convert = (CompressedImage, compressed_to_rgb) if compressed else (Image, image_to_rgb)
 
-    def _on_frame(self, camera: str, convert: Any, msg: Any) -> None:
+        def topic_of(camera: str) -> str:
+            if compressed and not camera.endswith("/compressed"):
+                return camera.rstrip("/") + "/compressed"  # image_transport's naming
+            return camera
+
+        return CameraSubscriptions(self, self.cameras, msg_type, topic_of, self.p("image_reliability"),
+                                   partial(self._on_frame, convert=convert))
+
+    def _on_frame(self, camera: str, msg: Any, convert: Any) -> None:
         try:
             rgb = convert(msg, int(self.p("max_pixels")))
         except FrameError as exc:
@@ -371,7 +370,7 @@ class CaptionNode(Node):
                 "frames_rejected": sum(s.rejected for s in cams.values()),
                 "pending_requests": self.worker.pending, "last_error": self.last_error, **self.counters}
         return [diagnostics.model_status(NODE_NAME, self.model.state, self.model.error, info),
-                *diagnostics.camera_statuses(NODE_NAME, cams)]
+                *diagnostics.camera_statuses(NODE_NAME, cams, extra=self.camera_subs.describe())]
 
     def _publish_diagnostics(self) -> None:
         self._diag_pub.publish(diagnostics.to_msg(self.health(), self.get_clock().now().to_msg()))
@@ -382,10 +381,17 @@ class CaptionNode(Node):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ivl-captioner`` / ``python -m ivl_ros.node.captioner [--ros-args ...]``."""
+    # This process receives camera frames: pick a DDS transport that takes them whole from default-configured
+    # publishers (keeps the user's explicit choice). Must happen before the participant exists.
+    transport = configure_process(SUBSCRIBER)
     rclpy.init(args=sys.argv if argv is None else argv)
     node = None
     try:
         node = CaptionNode()
+        node.get_logger().info(transport)
+        warning = receive_buffer_warning()
+        if warning:
+            node.get_logger().warning(warning)
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
         executor.spin()

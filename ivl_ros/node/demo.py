@@ -59,9 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     from ivl_interfaces.msg import Caption
-    from ivl_ros.node.launch_spec import child_env
-
-    os.environ.update(child_env(os.environ))
     launch = [sys.executable, "-m", "ivl_ros.node.launcher", "captioner", "use_sim:=true", *args.launch_args]
     print("+ ivl-ros-launch " + " ".join(launch[4:]), flush=True)
     launcher = subprocess.Popen(launch, start_new_session=True)

@@ -31,7 +31,9 @@ def model_status(node: str, state: str, error: str, info: dict[str, object]) -> 
     return Status(level, f"{node}: model", message, str(info.get("model_id", "")), values)
 
 
-def camera_statuses(node: str, cameras: dict[str, CameraStats], now: float | None = None) -> list[Status]:
+def camera_statuses(node: str, cameras: dict[str, CameraStats], now: float | None = None,
+                    extra: dict[str, dict[str, str]] | None = None) -> list[Status]:
+    """One status per camera; ``extra`` adds values per camera (e.g. its subscription's reliability)."""
     now = time.monotonic() if now is None else now
     out = []
     for camera, s in cameras.items():
@@ -46,7 +48,7 @@ def camera_statuses(node: str, cameras: dict[str, CameraStats], now: float | Non
             message += f"; last rejected frame: {s.last_error}"
         values = {"received": str(s.received), "dropped": str(s.dropped), "rejected": str(s.rejected),
                   "captioned": str(s.captioned), "last_frame_age_s": "" if age is None else f"{age:.3f}",
-                  "last_error": s.last_error}
+                  "last_error": s.last_error, **(extra or {}).get(camera, {})}
         out.append(Status(level, f"{node}: camera {camera}", message, camera, values))
     return out
 

@@ -7,8 +7,6 @@ same YAML and the same ``name:=value`` arguments. Imports no ROS and no ``launch
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +15,10 @@ from typing import Any
 import yaml
 
 from ivl_ros.node.params import PARAM_BY_NAME
+from ivl_ros.share import PACKAGE as PACKAGE  # re-exported: the launch file names the package by it
+from ivl_ros.share import find_share_file, share_candidates
 
-PACKAGE = "ivl_ros"
 PARAMS_FILE_NAME = "captioner.yaml"
-TRANSPORT_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}  # images between processes need it (see README)
-SHM_PROFILE_NAME = "fastdds_shm.xml"
 
 
 @dataclass(frozen=True)
@@ -60,17 +57,13 @@ class NodeLaunch:
 
 
 def default_params_file() -> Path:
-    """config/captioner.yaml: installed under <prefix>/share/ivl_ros/config, or in a source checkout.
-
-    pip venvs have no AMENT_PREFIX_PATH, so sys.prefix is searched as well as the ament prefixes.
-    """
-    prefixes = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)]
-    candidates = [Path(p) / "share" / PACKAGE / "config" / PARAMS_FILE_NAME for p in prefixes if p]
-    candidates.append(Path(__file__).resolve().parents[2] / "config" / PARAMS_FILE_NAME)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise LaunchError(f"{PARAMS_FILE_NAME} not found in {[str(c) for c in candidates]}; pass params_file:=FILE")
+    """config/captioner.yaml: installed under <prefix>/share/ivl_ros/config, or in a source checkout."""
+    relative = f"config/{PARAMS_FILE_NAME}"
+    path = find_share_file(relative)
+    if path is None:
+        searched = [str(c) for c in share_candidates(relative)]
+        raise LaunchError(f"{PARAMS_FILE_NAME} not found in {searched}; pass params_file:=FILE")
+    return path
 
 
 def parse_value(name: str, text: str) -> Any:
@@ -136,27 +129,3 @@ def plan(args: Mapping[str, str], strict: bool = True) -> list[NodeLaunch]:
 def overrides_yaml(launch: NodeLaunch) -> str:
     """A params file holding only the overrides; passed after the base file, whose values it replaces."""
     return yaml.safe_dump({f"/**/{launch.spec.name}": {"ros__parameters": launch.overrides}}, sort_keys=True)
-
-
-def _config_file(name: str) -> Path:
-    installed = default_params_file().with_name(name)
-    return installed if installed.is_file() else Path(__file__).resolve().parents[2] / "config" / name
-
-
-def transport_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """Environment additions so that camera-size frames cross process boundaries (none if the user chose).
-
-    Fast DDS's defaults lose nearly every best-effort VGA frame. LARGE_DATA fixes that, except under
-    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (measured: 9 of 150 VGA frames); there the shipped 32 MB
-    shared-memory profile is used instead.
-    """
-    if environ.get("FASTDDS_BUILTIN_TRANSPORTS") or environ.get("FASTDDS_DEFAULT_PROFILES_FILE"):
-        return {}
-    if environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "").upper() == "LOCALHOST":
-        return {"FASTDDS_DEFAULT_PROFILES_FILE": str(_config_file(SHM_PROFILE_NAME))}
-    return dict(TRANSPORT_ENV)
-
-
-def child_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The children's environment: the user's, plus the image transport settings unless the user set them."""
-    return {**environ, **transport_env(environ)}

@@ -1,14 +1,14 @@
 """``ivl-ros-launch captioner [name:=value ...]``: ros2 launch for pip-only ROS 2 (no launch/launch_ros there).
 
 Starts the nodes of :mod:`launch_spec` as child processes with ``--ros-args --params-file`` (the same YAML as
-``captioner.launch.py``), forwards SIGINT/SIGTERM once, and exits non-zero if a child dies on its own.
+``captioner.launch.py``), forwards SIGINT/SIGTERM once, and exits non-zero if a child dies on its own. The children
+get the launcher's environment unchanged: each node picks its own DDS transport (:mod:`ivl_ros.transport`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import signal
 import subprocess
 import sys
@@ -95,7 +95,6 @@ def run(launch_name: str, items: list[str], dry_run: bool = False) -> int:
             found = False
         if not found:
             raise launch_spec.LaunchError(f"{launch.spec.name}: module {launch.spec.module} is not installed")
-    env = launch_spec.child_env(os.environ)
     with tempfile.TemporaryDirectory(prefix="ivl-ros-launch-") as tmp:
         commands = {}
         for launch in launches:
@@ -120,7 +119,7 @@ def run(launch_name: str, items: list[str], dry_run: bool = False) -> int:
         children = {}
         for name, cmd in commands.items():
             # Own process group: a terminal Ctrl-C reaches only the launcher, which forwards it exactly once.
-            children[name] = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+            children[name] = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent)
             print(f"{PREFIX} started {name} (pid {children[name].pid})", flush=True)
         return supervise(children, stop_requested)
 

@@ -33,6 +33,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("dtype", "float32", "model weights dtype", choices=DTYPES, read_only=True),
     ParamSpec("image_topics", ["/camera/image_raw"], "camera topics; each one's name is the Caption.camera field",
               read_only=True),
+    ParamSpec("image_reliability", "auto", "camera subscription reliability: auto follows the publishers (reliable "
+              "when all of them are, else best effort); per topic: qos_overrides.<topic>.subscription.reliability",
+              choices=("auto", "best_effort", "reliable"), read_only=True),
     ParamSpec("compressed", False, "subscribe to sensor_msgs/CompressedImage on <topic>/compressed instead of Image",
               read_only=True),
     ParamSpec("max_tiles", 6, "most 448 px tiles per frame (captions and answers)", low=1, high=40),

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,30 +11,22 @@ from pathlib import Path
 
 import pytest
 
+from tests.ros_env import REPO, allocate_domain, default_ros_env
+
 pytest.importorskip("rclpy")
 pytest.importorskip("ivl_interfaces.srv", reason="build it: scripts/build_interfaces.sh .venv")
 
 PROCS = Path(__file__).parent / "procs"
-REPO = Path(__file__).resolve().parents[2]
-_domains = itertools.count()
 
 
 def ros_env(domain: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA", PYTHONUNBUFFERED="1",
-               # Several processes share 2 cores here: torch's spinning OpenMP threads would slow the tiny
-               # model 10x under that contention.
-               OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    env.pop("ROS_LOCALHOST_ONLY", None)
-    return env
+    """Every process of these tests, node included, runs with default ROS 2 settings on its own domain."""
+    return default_ros_env(domain)
 
 
 @pytest.fixture(scope="module")
 def domain() -> int:
-    # Spread over 1..100 by pid so parallel runs of other test suites on this machine rarely collide.
-    return 1 + (os.getpid() * 7 + next(_domains)) % 100
+    return allocate_domain()
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +47,7 @@ class Proc:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_log(self, text: str, timeout: float = 30.0) -> None:
+    def wait_log(self, text: str, timeout: float = 90.0) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if text in self.log():
@@ -144,12 +134,51 @@ def client(domain, logs):
     rpc.close()
 
 
-def start_camera(domain: int, tmp_path: Path, **kwargs) -> subprocess.Popen:
-    args = [sys.executable, str(PROCS / "camera.py")]
-    for key, value in kwargs.items():
-        args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
-    return subprocess.Popen(args, env=ros_env(domain), cwd=REPO, text=True, stdout=subprocess.PIPE,
-                            stderr=open(tmp_path / "camera.log", "w"))
+def wait_captions(client: RpcClient, done, timeout: float = 180.0) -> list[dict]:
+    """Collect captions (clearing the client's list) until ``done(captions)``; the deadline only bounds a broken
+    run, a healthy one under load never gets near it."""
+    end, got = time.monotonic() + timeout, []
+    while not done(got):
+        if time.monotonic() > end:
+            raise AssertionError(f"captions never satisfied the test within {timeout} s; got {got}")
+        got += client.call("captions")
+        time.sleep(0.05)
+    return got
+
+
+class Camera:
+    """procs/camera.py in its own process: a default-configured publisher, as a user's camera driver is."""
+
+    def __init__(self, domain: int, log_dir: Path, **kwargs) -> None:
+        args = [sys.executable, str(PROCS / "camera.py")]
+        for key, value in kwargs.items():
+            args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+        self.popen = subprocess.Popen(args, env=ros_env(domain), cwd=REPO, text=True, stdout=subprocess.PIPE,
+                                      stderr=open(log_dir / "camera.log", "w"))
+
+    def wait_matched(self) -> None:
+        """Block until the camera's publisher has matched a subscriber (it publishes nothing before; it gives up
+        after its own generous deadline)."""
+        line = self.popen.stdout.readline()
+        assert line and json.loads(line)["matched"] >= 1, f"camera found no subscriber: {line!r}"
+
+    def finish(self, timeout: float = 120.0) -> dict:
+        """Wait for a --count run to end (or stop an endless one with SIGINT) -> {"published", "stamps"}."""
+        try:
+            out, _ = self.popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.send_signal(signal.SIGINT)
+            out, _ = self.popen.communicate(timeout=30)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def stop(self) -> dict:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+        return self.finish()
+
+
+def start_camera(domain: int, log_dir: Path, **kwargs) -> Camera:
+    return Camera(domain, log_dir, **kwargs)
 
 
 class SingleThreadEngine:

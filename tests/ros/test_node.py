@@ -3,13 +3,10 @@ bad inputs, concurrency and runtime parameters."""
 
 from __future__ import annotations
 
-import json
-import time
-
 import pytest
 
 from ivl_ros.model.generation import CAPTION_SETTINGS, GenerationSettings
-from tests.ros.conftest import start_camera
+from tests.ros.conftest import start_camera, wait_captions
 from tests.ros.procs.common import make_frame
 
 CAM, CAM2, SILENT = "/camera/image_raw", "/cam2/image_raw", "/cam3/image_raw"
@@ -45,11 +42,12 @@ def test_ask_before_any_frame_says_so(node, client):
 
 def test_captions_carry_the_frame_headers(node, client, domain, logs):
     client.call("captions")
-    camera = start_camera(domain, logs, rate=10, duration=2.5, record=True)
+    camera = start_camera(domain, logs, rate=10, record=True)  # a default-configured driver, until stopped
+    camera.wait_matched()
     client.call("publish_image", topic=CAM2, seed=1, frame_id="cam2-frame", stamp=[7, 8])
-    out, _ = camera.communicate(timeout=30)
-    published = json.loads(out.strip().splitlines()[-1])
-    captions = _wait_captions(client, lambda got: any(c["camera"] == CAM2 for c in got))
+    captions = wait_captions(client, lambda got: len([c for c in got if c["camera"] == CAM]) >= 3
+                              and any(c["camera"] == CAM2 for c in got))
+    published = camera.stop()
     main = [c for c in captions if c["camera"] == CAM]
     assert len(main) >= 3, (client.call("diagnostics"), node.log())
     for cap in main:
@@ -60,8 +58,9 @@ def test_captions_carry_the_frame_headers(node, client, domain, logs):
 
 
 def test_ask_answers_like_the_engine(node, client, engine):
+    client.call("captions")
     stamp = client.call("publish_image", topic=CAM2, seed=3, stamp=[11, 12])["stamp"]
-    client.call("captions")  # make sure the frame arrived: wait for its caption
+    wait_captions(client, lambda got: any(c["stamp"] == stamp for c in got))  # the frame has arrived
     reply = client.call("ask", question=QUESTION, camera=CAM2)
     assert reply["success"], reply
     assert reply["answer"] == expected_answer(engine, 3)
@@ -83,10 +82,9 @@ def test_describe_streams_feedback_before_the_result(node, client, engine):
 
 
 def test_concurrent_asks_all_answered(node, client, engine):
-    replies = client.call("ask_many", questions=[QUESTION] * 6)
-    want = client.call("ask", question=QUESTION)  # default camera: the latest camera-process frame
-    assert want["success"]
-    assert all(r["success"] and r["answer"] == want["answer"] for r in replies), replies
+    replies = client.call("ask_many", questions=[QUESTION] * 6, image={"seed": 4})
+    want = expected_answer(engine, 4)
+    assert [(r["success"], r["answer"]) for r in replies] == [(True, want)] * 6, replies
 
 
 BAD_FRAMES = [
@@ -120,11 +118,12 @@ def test_bad_frames_and_requests_never_kill_the_node(node, client, engine):
     bad_goal = client.call("describe", question="")
     assert not bad_goal["success"] and "the question is empty" in bad_goal["message"]
     for _, message in BAD_FRAMES:
-        node.wait_log(message, timeout=5)
+        node.wait_log(message)
     assert node.popen.poll() is None
     good = client.call("ask", question=QUESTION, image={"seed": 8})
     assert good["success"] and good["answer"] == expected_answer(engine, 8)
-    diag = client.call("diagnostics")
+    seq = client.call("wait_diagnostics")["seq"]
+    diag = client.call("wait_diagnostics", newer_than=seq)["status"]  # published after every rejection was logged
     assert int(diag[CAM2]["rejected"]) >= len(BAD_FRAMES)
 
 
@@ -133,7 +132,8 @@ def test_parameters_change_at_run_time(node, client, engine):
     assert all(r["successful"] for r in client.call("set_params", values={"prompt": prompt, "max_tiles": 1}))
     client.call("captions")
     client.call("publish_image", topic=CAM2, seed=9, width=128, frame_id="p")
-    caps = [c for c in _wait_captions(client, lambda got: any(c["camera"] == CAM2 for c in got)) if c["camera"] == CAM2]
+    got = wait_captions(client, lambda got: any(c["frame_id"] == "p" for c in got))
+    caps = [c for c in got if c["frame_id"] == "p"]
     want = engine.caption(make_frame(9, width=128), max_tiles=1, prompt=prompt,
                           settings=CAPTION_SETTINGS.with_(max_new_tokens=MAX_NEW))
     assert caps and caps[-1]["text"] == want.answer and caps[-1]["tiles"] == want.num_tiles
@@ -141,9 +141,12 @@ def test_parameters_change_at_run_time(node, client, engine):
     assert not refused[0]["successful"]
     assert client.call("set_params", values={"caption_rate_hz": 0.0})[0]["successful"]
     client.call("captions")
-    client.call("publish_image", topic=CAM2, seed=10, count=3)
-    time.sleep(1.0)
-    assert client.call("captions") == []
+    before = client.call("wait_diagnostics")
+    received = int(before["status"][CAM2]["received"])
+    client.call("publish_image", topic=CAM2, seed=10, frame_id="rate-zero", count=3)
+    seen = client.call("wait_diagnostics", camera=CAM2, min_received=received + 1)
+    client.call("wait_diagnostics", newer_than=seen["seq"] + 1)  # two more reports (>= 1 s): time for any caption
+    assert [c for c in client.call("captions") if c["frame_id"] == "rate-zero"] == []
     client.call("set_params", values={"caption_rate_hz": 5.0, "prompt": "", "max_tiles": MAX_TILES})
 
 
@@ -153,11 +156,3 @@ def test_diagnostics_report_health(node, client):
     assert model["level"] == 0 and model["backend"] == "torch" and model["model_id"] == node.model_id
     assert float(model["last_latency_ms"]) > 0 and int(model["frames_dropped"]) >= 0
     assert diag[SILENT]["message"] == "no frame received yet"
-
-
-def _wait_captions(client, done, timeout=15.0):
-    end, got = time.monotonic() + timeout, []
-    while time.monotonic() < end and not done(got):
-        got += client.call("captions")
-        time.sleep(0.1)
-    return got

@@ -1,16 +1,22 @@
 """A deliberately slow model (debug_inference_delay_s): captions stay fresh, questions are not stuck behind
-captions, captioning goes on while questions are answered."""
+captions, captioning goes on while questions are answered.
+
+Everything is asserted on counts and sequence numbers the user can see (frame seq in frame_id, caption order,
+/diagnostics counters), never on wall-clock bounds between processes: under load every process is slower, the
+counts are not.
+"""
 
 from __future__ import annotations
 
-import json
-import time
+import statistics
 
 import pytest
 
-from tests.ros.conftest import start_camera
+from tests.ros.conftest import start_camera, wait_captions
 
-DELAY_S = 0.6
+DELAY_S = 1.0
+CAMERA_HZ = 20
+QUESTION = "What is in front of the robot?"
 
 
 @pytest.fixture(scope="module")
@@ -21,31 +27,38 @@ def node(start_node, client, tiny_ckpt):
     return proc
 
 
+def _seq(caption: dict) -> int:
+    return int(caption["frame_id"].removeprefix("seq="))
+
+
 def test_no_backlog_and_questions_answered_while_captioning(node, client, domain, logs):
     client.call("captions")
-    camera = start_camera(domain, logs, rate=20, duration=8)
-    asks = []
-    end = time.monotonic() + 20
-    while not client.call("captions", clear=False) and time.monotonic() < end:
-        time.sleep(0.1)  # the camera process is up and captioning runs (its start-up time varies with load)
-    for _ in range(3):
-        asks.append(client.call("ask", question="What is in front of the robot?"))
-    out, _ = camera.communicate(timeout=30)
-    published = json.loads(out.strip().splitlines()[-1])["published"]
-    captions = client.call("captions")
-    model_s = max(c["latency_ms"] for c in captions) / 1000.0
-    assert model_s >= DELAY_S
-    # Fresh: a caption describes a frame at most one model call older than its own call (+ scheduling slack);
-    # with a queue of frames the age would grow with every caption.
-    ages = [c["age_s"] for c in captions]
-    assert max(ages) < 2 * model_s + 1.0, ages
+    camera = start_camera(domain, logs, rate=CAMERA_HZ)  # until stopped
+    camera.wait_matched()
+    # Captioning runs (the first captions come after the camera's start-up, however long that takes).
+    captions = wait_captions(client, lambda got: len(got) >= 3)
+    asks = [client.call("ask", question=QUESTION) for _ in range(3)]
+    captions += wait_captions(client, lambda got: len(got) >= 3)  # captioning goes on after the questions
+    published = camera.stop()["published"]
+    assert min(c["latency_ms"] for c in captions) >= DELAY_S * 1000  # the slow model is in effect
+
+    # Fresh, not queued: each caption takes the newest frame, so consecutive captions skip the frames that arrived
+    # during a model call (CAMERA_HZ * DELAY_S = 20 here, fewer if the camera process is starved). A queue would
+    # caption consecutive frames (gap 1).
+    seqs = [_seq(c) for c in captions]
+    assert seqs == sorted(seqs)
+    gaps = [b - a for a, b in zip(seqs, seqs[1:], strict=False)]
+    assert statistics.median(gaps) >= 2, gaps
+    diag = client.call("wait_diagnostics", camera="/camera/image_raw", min_received=1)["status"]["/camera/image_raw"]
+    assert int(diag["dropped"]) > int(diag["received"]) / 2, diag  # most frames were replaced, not queued
+    assert int(diag["received"]) <= published
+
+    # Questions go before captions: while one is waiting, at most the caption already running finishes (a caption
+    # published just before the question arrived may still be in flight to this client: 2 in all). Were captions
+    # served first, a question would wait for every due caption — with captions always due here, forever.
     for ask in asks:
         assert ask["success"], ask
-        # Waits at most for the one caption already running, then its own call.
-        assert ask["elapsed_s"] < 2 * model_s + 1.0, (ask, model_s)
-    first_ask, last_ask_end = asks[0]["t0"], asks[-1]["t0"] + asks[-1]["elapsed_s"]
-    during = [c for c in captions if first_ask <= c["t"] <= last_ask_end + model_s]
-    assert during, "captioning stopped while questions were answered"
-    diag = client.call("diagnostics")["/camera/image_raw"]
-    assert int(diag["dropped"]) > published / 2  # most frames were skipped, not queued
+        start, end = ask["t0"], ask["t0"] + ask["elapsed_s"]
+        during = [c for c in captions if start <= c["t"] <= end]
+        assert len(during) <= 2, (ask, during)
     assert node.popen.poll() is None

@@ -1,6 +1,9 @@
-"""A camera stand-in: publishes deterministic rgb8 frames at a rate; frame_id = "seq=<i>", stamp = now.
+"""A camera stand-in, configured as a user's camera driver is: default ROS 2 settings (the test gives it nothing but
+ROS_DOMAIN_ID). Publishes deterministic rgb8 frames at a rate; frame_id = "seq=<i>", stamp = now.
 
-At exit prints one JSON line: {"published": n, "stamps": {seq: [sec, nanosec]}} (stamps only with --record).
+Prints {"matched": n} once a subscriber has matched (it publishes nothing before that, so no frame is lost to
+discovery), then publishes --count frames (0: until SIGINT). At exit prints one JSON line:
+{"published": n, "stamps": {seq: [sec, nanosec]}} (stamps only with --record).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import rclpy  # noqa: E402
 from common import make_frame  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+
+MATCH_DEADLINE_S = 120.0
 
 
 def main() -> None:
@@ -26,20 +31,26 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--height", type=int, default=48)
-    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--count", type=int, default=0, help="frames to publish (0: until SIGINT)")
     ap.add_argument("--distinct", type=int, default=8, help="distinct frame contents, cycled")
+    ap.add_argument("--reliable", action="store_true", help="reliable QoS (default: sensor data, best effort)")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     rclpy.init()
     node = Node("test_camera")
-    pub = node.create_publisher(Image, args.topic, qos_profile_sensor_data)
+    qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE) if args.reliable else qos_profile_sensor_data
+    pub = node.create_publisher(Image, args.topic, qos)
     frames = [make_frame(i, args.width, args.height).tobytes() for i in range(args.distinct)]
     stamps = {}
-    period = 1.0 / args.rate
-    start = time.monotonic()
     seq = 0
     try:
-        while time.monotonic() - start < args.duration:
+        end = time.monotonic() + MATCH_DEADLINE_S
+        while pub.get_subscription_count() == 0 and time.monotonic() < end:
+            time.sleep(0.05)
+        print(json.dumps({"matched": pub.get_subscription_count()}), flush=True)
+        period = 1.0 / args.rate
+        start = time.monotonic()
+        while args.count == 0 or seq < args.count:
             msg = Image(height=args.height, width=args.width, encoding="rgb8", step=args.width * 3)
             msg.data = frames[seq % len(frames)]
             msg.header.stamp = node.get_clock().now().to_msg()

@@ -1,8 +1,9 @@
 """A test client process driven over stdin/stdout with JSON lines: one request line in, one reply line out.
 
-It is a separate rclpy process (its own DDS participant), so every test talks to the node over DDS exactly
-as a user's tools would. Ops: wait_ready, publish_image, publish_compressed, ask, ask_many, describe,
-captions, diagnostics, set_params, quit.
+It is a separate rclpy process (its own DDS participant) with default ROS 2 settings (the test gives it nothing but
+ROS_DOMAIN_ID), so every test talks to the node over DDS exactly as a user's tools would. Ops: wait_ready,
+publish_image, publish_compressed, ask, ask_many, describe, captions, diagnostics, wait_diagnostics, get_params,
+set_params, caption_files, quit.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from ivl_interfaces.action import Describe  # noqa: E402
 from ivl_interfaces.msg import Caption  # noqa: E402
 from ivl_interfaces.srv import Ask  # noqa: E402
 
+# Generous deadlines: these only bound how long a broken run hangs; a healthy run under load never gets near them.
+MATCH_TIMEOUT_S = 120.0
+REPLY_TIMEOUT_S = 180.0
+
 
 def wait_future(future, timeout: float):
     event = threading.Event()
@@ -48,6 +53,7 @@ class Client(Node):
         super().__init__("test_client")
         self.captions: list[dict] = []
         self.diag: DiagnosticArray | None = None
+        self.diag_count = 0  # /diagnostics messages received so far: a sequence number to wait on
         self.lock = threading.Lock()
         self.create_subscription(Caption, "/ivl_captioner/caption", self._on_caption, QoSProfile(depth=100))
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, QoSProfile(depth=10))
@@ -68,17 +74,23 @@ class Client(Node):
     def _on_diag(self, msg: DiagnosticArray) -> None:
         with self.lock:
             self.diag = msg
+            self.diag_count += 1
 
     def _pub(self, kind: str, topic: str):
         key = (kind, topic)
         if key not in self.pubs:
             msg_type = Image if kind == "raw" else CompressedImage
-            self.pubs[key] = self.create_publisher(msg_type, topic, qos_profile_sensor_data)
-            time.sleep(0.5)  # let discovery match the node's subscription before the first frame
+            pub = self.create_publisher(msg_type, topic, qos_profile_sensor_data)
+            end = time.monotonic() + MATCH_TIMEOUT_S
+            while pub.get_subscription_count() == 0 and time.monotonic() < end:
+                time.sleep(0.05)  # a frame published before the node's subscription matched would be lost
+            if pub.get_subscription_count() == 0:
+                raise TimeoutError(f"no subscriber matched {topic} within {MATCH_TIMEOUT_S} s")
+            self.pubs[key] = pub
         return self.pubs[key]
 
     # -- ops -------------------------------------------------------------------------------------------
-    def op_wait_ready(self, timeout: float = 30.0, need_model: bool = True) -> dict:
+    def op_wait_ready(self, timeout: float = REPLY_TIMEOUT_S, need_model: bool = True) -> dict:
         end = time.monotonic() + timeout
         if not self.ask_client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError("/ivl/ask did not appear")
@@ -116,7 +128,7 @@ class Client(Node):
         return {}
 
     def op_ask(self, question: str, image: dict | None = None, camera: str = "", max_new_tokens: int = 0,
-               timeout: float = 30.0) -> dict:
+               timeout: float = REPLY_TIMEOUT_S) -> dict:
         req = Ask.Request(question=question, camera=camera, max_new_tokens=max_new_tokens)
         if image is not None:
             req.image = image_msg(**image)
@@ -126,9 +138,15 @@ class Client(Node):
                 "latency_ms": resp.latency_ms, "image_stamp": [resp.image_stamp.sec, resp.image_stamp.nanosec],
                 "elapsed_s": time.monotonic() - start, "t0": start}
 
-    def op_ask_many(self, questions: list[str], timeout: float = 60.0) -> list[dict]:
+    def op_ask_many(self, questions: list[str], image: dict | None = None,
+                    timeout: float = REPLY_TIMEOUT_S) -> list[dict]:
         start = time.monotonic()
-        futures = [self.ask_client.call_async(Ask.Request(question=q)) for q in questions]
+        futures = []
+        for q in questions:
+            req = Ask.Request(question=q)
+            if image is not None:
+                req.image = image_msg(**image)
+            futures.append(self.ask_client.call_async(req))
         out = []
         for fut in futures:
             resp = wait_future(fut, timeout)
@@ -137,7 +155,7 @@ class Client(Node):
         return out
 
     def op_describe(self, question: str, image: dict | None = None, camera: str = "", max_new_tokens: int = 0,
-                    timeout: float = 30.0) -> dict:
+                    timeout: float = REPLY_TIMEOUT_S) -> dict:
         goal = Describe.Goal(question=question, camera=camera, max_new_tokens=max_new_tokens)
         if image is not None:
             goal.image = image_msg(**image)
@@ -152,8 +170,11 @@ class Client(Node):
         if not handle.accepted:
             return {"accepted": False}
         result = wait_future(handle.get_result_async(), timeout)
-        time.sleep(0.2)  # feedback is a separate topic: let stragglers arrive before reporting
         r = result.result
+        # Feedback is a separate topic from the result: wait (an event, bounded) for the last partial text to arrive.
+        end = time.monotonic() + MATCH_TIMEOUT_S
+        while r.success and not any(f["text"] == r.answer for f in feedback) and time.monotonic() < end:
+            time.sleep(0.05)
         return {"accepted": True, "status": result.status, "answer": r.answer, "success": r.success,
                 "message": r.message, "result_t": time.monotonic() - start, "feedback": feedback}
 
@@ -199,6 +220,22 @@ class Client(Node):
             out[key] = {"level": s.level[0] if isinstance(s.level, bytes) else int(s.level), "message": s.message,
                         **{kv.key: kv.value for kv in s.values}}
         return out
+
+    def op_wait_diagnostics(self, camera: str | None = None, min_received: int = 0, newer_than: int = -1,
+                            timeout: float = REPLY_TIMEOUT_S) -> dict:
+        """Wait for a /diagnostics message numbered above ``newer_than`` in which ``camera`` has received at least
+        ``min_received`` frames -> {"seq": its number, "status": the parsed statuses}."""
+        end = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                seq = self.diag_count
+            status = self.op_diagnostics()
+            received = int(status.get(camera, {}).get("received", 0)) if camera else 0
+            if seq > newer_than and received >= min_received:
+                return {"seq": seq, "status": status}
+            if time.monotonic() > end:
+                raise TimeoutError(f"diagnostics never showed {min_received} frames on {camera} (last: {status})")
+            time.sleep(0.05)
 
     def op_get_params(self, names: list[str]) -> dict:
         result = wait_future(self.params.get_parameters(names), 10.0)

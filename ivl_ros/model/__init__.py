@@ -1,0 +1,1 @@
+"""The model core: loading, tiling, prompting, generation and backends. Imports no ROS."""
