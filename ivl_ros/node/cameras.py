@@ -8,7 +8,7 @@ a best-effort publisher at all. So per topic, in ``auto`` mode:
 * every publisher offers reliable: reliable;
 * any publisher offers best effort: best effort (a reliable reader would cut that publisher off).
 
-The choice is re-checked once a second against the ROS graph; a change re-creates the subscription (the latest-frame
+The choice is re-checked once a second against the ROS graph (the publisher count goes to /diagnostics); a change re-creates the subscription (the latest-frame
 slot and its counters are kept). ``best_effort`` / ``reliable`` fix the choice for all topics (``image_reliability``),
 and ``qos_overrides.<topic>.subscription.reliability`` (auto | best_effort | reliable) for one topic.
 """
@@ -72,8 +72,8 @@ class CameraSubscriptions:
             cam = _Camera(camera, topic, mode, BEST_EFFORT if mode == AUTO else mode, MutuallyExclusiveCallbackGroup())
             self._subscribe(cam)
             self._cams.append(cam)
-        if any(cam.mode == AUTO for cam in self._cams):
-            node.create_timer(REFRESH_PERIOD_S, self.refresh, callback_group=MutuallyExclusiveCallbackGroup())
+        # Also for fixed modes: the publisher counts go to /diagnostics.
+        node.create_timer(REFRESH_PERIOD_S, self.refresh, callback_group=MutuallyExclusiveCallbackGroup())
 
     def _declare_mode(self, topic: str, default_mode: str) -> str:
         name = reliability_parameter(topic)

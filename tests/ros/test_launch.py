@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import base64
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -45,12 +44,6 @@ def test_plan_applies_arguments_and_conditions(tmp_path):
                          ({"params_file": str(tmp_path / "none.yaml")}, "does not exist")]:
         with pytest.raises(launch_spec.LaunchError, match=message):
             launch_spec.plan(bad)
-    assert launch_spec.child_env({"FASTDDS_BUILTIN_TRANSPORTS": "SHM"}) == {"FASTDDS_BUILTIN_TRANSPORTS": "SHM"}
-    assert launch_spec.transport_env({"FASTDDS_DEFAULT_PROFILES_FILE": "/p.xml"}) == {}
-    assert launch_spec.child_env({})["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
-    # LARGE_DATA does not carry VGA frames under LOCALHOST discovery: the shipped SHM profile is used there.
-    local = launch_spec.transport_env({"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"})
-    assert list(local) == ["FASTDDS_DEFAULT_PROFILES_FILE"] and Path(local["FASTDDS_DEFAULT_PROFILES_FILE"]).is_file()
 
 
 def test_launch_file_ast_reads_launch_spec():
@@ -94,7 +87,7 @@ def test_launch_file_builds_the_same_nodes(monkeypatch):
     assert nodes[0].kwargs["name"] == "ivl_captioner" and nodes[0].kwargs["package"] == "ivl_ros"
     assert nodes[0].kwargs["parameters"][1:] == [{"model_path": "/m", "caption_rate_hz": 2.5}]
     assert Path(nodes[0].kwargs["parameters"][0]).samefile(CONFIG)
-    assert nodes[0].kwargs["additional_env"] == launch_spec.transport_env(os.environ)
+    assert "additional_env" not in nodes[0].kwargs  # each node picks its own DDS transport (ivl_ros.transport)
 
 
 def test_supervise_stops_everything_when_a_child_dies():
@@ -112,8 +105,7 @@ def test_launcher_reports_bad_arguments(capsys):
 
 
 def test_pip_launcher_runs_compressed_cameras_and_stops_on_sigint(tiny_ckpt, domain, logs, client):
-    env = ros_env(domain)
-    env.pop("FASTDDS_BUILTIN_TRANSPORTS")  # the launcher must set it for its children
+    env = ros_env(domain)  # default ROS 2 settings: the launcher, its nodes and the ask client add nothing
     proc = Proc([sys.executable, "-m", "ivl_ros.node.launcher", "captioner", f"model_path:={tiny_ckpt}",
                  "image_topics:=['/cam/image_raw']", "compressed:=true", "caption_rate_hz:=20.0", "max_tiles:=1",
                  "max_new_tokens:=8"], env, logs / "launcher.log")

@@ -86,8 +86,22 @@ class Client(Node):
                 time.sleep(0.05)  # a frame published before the node's subscription matched would be lost
             if pub.get_subscription_count() == 0:
                 raise TimeoutError(f"no subscriber matched {topic} within {MATCH_TIMEOUT_S} s")
+            self._wait_node_knows_publishers(topic)
             self.pubs[key] = pub
         return self.pubs[key]
+
+    def _wait_node_knows_publishers(self, topic: str) -> None:
+        """Our publisher has matched the node's reader; a best-effort frame is only kept once the node's reader has
+        matched our writer too. The node reports the publishers it knows per camera on /diagnostics: wait for it to
+        know as many as this process sees on the topic (the same discovery data matches its reader)."""
+        camera = topic.removesuffix("/compressed")
+        wanted = self.count_publishers(topic)
+        end = time.monotonic() + MATCH_TIMEOUT_S
+        while time.monotonic() < end:
+            if int(self.op_diagnostics().get(camera, {}).get("publishers", 0)) >= wanted:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"the node never reported {wanted} publisher(s) on {topic}: {self.op_diagnostics()}")
 
     # -- ops -------------------------------------------------------------------------------------------
     def op_wait_ready(self, timeout: float = REPLY_TIMEOUT_S, need_model: bool = True) -> dict:
