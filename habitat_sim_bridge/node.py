@@ -27,6 +27,7 @@ NODE_NAME = "habitat_bridge"
 def _make_node_class():
     """Defined lazily so the package imports without rclpy (recorder-only installs)."""
     from geometry_msgs.msg import Twist
+    from rclpy.duration import Duration
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from std_msgs.msg import Header, String
@@ -162,6 +163,12 @@ def _make_node_class():
                 ros_msgs.odometry_msg(frame.position, frame.rotation, world, self.p["base_frame"], self.driver.twist)
             )
             self.published += 1
+            if want and self.published == 1:
+                # A reliable reader drops samples until it has matched this writer too, and then repairs only what
+                # the writer's history (depth 5) still holds. Wait until every matched reader has acknowledged the
+                # first sample: matched both ways, no later sample can fall out of the history undelivered.
+                for pub in pubs:
+                    pub.wait_for_all_acked(Duration(seconds=self.p["wait_timeout"]))
 
         def destroy_node(self) -> None:
             # also runs from rclpy's finaliser when __init__ failed half-way (e.g. a bad scene path)

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.ros_env import REPO as ROOT
+from tests.ros_env import allocate_domain, default_ros_env
+
 BRIDGE_NODE = [sys.executable, "-m", "habitat_sim_bridge.node", "--ros-args"]
 LISTEN = Path(__file__).parent / "procs" / "listen.py"
 
 
+@functools.cache
+def _domain() -> int:
+    return allocate_domain()  # one for this module, taken on first use
+
+
 def _env() -> dict:
-    env = dict(os.environ)
-    env.update(
-        {
-            "ROS_DOMAIN_ID": str(random.randint(50, 99)),  # parallel test runs must not hear each other
-            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-            "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
-            "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-        }
-    )
-    return env
+    # Default ROS 2 settings, as a user's subscriber has; the bridge picks its own transport (ivl_ros.transport).
+    return default_ros_env(_domain())
 
 
 def _run(tmp_path: Path, params: list[str], expected: int, timeout: float = 40.0) -> dict:

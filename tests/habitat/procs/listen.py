@@ -6,18 +6,15 @@ usage: listen.py OUT.json EXPECTED_IMAGES TIMEOUT_S
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+import numpy as np
+import rclpy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
 
-import numpy as np  # noqa: E402
-import rclpy  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
-
-from habitat_sim_bridge.ros_msgs import odometry_type  # noqa: E402
+from habitat_sim_bridge.ros_msgs import odometry_type
 
 
 def main() -> int:

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+import rclpy
+from geometry_msgs.msg import Twist
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
 
-import rclpy  # noqa: E402
-from geometry_msgs.msg import Twist  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
-
-from habitat_sim_bridge.ros_msgs import odometry_type  # noqa: E402
+from habitat_sim_bridge.ros_msgs import odometry_type
 
 
 def main() -> int:
