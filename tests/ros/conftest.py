@@ -38,11 +38,10 @@ def tiny_ckpt(tiny_checkpoint) -> Path:
 class Proc:
     """A child process whose combined output goes to a log file (read it with .log())."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, **kwargs) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO, **kwargs) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")
-        self.popen = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
-                                      **kwargs)
+        self.popen = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, **kwargs)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

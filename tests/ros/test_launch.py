@@ -18,7 +18,7 @@ import yaml
 
 from ivl_ros.node import launch_spec, launcher
 from ivl_ros.node.params import defaults
-from tests.ros.conftest import REPO, Proc, ros_env
+from tests.ros.conftest import REPO, Proc, ros_env, wait_captions
 
 LAUNCH_FILE = REPO / "launch" / "captioner.launch.py"
 CONFIG = REPO / "config" / "captioner.yaml"
@@ -125,6 +125,10 @@ def test_pip_launcher_runs_compressed_cameras_and_stops_on_sigint(tiny_ckpt, dom
             caps = client.call("captions")
             time.sleep(0.1)
         assert caps and caps[0]["camera"] == "/cam/image_raw" and caps[0]["frame_id"] == "jpeg-frame"
+        described = client.call("describe", question="What is here?")
+        assert described["success"] and described["feedback"], described
+        assert client.call("set_params", values={"max_tiles": 2})[0]["successful"]
+        assert client.call("get_params", names=["max_tiles"]) == {"max_tiles": 2}
         asked = subprocess.run([sys.executable, "-m", "ivl_ros.node.ask", "What is here?", "--json"], env=env,
                                capture_output=True, text=True, timeout=60)
         assert asked.returncode == 0, asked.stderr
@@ -138,3 +142,25 @@ def test_pip_launcher_runs_compressed_cameras_and_stops_on_sigint(tiny_ckpt, dom
     assert code == 0, log
     assert "Traceback" not in log
     assert "started ivl_captioner" in log
+
+
+def test_demo_serves_a_default_configured_client(domain, logs, client):
+    """`ivl-ros-demo` (the main job): the launcher, the Habitat bridge and the captioner on the embedded demo model;
+    a default-configured process gets captions, answers, Describe feedback and parameter changes from it."""
+    demo = Proc([sys.executable, "-m", "ivl_ros.node.demo", "--captions", "100000", "--timeout", "3600"],
+                ros_env(domain), logs / "demo.log")
+    try:
+        assert client.call("wait_ready")["model"]["model_loaded"] == "true", demo.log()
+        captions = wait_captions(client, lambda got: len(got) >= 2)
+        assert all(c["camera"] == "/camera/image_raw" and c["text"] for c in captions), captions
+        reply = client.call("ask", question="What is in the room?")
+        assert reply["success"] and reply["answer"], reply
+        described = client.call("describe", question="What is in the room?")
+        assert described["success"] and described["feedback"], described
+        assert client.call("set_params", values={"caption_rate_hz": 3.0})[0]["successful"]
+        assert client.call("get_params", names=["caption_rate_hz"]) == {"caption_rate_hz": 3.0}
+        demo.wait_log("[frame ")  # the demo's own subscriber prints the captions too
+    finally:
+        code = demo.stop(signal.SIGINT, timeout=60)
+    assert code in (0, 130), demo.log()  # 130: stopped by Ctrl-C before its caption count, as here
+    assert "Traceback" not in demo.log(), demo.log()
