@@ -151,7 +151,10 @@ class Camera:
     def __init__(self, domain: int, log_dir: Path, **kwargs) -> None:
         args = [sys.executable, str(PROCS / "camera.py")]
         for key, value in kwargs.items():
-            args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+            if isinstance(value, bool):
+                args += [f"--{key}"] if value else []
+            else:
+                args += [f"--{key}", str(value)]
         self.popen = subprocess.Popen(args, env=ros_env(domain), cwd=REPO, text=True, stdout=subprocess.PIPE,
                                       stderr=open(log_dir / "camera.log", "w"))
 

@@ -1,5 +1,5 @@
 """A camera stand-in, configured as a user's camera driver is: default ROS 2 settings (the test gives it nothing but
-ROS_DOMAIN_ID). Publishes deterministic rgb8 frames at a rate; frame_id = "seq=<i>", stamp = now.
+ROS_DOMAIN_ID). Publishes deterministic rgb8 frames at a rate; frame_id = "[tag]seq=<i>", stamp = now.
 
 Prints {"matched": n} once a subscriber has matched (it publishes nothing before that, so no frame is lost to
 discovery), then publishes --count frames (0: until SIGINT). At exit prints one JSON line:
@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--distinct", type=int, default=8, help="distinct frame contents, cycled")
     ap.add_argument("--reliable", action="store_true", help="reliable QoS (default: sensor data, best effort)")
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--tag", default="", help="frame_id prefix: <tag>seq=<i>")
     args = ap.parse_args()
     rclpy.init()
     node = Node("test_camera")
@@ -54,7 +55,7 @@ def main() -> None:
             msg = Image(height=args.height, width=args.width, encoding="rgb8", step=args.width * 3)
             msg.data = frames[seq % len(frames)]
             msg.header.stamp = node.get_clock().now().to_msg()
-            msg.header.frame_id = f"seq={seq}"
+            msg.header.frame_id = f"{args.tag}seq={seq}"
             pub.publish(msg)
             if args.record:
                 stamps[seq] = [msg.header.stamp.sec, msg.header.stamp.nanosec]
