@@ -41,8 +41,11 @@ def wheel(tmp_path_factory) -> Path:
 def prefix(wheel, tmp_path_factory) -> Path:
     """The wheel installed into an empty prefix with pip (no editable install, no source tree)."""
     root = tmp_path_factory.mktemp("install")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--prefix", str(root),
-                    str(wheel)], check=True, capture_output=True, timeout=600)
+    # --ignore-installed: without it pip uninstalls the project from the running venv before installing elsewhere.
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+                    "--prefix", str(root), str(wheel)], check=True, capture_output=True, timeout=600)
+    still = subprocess.run([sys.executable, "-m", "pip", "show", "-q", PACKAGE], capture_output=True)
+    assert still.returncode == 0, "installing into the scratch prefix removed the project from this venv"
     return root
 
 
