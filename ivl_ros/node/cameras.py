@@ -8,9 +8,10 @@ a best-effort publisher at all. So per topic, in ``auto`` mode:
 * every publisher offers reliable: reliable;
 * any publisher offers best effort: best effort (a reliable reader would cut that publisher off).
 
-The choice is re-checked once a second against the ROS graph (the publisher count goes to /diagnostics); a change re-creates the subscription (the latest-frame
-slot and its counters are kept). ``best_effort`` / ``reliable`` fix the choice for all topics (``image_reliability``),
-and ``qos_overrides.<topic>.subscription.reliability`` (auto | best_effort | reliable) for one topic.
+The choice is re-checked once a second against the ROS graph (the publisher count goes to /diagnostics); a change
+re-creates the subscription (the latest-frame slot and its counters are kept). ``best_effort`` / ``reliable`` fix
+the choice for all topics (``image_reliability``), and ``qos_overrides.<topic>.subscription.reliability``
+(auto | best_effort | reliable) for one topic.
 """
 
 from __future__ import annotations

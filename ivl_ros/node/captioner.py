@@ -21,11 +21,13 @@ from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException, InvalidTopicNameException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.expand_topic_name import expand_topic_name
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.task import Future
+from rclpy.validate_full_topic_name import validate_full_topic_name
 from sensor_msgs.msg import CompressedImage, Image
 
 from ivl_interfaces.action import Describe
@@ -47,6 +49,8 @@ from ivl_ros.transport import SUBSCRIBER, configure_process, receive_buffer_warn
 NODE_NAME = "ivl_captioner"
 ASK_SERVICE = "/ivl/ask"
 DESCRIBE_ACTION = "/ivl/describe"
+DESCRIBE_FEEDBACK_TOPIC = f"{DESCRIBE_ACTION}/_action/feedback"  # every action client subscribes to it
+LIVENESS_CHECK_S = 0.25  # how often a running request looks whether its client is still there
 MAX_REQUEST_TOKENS = 4096
 LOG_REPEAT_S = 5.0  # the same bad-frame message per camera is logged at most this often
 
@@ -74,6 +78,10 @@ class _Cancelled(Exception):
     pass
 
 
+class _Abandoned(Exception):
+    """A request whose client went away or that ran past request_timeout_s; the message says which."""
+
+
 def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
     desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
     if spec.choices:
@@ -91,13 +99,13 @@ class CaptionNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         for spec in PARAMS:
             self._declare(spec)
+        self.last_error = ""
         self.cameras = self._camera_list()
         self.frames = LatestFrames(self.cameras)
         self._last_logged: dict[str, tuple[str, float]] = {}
         self._last_caption_start = 0.0
         self.counters = {"captions_published": 0, "requests_served": 0, "requests_failed": 0}
         self.last_latency_ms = 0.0
-        self.last_error = ""
 
         self._requests_group = ReentrantCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
@@ -136,11 +144,29 @@ class CaptionNode(Node):
             self.declare_parameter(spec.name, spec.default, _descriptor(spec), ignore_override=True)
 
     def _camera_list(self) -> list[str]:
-        cameras = list(dict.fromkeys(t.strip() for t in self.p("image_topics") if t.strip()))
+        """image_topics, minus duplicates and invalid names (each named in an error line: a typo must not kill the
+        node at launch)."""
+        cameras = []
+        for topic in dict.fromkeys(t.strip() for t in self.p("image_topics")):
+            problem = self._topic_problem(topic)
+            if problem:
+                self.last_error = f"parameter image_topics: {topic!r} is not a valid topic name ({problem})"
+                self.get_logger().error(f"{self.last_error}; ignoring it")
+            else:
+                cameras.append(topic)
         if not cameras:
             cameras = ["/camera/image_raw"]
-            self.get_logger().error(f"parameter image_topics is empty; using {cameras}")
+            self.get_logger().error(f"parameter image_topics has no valid topic; using {cameras}")
         return cameras
+
+    def _topic_problem(self, topic: str) -> str | None:
+        try:
+            validate_full_topic_name(expand_topic_name(topic, self.get_name(), self.get_namespace()))
+        except (ValueError, InvalidTopicNameException) as exc:  # rcl raises ValueError, rclpy its own exception
+            return str(exc).split(", at ")[0].splitlines()[0]
+        if self.p("compressed") and not topic.endswith("/compressed"):
+            return self._topic_problem(topic.rstrip("/") + "/compressed")
+        return None
 
     def _on_params_set(self, params: list) -> None:
         for param in params:
@@ -279,6 +305,30 @@ class CaptionNode(Node):
             raise IvlError(f"no frame received yet on {camera}; publish a frame or supply an image")
         return _Request(frame.rgb, question, settings, frame.header.stamp, f"latest frame of {camera}")
 
+    def _client_gone(self, what: str) -> bool:
+        """No client left that could receive the answer (graph query: cheap, but called at most every 0.25 s)."""
+        if what == DESCRIBE_ACTION:
+            return self.count_subscribers(DESCRIBE_FEEDBACK_TOPIC) == 0
+        return self.count_clients(ASK_SERVICE) == 0
+
+    def _liveness_guard(self, what: str) -> Any:
+        """-> check(): raises _Abandoned once the request is over request_timeout_s or its client has gone, so a
+        vanished client never keeps the model busy. Called before the model call and at every generated token."""
+        limit = float(self.p("request_timeout_s"))
+        deadline = time.monotonic() + limit if limit > 0 else float("inf")
+        next_graph_check = [0.0]
+
+        def check() -> None:
+            now = time.monotonic()
+            if now > deadline:
+                raise _Abandoned(f"stopped after request_timeout_s={limit:g} s")
+            if now >= next_graph_check[0]:
+                next_graph_check[0] = now + LIVENESS_CHECK_S
+                if self._client_gone(what):
+                    raise _Abandoned("stopped: the client went away")
+
+        return check
+
     async def _answer(self, what: str, question: str, image: Any, camera: str, max_new_tokens: int,
                       on_text: Any = None) -> Reply:
         try:
@@ -287,10 +337,22 @@ class CaptionNode(Node):
             return self._failed(what, str(exc))
         engine = self.model.engine
         done: Future = Future()
+        check = self._liveness_guard(what)
+        tokens = [0]
+
+        def guarded(text: str) -> None:
+            tokens[0] += 1
+            try:
+                check()
+            except _Abandoned as exc:
+                raise _Abandoned(f"{exc} ({tokens[0]} tokens generated)") from None
+            if on_text is not None:
+                on_text(text)
 
         def job() -> Any:
+            check()  # abandoned while it waited for the model: skip it
             return engine.ask(req.rgb, req.question, max_tiles=int(self.p("max_tiles")), settings=req.settings,
-                              on_text=on_text)
+                              on_text=guarded)
 
         def finish(result: Any, error: BaseException | None) -> None:
             if error is not None:
@@ -303,6 +365,8 @@ class CaptionNode(Node):
             answer = await done
         except _Cancelled:
             return Reply(message="cancelled", image_stamp=req.stamp, cancelled=True)
+        except _Abandoned as exc:
+            return self._failed(what, str(exc))
         except IvlError as exc:
             return self._failed(what, str(exc))
         except Exception as exc:  # noqa: BLE001 - reported in the response, the node goes on

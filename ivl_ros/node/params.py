@@ -44,6 +44,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               low=0.0, high=30.0),
     ParamSpec("max_new_tokens", 64, "answer length limit for Ask/Describe; captions use upstream's 8..30 tokens "
               "capped at this value", low=1, high=4096),
+    ParamSpec("request_timeout_s", 600.0, "an Ask/Describe request still running after this many seconds is stopped "
+              "(0: no limit); requests whose client went away are stopped at once", low=0.0, high=86400.0),
     ParamSpec("max_question_tokens", 512, "longest question accepted, in tokens", low=1, high=32768),
     ParamSpec("max_pixels", 4096 * 4096, "largest frame accepted (width*height); bigger ones are rejected",
               low=1, high=2**31 - 1),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ivl_ros.model.generation import CAPTION_SETTINGS, GenerationSettings
-from tests.ros.conftest import start_camera, wait_captions
+from tests.ros.conftest import RpcClient, ros_env, start_camera, wait_captions
 from tests.ros.procs.common import make_frame
 
 CAM, CAM2, SILENT = "/camera/image_raw", "/cam2/image_raw", "/cam3/image_raw"
@@ -148,6 +148,33 @@ def test_parameters_change_at_run_time(node, client, engine):
     client.call("wait_diagnostics", newer_than=seen["seq"] + 1)  # two more reports (>= 1 s): time for any caption
     assert [c for c in client.call("captions") if c["frame_id"] == "rate-zero"] == []
     client.call("set_params", values={"caption_rate_hz": 5.0, "prompt": "", "max_tiles": MAX_TILES})
+
+
+LONG = 256
+
+
+def test_abandoned_goal_stops_and_the_next_ask_is_answered(node, client, engine, domain, logs):
+    """A client sends a long Describe goal and exits without cancelling: the node stops that generation as soon as
+    it sees no action client left, so the next question does not wait for thousands of tokens. (A client killed
+    with SIGKILL says no goodbye: DDS then notices after its lease, 20 s with Fast DDS defaults.)"""
+    seed = _long_answer_seed(engine, tokens=LONG)  # an input the model answers at length (greedy, no early stop)
+    doomed = RpcClient(ros_env(domain), logs / "doomed_client.log")
+    doomed.call("describe_start", question=QUESTION, max_new_tokens=4096, image={"seed": seed})
+    doomed.close()  # the process exits without cancelling its goal
+    reply = client.call("ask", question=QUESTION, image={"seed": 12})
+    assert reply["success"] and reply["answer"] == expected_answer(engine, 12), reply
+    node.wait_log("stopped: the client went away")
+    generated = int(node.log().split("stopped: the client went away (")[1].split(" tokens")[0])
+    assert generated < LONG, generated  # stopped well before even the answer's first LONG tokens were out
+
+
+def _long_answer_seed(engine, tokens: int) -> int:
+    for seed in range(100, 140):
+        answer = engine.ask(make_frame(seed), QUESTION, max_tiles=MAX_TILES,
+                            settings=GenerationSettings(max_new_tokens=tokens))
+        if len(answer.token_ids) == tokens:
+            return seed
+    raise AssertionError(f"the tiny model stops within {tokens} tokens for every seed tried")
 
 
 def test_diagnostics_report_health(node, client):

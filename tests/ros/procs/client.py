@@ -9,6 +9,7 @@ set_params, caption_files, quit.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import sys
@@ -58,7 +59,9 @@ class Client(Node):
         self.create_subscription(Caption, "/ivl_captioner/caption", self._on_caption, QoSProfile(depth=100))
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, QoSProfile(depth=10))
         self.ask_client = self.create_client(Ask, "/ivl/ask")
-        self.describe_client = ActionClient(self, Describe, "/ivl/describe")
+        # The action client exists only during describe ops: a user's service-only client has none, and the node
+        # treats "no action client left" as "nobody will take this goal's result".
+        self.describe_client: ActionClient | None = None
         self.params = AsyncParameterClient(self, "ivl_captioner")
         self.pubs: dict[tuple[str, str], object] = {}
 
@@ -90,6 +93,14 @@ class Client(Node):
             self.pubs[key] = pub
         return self.pubs[key]
 
+    @contextlib.contextmanager
+    def _action_client(self):
+        client = ActionClient(self, Describe, "/ivl/describe")
+        try:
+            yield client
+        finally:
+            client.destroy()
+
     def _wait_node_knows_publishers(self, topic: str) -> None:
         """Our publisher has matched the node's reader; a best-effort frame is only kept once the node's reader has
         matched our writer too. The node reports the publishers it knows per camera on /diagnostics: wait for it to
@@ -108,7 +119,8 @@ class Client(Node):
         end = time.monotonic() + timeout
         if not self.ask_client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError("/ivl/ask did not appear")
-        self.describe_client.wait_for_server(timeout_sec=max(0.1, end - time.monotonic()))
+        with self._action_client() as describe:
+            describe.wait_for_server(timeout_sec=max(0.1, end - time.monotonic()))
         while need_model and time.monotonic() < end:
             d = self.op_diagnostics()
             if d.get("model", {}).get("model_loaded") == "true":
@@ -146,6 +158,8 @@ class Client(Node):
         req = Ask.Request(question=question, camera=camera, max_new_tokens=max_new_tokens)
         if image is not None:
             req.image = image_msg(**image)
+        if not self.ask_client.wait_for_service(timeout_sec=timeout):  # a request sent before discovery is lost
+            raise TimeoutError("/ivl/ask did not appear")
         start = time.monotonic()
         resp = wait_future(self.ask_client.call_async(req), timeout)
         return {"answer": resp.answer, "success": resp.success, "message": resp.message,
@@ -154,6 +168,8 @@ class Client(Node):
 
     def op_ask_many(self, questions: list[str], image: dict | None = None,
                     timeout: float = REPLY_TIMEOUT_S) -> list[dict]:
+        if not self.ask_client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError("/ivl/ask did not appear")
         start = time.monotonic()
         futures = []
         for q in questions:
@@ -173,24 +189,44 @@ class Client(Node):
         goal = Describe.Goal(question=question, camera=camera, max_new_tokens=max_new_tokens)
         if image is not None:
             goal.image = image_msg(**image)
-        feedback: list[dict] = []
-        start = time.monotonic()
+        with self._action_client() as describe:
+            feedback: list[dict] = []
+            if not describe.wait_for_server(timeout_sec=timeout):
+                raise TimeoutError("/ivl/describe did not appear")
+            start = time.monotonic()
 
-        def on_feedback(msg) -> None:
-            feedback.append({"text": msg.feedback.partial_text, "tokens": msg.feedback.tokens,
-                             "t": time.monotonic() - start})
+            def on_feedback(msg) -> None:
+                feedback.append({"text": msg.feedback.partial_text, "tokens": msg.feedback.tokens,
+                                 "t": time.monotonic() - start})
 
-        handle = wait_future(self.describe_client.send_goal_async(goal, feedback_callback=on_feedback), timeout)
-        if not handle.accepted:
-            return {"accepted": False}
-        result = wait_future(handle.get_result_async(), timeout)
-        r = result.result
-        # Feedback is a separate topic from the result: wait (an event, bounded) for the last partial text to arrive.
-        end = time.monotonic() + MATCH_TIMEOUT_S
-        while r.success and not any(f["text"] == r.answer for f in feedback) and time.monotonic() < end:
-            time.sleep(0.05)
-        return {"accepted": True, "status": result.status, "answer": r.answer, "success": r.success,
-                "message": r.message, "result_t": time.monotonic() - start, "feedback": feedback}
+            handle = wait_future(describe.send_goal_async(goal, feedback_callback=on_feedback), timeout)
+            if not handle.accepted:
+                return {"accepted": False}
+            result = wait_future(handle.get_result_async(), timeout)
+            r = result.result
+            # Feedback is a separate topic from the result: wait (an event, bounded) for the last partial text.
+            end = time.monotonic() + MATCH_TIMEOUT_S
+            while r.success and not any(f["text"] == r.answer for f in feedback) and time.monotonic() < end:
+                time.sleep(0.05)
+            return {"accepted": True, "status": result.status, "answer": r.answer, "success": r.success,
+                    "message": r.message, "result_t": time.monotonic() - start, "feedback": feedback}
+
+    def op_describe_start(self, question: str, max_new_tokens: int, image: dict | None = None,
+                          timeout: float = REPLY_TIMEOUT_S) -> dict:
+        """Send a goal and return once its first feedback arrived, leaving it running (the test then kills this
+        process: a client that vanishes without cancelling)."""
+        goal = Describe.Goal(question=question, max_new_tokens=max_new_tokens)
+        if image is not None:
+            goal.image = image_msg(**image)
+        first = threading.Event()
+        self.describe_client = ActionClient(self, Describe, "/ivl/describe")  # kept: this process is then killed
+        if not self.describe_client.wait_for_server(timeout_sec=timeout):
+            raise TimeoutError("/ivl/describe did not appear")
+        handle = wait_future(self.describe_client.send_goal_async(goal, feedback_callback=lambda _m: first.set()),
+                             timeout)
+        if not handle.accepted or not first.wait(timeout):
+            raise TimeoutError("the goal was not accepted or sent no feedback")
+        return {"accepted": True}
 
     def op_caption_files(self, topic: str, paths: list[str], timeout: float = 120.0) -> list[str]:
         """Publish each image file as an rgb8 frame with its own stamp, re-sending it until the node's caption
@@ -299,7 +335,8 @@ def main() -> None:
     client = Client()
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(client)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
     print(json.dumps({"ok": True, "result": "started"}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
@@ -312,7 +349,11 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - reported to the test
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(reply), flush=True)
-    executor.shutdown()
+    # A clean exit (DDS says goodbye at once): stop spinning first, then take the entities down.
+    executor.shutdown(timeout_sec=10.0)
+    spinner.join(timeout=10.0)
+    if client.describe_client is not None:
+        client.describe_client.destroy()
     client.destroy_node()
     rclpy.try_shutdown()
 
