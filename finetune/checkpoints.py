@@ -197,37 +197,41 @@ def save_checkpoint(output_dir: Path, step: int, trainable: dict[str, torch.Tens
 
 def _read_state(path: Path) -> dict:
     file = path / STATE_FILE
+    old = [n for n in PICKLE_FILES if (path / n).exists()]
     if not file.is_file():
-        old = [n for n in PICKLE_FILES if (path / n).exists()]
-        if old:
-            raise CheckpointDamaged(_old_format(path, old))
-        raise CheckpointDamaged(f"{file}: missing (the checkpoint was never finished)")
+        raise CheckpointDamaged(_old_format(path, old) if old else f"{file}: missing (the checkpoint was never "
+                                                                   "finished)")
     try:
         state = _load_json(file)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointDamaged(f"{file}: unreadable ({exc})") from None
+    if isinstance(state, dict) and "files" not in state and old:
+        raise CheckpointDamaged(_old_format(path, old))
+    problem = _state_problem(state)
+    if problem:
+        raise CheckpointDamaged(f"{file}: {problem}")
+    return state
+
+
+def _state_problem(state) -> str | None:
     if not isinstance(state, dict):
-        raise CheckpointDamaged(f"{file}: not a JSON object")
-    if "files" not in state:
-        old = [n for n in PICKLE_FILES if (path / n).exists()]
-        if old:
-            raise CheckpointDamaged(_old_format(path, old))
+        return "not a JSON object"
     if state.get("format") != FORMAT:
-        raise CheckpointDamaged(f"{file}: checkpoint format {state.get('format')!r}, this ivl_ros reads format "
-                                f"{FORMAT}")
+        return f"checkpoint format {state.get('format')!r}, this ivl_ros reads format {FORMAT}"
     for key in ("global_step", "epoch", "step_in_epoch", "seed"):
-        if not isinstance(state.get(key), int) or isinstance(state.get(key), bool) or state[key] < 0:
-            raise CheckpointDamaged(f"{file}: {key!r} must be a non-negative integer, got {state.get(key)!r}")
+        value = state.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{key!r} must be a non-negative integer, got {value!r}"
     batch = state.get("batch")
     if not (isinstance(batch, list) and len(batch) == 3 and all(isinstance(b, int) and b > 0 for b in batch)):
-        raise CheckpointDamaged(f"{file}: 'batch' must be [GPUS, PER_DEVICE_BATCH_SIZE, GRADIENT_ACC], got {batch!r}")
-    files = state["files"]
+        return f"'batch' must be [GPUS, PER_DEVICE_BATCH_SIZE, GRADIENT_ACC], got {batch!r}"
+    files = state.get("files")
     expected = {TRAINABLE_FILE, "optimizer.json", "scheduler.json", "rng.json"}
     if not isinstance(files, dict) or not expected <= set(files) or \
             not all(isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
                     for v in files.values()):
-        raise CheckpointDamaged(f"{file}: 'files' must list {sorted(expected)} with their bytes and sha256")
-    return state
+        return f"'files' must list {sorted(expected)} with their bytes and sha256"
+    return None
 
 
 def _old_format(path: Path, old: list[str]) -> str:
@@ -271,3 +275,64 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if not isinstance(parts["rng"], list) or not all(isinstance(r, dict) for r in parts["rng"]):
         raise CheckpointDamaged(f"{path / 'rng.json'}: expected one RNG state per rank")
     return Checkpoint(path, trainable, parts["optimizer"], parts["scheduler"], parts["rng"], state)
+
+
+def resume_candidates(resume: str, output_dir: Path) -> list[Path]:
+    """Checkpoints to try for ``--resume``, newest first: ``last`` means ``output_dir``; a path is one checkpoint
+    folder, or a run folder holding them. Anything else is a DataError."""
+    if resume == "last":
+        return list_checkpoints(output_dir)[::-1]
+    path = Path(resume)
+    if not path.exists():
+        raise DataError(f"--resume {path}: does not exist")
+    if path.is_dir() and (step_of(path) is not None or (path / STATE_FILE).exists()
+                          or any((path / n).exists() for n in PICKLE_FILES)):
+        return [path]
+    found = list_checkpoints(path) if path.is_dir() else []
+    if not found:
+        raise DataError(f"--resume {path}: not a training checkpoint (expected a {PREFIX}N folder written by "
+                        "finetune/lora.py, or a run folder that holds them)")
+    return found[::-1]
+
+
+def check_fits(ck: Checkpoint, trainable: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+               scheduler, world: int) -> None:
+    """CheckpointDamaged unless ``ck`` holds exactly this run's trainable tensors (shapes included), the state of
+    this optimizer and LR schedule, and one RNG state per rank. Nothing is loaded here."""
+    where = ck.path / TRAINABLE_FILE
+    if set(ck.trainable) != set(trainable):
+        missing, extra = sorted(set(trainable) - set(ck.trainable)), sorted(set(ck.trainable) - set(trainable))
+        raise CheckpointDamaged(f"{where}: does not hold this run's trainable tensors (missing {missing[:3]}, "
+                                f"unexpected {extra[:3]})")
+    for name, param in trainable.items():
+        if ck.trainable[name].shape != param.shape:
+            raise CheckpointDamaged(f"{where}: {name} has shape {tuple(ck.trainable[name].shape)}, the model "
+                                    f"{tuple(param.shape)}")
+    _check_optimizer_state(ck.optimizer, optimizer, ck.path / "optimizer.json")
+    fresh = scheduler.state_dict()
+    if not isinstance(ck.scheduler, dict) or set(ck.scheduler) != set(fresh) or \
+            ck.scheduler.get("lr_lambdas") != fresh.get("lr_lambdas"):
+        raise CheckpointDamaged(f"{ck.path / 'scheduler.json'}: not the state of this run's LR schedule")
+    if len(ck.rng) != world:
+        raise CheckpointDamaged(f"{ck.path / 'rng.json'}: {len(ck.rng)} RNG state(s) for {world} rank(s)")
+
+
+def _check_optimizer_state(saved, optimizer: torch.optim.Optimizer, where: Path) -> None:
+    """The saved optimizer state must describe this optimizer's parameters (shapes included)."""
+    fresh = optimizer.state_dict()
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or not isinstance(saved.get("state"), dict) or \
+            [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups] != \
+            [len(g["params"]) for g in fresh["param_groups"]] or \
+            any(set(g) != set(f) for g, f in zip(groups, fresh["param_groups"], strict=True)):
+        raise CheckpointDamaged(f"{where}: not the state of this run's optimizer (parameter groups differ)")
+    shapes = {}
+    for g, group in zip(groups, optimizer.param_groups, strict=True):
+        shapes.update(zip(g["params"], (p.shape for p in group["params"]), strict=True))
+    for pid, entry in saved["state"].items():
+        if pid not in shapes or not isinstance(entry, dict):
+            raise CheckpointDamaged(f"{where}: state for unknown parameter {pid!r}")
+        for key, value in entry.items():
+            if not isinstance(value, torch.Tensor) or (value.ndim and value.shape != shapes[pid]):
+                raise CheckpointDamaged(f"{where}: parameter {pid} {key!r} does not fit (expected a tensor of "
+                                        f"shape {tuple(shapes[pid])})")

@@ -115,21 +115,24 @@ class MicroBatchSet(torch.utils.data.Dataset):
             try:
                 examples.append(self._example(i))
             except SAMPLE_FAILURES as exc:
-                problem = f"{self.samples[i].where}: {exc}"
                 if not self.skip_bad:
-                    return {"error": problem}
-                skipped.append(problem)
-        j = self.batches[k][-1]
-        for _ in range(len(self.samples) if not examples else 0):
-            j = (j + 1) % len(self.samples)
-            try:
-                examples.append(self._example(j))
-                break
-            except SAMPLE_FAILURES as exc:
-                skipped.append(f"{self.samples[j].where}: {exc}")
+                    return {"error": f"{self.samples[i].where}: {exc}"}
+                skipped.append(f"{self.samples[i].where}: {exc}")
+        if not examples:
+            examples = self._stand_in(self.batches[k][-1], skipped)
         if not examples:
             return {"error": "no sample of the training data can be read", "skipped": skipped}
         return {**collate(examples, self.pad_id), "skipped": skipped}
+
+    def _stand_in(self, after: int, skipped: list[str]) -> list:
+        """The first sample after ``after`` (wrapping around) that builds, for a micro-batch left empty."""
+        n = len(self.samples)
+        for j in ((after + step) % n for step in range(1, n + 1)):
+            try:
+                return [self._example(j)]
+            except SAMPLE_FAILURES as exc:
+                skipped.append(f"{self.samples[j].where}: {exc}")
+        return []
 
 
 def _device(cfg: TrainConfig, d: Dist) -> torch.device:
@@ -272,27 +275,11 @@ class Trainer:
             self.log(f"  {line}")
 
     # -- resume ------------------------------------------------------------------------------------------
-    def _resume_candidates(self) -> list[Path]:
-        """Checkpoints to try, newest first: --resume alone means this run's output folder."""
-        if self.cfg.resume == "last":
-            return checkpoints.list_checkpoints(self.out)[::-1]
-        path = Path(self.cfg.resume)
-        if not path.exists():
-            raise DataError(f"--resume {path}: does not exist")
-        if path.is_dir() and (checkpoints.step_of(path) is not None or (path / checkpoints.STATE_FILE).exists()
-                              or any((path / n).exists() for n in checkpoints.PICKLE_FILES)):
-            return [path]
-        found = checkpoints.list_checkpoints(path) if path.is_dir() else []
-        if not found:
-            raise DataError(f"--resume {path}: not a training checkpoint (expected a {checkpoints.PREFIX}N folder "
-                            "written by finetune/lora.py, or a run folder that holds them)")
-        return found[::-1]
-
     def resume(self) -> None:
         """Restore the newest intact checkpoint; damaged ones are reported (file and reason) and passed over."""
         if not self.cfg.resume:
             return
-        candidates = self._resume_candidates()
+        candidates = checkpoints.resume_candidates(self.cfg.resume, self.out)
         if not candidates:
             self.log(f"--resume: no checkpoint in {self.out}; starting from scratch")
             return
@@ -322,24 +309,9 @@ class Trainer:
                             f"(now {batch}, seed {cfg.seed})")
 
     def _restore(self, ck: checkpoints.Checkpoint) -> None:
-        """Check that the checkpoint fits this model and optimizer, then load it (CheckpointDamaged if not)."""
+        """Load a checkpoint that fits this model, optimizer and world size (CheckpointDamaged if it does not)."""
         params = dict(self.vlm.named_parameters())
-        where = ck.path / checkpoints.TRAINABLE_FILE
-        if set(ck.trainable) != set(self.names):
-            missing, extra = sorted(set(self.names) - set(ck.trainable)), sorted(set(ck.trainable) - set(self.names))
-            raise CheckpointDamaged(f"{where}: does not hold this run's trainable tensors (missing {missing[:3]}, "
-                                    f"unexpected {extra[:3]})")
-        for n in self.names:
-            if ck.trainable[n].shape != params[n].shape:
-                raise CheckpointDamaged(f"{where}: {n} has shape {tuple(ck.trainable[n].shape)}, the model "
-                                        f"{tuple(params[n].shape)}")
-        _check_optimizer_state(ck.optimizer, self.optimizer, ck.path / "optimizer.json")
-        fresh = self.scheduler.state_dict()
-        if not isinstance(ck.scheduler, dict) or set(ck.scheduler) != set(fresh) or \
-                ck.scheduler.get("lr_lambdas") != fresh.get("lr_lambdas"):
-            raise CheckpointDamaged(f"{ck.path / 'scheduler.json'}: not the state of this run's LR schedule")
-        if len(ck.rng) != self.d.world:
-            raise CheckpointDamaged(f"{ck.path / 'rng.json'}: {len(ck.rng)} RNG state(s) for {self.d.world} rank(s)")
+        checkpoints.check_fits(ck, {n: params[n] for n in self.names}, self.optimizer, self.scheduler, self.d.world)
         try:
             checkpoints.set_rng_state(ck.rng[self.d.rank])
             self.optimizer.load_state_dict(ck.optimizer)
@@ -535,27 +507,6 @@ class Trainer:
             _write_outputs(self.cfg, out, self.vlm, self.peft_model, self.loaded, self.runlog)
         _finish(d)
         return 0
-
-
-def _check_optimizer_state(saved, optimizer: torch.optim.Optimizer, where: Path) -> None:
-    """The saved optimizer state must describe this optimizer's parameters (shapes included)."""
-    fresh = optimizer.state_dict()
-    groups = saved.get("param_groups") if isinstance(saved, dict) else None
-    if not isinstance(groups, list) or not isinstance(saved.get("state"), dict) or \
-            [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups] != \
-            [len(g["params"]) for g in fresh["param_groups"]] or \
-            any(set(g) != set(f) for g, f in zip(groups, fresh["param_groups"], strict=True)):
-        raise CheckpointDamaged(f"{where}: not the state of this run's optimizer (parameter groups differ)")
-    shapes = {}
-    for g, group in zip(groups, optimizer.param_groups, strict=True):
-        shapes.update(zip(g["params"], (p.shape for p in group["params"]), strict=True))
-    for pid, entry in saved["state"].items():
-        if pid not in shapes or not isinstance(entry, dict):
-            raise CheckpointDamaged(f"{where}: state for unknown parameter {pid!r}")
-        for key, value in entry.items():
-            if not isinstance(value, torch.Tensor) or (value.ndim and value.shape != shapes[pid]):
-                raise CheckpointDamaged(f"{where}: parameter {pid} {key!r} does not fit (expected a tensor of "
-                                        f"shape {tuple(shapes[pid])})")
 
 
 def run_training(cfg: TrainConfig) -> int:
