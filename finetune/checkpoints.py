@@ -13,7 +13,6 @@ Checkpoints of the old format (``optimizer.pt``, ``scheduler.pt``, ``rng.pt``) a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -27,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from finetune.data import DataError
+from ivl_ros.model.backends.engines import file_sha256  # the one chunked sha256 of a file
 
 PREFIX = "checkpoint-"
 STATE_FILE = "state.json"
@@ -160,14 +160,6 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=step_of)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(output_dir: Path, step: int, trainable: dict[str, torch.Tensor], optimizer, scheduler,
                     rng_states: list[dict], state: dict, keep: int) -> Path:
     """Rank 0 only. Writes ``checkpoint-<step>`` atomically, then deletes all but the newest ``keep``."""
@@ -184,7 +176,7 @@ def save_checkpoint(output_dir: Path, step: int, trainable: dict[str, torch.Tens
     files += save_tree(scheduler.state_dict(), tmp, "scheduler")
     files += save_tree(rng_states, tmp, "rng")
     record = {"format": FORMAT, **state,
-              "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in files}}
+              "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": file_sha256(tmp / f)} for f in files}}
     # state.json last: a folder without it is never taken for a checkpoint.
     (tmp / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     if final.exists():
@@ -249,7 +241,7 @@ def _verify_files(path: Path, files: dict) -> None:
         size = f.stat().st_size
         if size != info["bytes"]:
             raise CheckpointDamaged(f"{f}: {size} bytes, but {info['bytes']} were written (truncated or replaced)")
-        if _sha256(f) != info["sha256"]:
+        if file_sha256(f) != info["sha256"]:
             raise CheckpointDamaged(f"{f}: content differs from what was written (sha256 mismatch)")
 
 

@@ -26,9 +26,8 @@ def _losses(run: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """The dataset, the jsonl line and image of a sample that step 3 uses, and a clean 4-step run on it."""
+    """The dataset, and the jsonl line and image of a sample that step 3 uses."""
     from finetune.batching import shuffled_order
-    from finetune.lora import main
     from finetune.synthetic import make_caption_dataset
 
     base = tmp_path_factory.mktemp("bad")

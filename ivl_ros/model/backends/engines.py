@@ -178,12 +178,15 @@ def _read_cache(engines_dir: Path) -> dict:
 def remember_verified(engines_dir: Path, digests: dict[str, str]) -> None:
     """Record that these files (relative path -> sha256) were hashed as they are now; best effort."""
     engines_dir = Path(engines_dir)
-    cache = _read_cache(engines_dir)
+    before = _read_cache(engines_dir)
+    cache = dict(before)
     for rel, digest in digests.items():
         try:
             cache[rel] = {"stat": _stat_key(engines_dir / rel), HASHES: digest}
         except OSError:
             cache.pop(rel, None)
+    if cache == before:
+        return
     try:
         fd, tmp = tempfile.mkstemp(prefix=VERIFIED_CACHE, dir=engines_dir)
         with os.fdopen(fd, "w") as fh:
