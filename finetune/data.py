@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,8 +252,7 @@ def _media_type_problem(item: dict) -> str | None:
 
 
 def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return reprlib.repr(value)  # bounded in depth and length, whatever the line holds
 
 
 def _check_conversations(conv) -> str | None:
