@@ -237,3 +237,14 @@ def test_bit_flip_is_detected_at_load_and_rebuilt(tiny_checkpoint, engines_dir, 
     assert manifest["stages"]["vision_onnx"]["status"] == "done"
     got = load(tiny_checkpoint, out).ask(sample_frame, "What is in front of the robot?", settings=settings).token_ids
     assert got == want
+
+
+def test_builder_rebuilds_over_a_broken_manifest(tiny_checkpoint, engines_dir, tmp_path, capsys):
+    """"Rebuild the engines" must work whatever the manifest holds: here bytes that are not UTF-8."""
+    out = copy_engines(engines_dir, tmp_path / "e")
+    (out / "manifest.json").write_bytes(b"\xff\xfe[not json")
+    capsys.readouterr()
+    manifest = build(tiny_checkpoint, out, "--trt", "off")
+    assert "unchanged, skipped" not in capsys.readouterr().err  # nothing trusted from the broken manifest
+    assert manifest["format"] == engines.FORMAT_VERSION and manifest["stages"]["decoder_onnx"]["status"] == "done"
+    load(tiny_checkpoint, out)
