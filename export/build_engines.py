@@ -227,7 +227,7 @@ class Builder:
             t0 = time.perf_counter()
             info = quantize_decoder(src, dst, mode)
             quant_s = time.perf_counter() - t0
-            table = np.load(self.out / EMBED_FILE, mmap_mode="r")
+            table = np.load(self.out / EMBED_FILE, mmap_mode="r", allow_pickle=False)
             prompts = [self.tokenizer.encode(chat_prompt(q, None, self.spec.tokens_per_tile, (),
                                                          self.spec.system_message, self.spec.template)[1])
                        for q in QUANT_QUESTIONS]

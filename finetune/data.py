@@ -10,7 +10,10 @@ text. Every problem is reported as ``file:line: what is wrong`` so that a user c
 from __future__ import annotations
 
 import json
+import math
 import os
+import reprlib
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +26,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 # The named-dataset registry; IVL_DATASETS points at another one (tests, users with their own data roots).
 REGISTRY = Path(os.environ.get("IVL_DATASETS") or Path(__file__).resolve().parent / "datasets.json")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Pseudo-file systems: never opened as images (reading /proc/self/environ or a device is never intended).
+SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
 class DataError(IvlError):
@@ -106,6 +111,24 @@ def resolve_data(spec: str) -> Path:
     return target
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(text: str):
+    """Strict JSON: NaN/Infinity refused (ValueError), too deep nesting a ValueError rather than RecursionError."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _json_problem(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"bad JSON: {exc.msg} (column {exc.colno})"
+    return f"bad JSON: {exc}"
+
+
 def _line_of(text: str, needle: str) -> int:
     for i, line in enumerate(text.splitlines(), 1):
         if needle in line:
@@ -129,9 +152,10 @@ def read_meta(meta_path: Path, report: DataReport) -> list[Dataset]:
         report.problems.append(Problem(where, line, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})"))
         return []
     try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as exc:
-        report.problems.append(Problem(where, exc.lineno, f"bad JSON: {exc.msg} (column {exc.colno})"))
+        meta = parse_json(text)
+    except ValueError as exc:
+        line = exc.lineno if isinstance(exc, json.JSONDecodeError) else 1
+        report.problems.append(Problem(where, line, _json_problem(exc)))
         return []
     if not isinstance(meta, dict) or not meta:
         report.problems.append(Problem(where, 1, "the meta json must be a non-empty object {name: {root, annotation,"
@@ -156,10 +180,9 @@ def read_meta(meta_path: Path, report: DataReport) -> list[Dataset]:
         if not root.is_dir():
             report.problems.append(Problem(where, line, f"dataset {name!r}: root folder not found: {entry['root']}"))
             continue
-        mdp = entry.get("max_dynamic_patch")
         datasets.append(Dataset(name, root, annotation, bool(entry.get("data_augment", False)),
                                 float(entry.get("repeat_time", 1)), entry.get("length"),
-                                int(mdp) if mdp is not None else None, where, line))
+                                entry.get("max_dynamic_patch"), where, line))
     return datasets
 
 
@@ -170,6 +193,10 @@ def _resolve(value: str, base: Path) -> Path:
     return base / p if (base / p).exists() else Path.cwd() / p
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _meta_entry_problem(entry) -> str | None:
     if not isinstance(entry, dict):
         return "must be an object"
@@ -177,16 +204,26 @@ def _meta_entry_problem(entry) -> str | None:
         if not isinstance(entry.get(key), str) or not entry[key]:
             return f"missing or empty {key!r}"
     rt = entry.get("repeat_time", 1)
-    if not isinstance(rt, (int, float)) or rt <= 0 or (rt > 1 and int(rt) != rt):
+    if isinstance(rt, bool) or not isinstance(rt, (int, float)) or not math.isfinite(rt) or rt <= 0 or \
+            (rt > 1 and int(rt) != rt):
         return f"repeat_time must be a number in (0, 1] or a whole number > 1, got {rt!r}"
     mdp = entry.get("max_dynamic_patch")
-    if mdp is not None and (not isinstance(mdp, int) or mdp < 1):
+    if mdp is not None and (not _is_int(mdp) or mdp < 1):
         return f"max_dynamic_patch must be a positive integer, got {mdp!r}"
+    length = entry.get("length")
+    if length is not None and (not _is_int(length) or length < 0):
+        return f"length must be a non-negative integer (the number of lines), got {length!r}"
+    augment = entry.get("data_augment", False)
+    if not isinstance(augment, bool) and augment not in (0, 1):
+        return f"data_augment must be true or false, got {augment!r}"
     return None
 
 
 def sample_kind(item: dict) -> str:
-    """Upstream's dispatch order: image (list -> multi), then video, else pure text."""
+    """Upstream's dispatch order: image (list -> multi), then video, else pure text.
+
+    ``item`` has passed ``_media_type_problem`` (image/video are strings, lists or absent).
+    """
     image = item.get("image")
     if image is not None and len(image) != 0:
         return "multi_image" if isinstance(image, list) else "image"
@@ -194,6 +231,28 @@ def sample_kind(item: dict) -> str:
     if video is not None and video != "":
         return "video"
     return "text"
+
+
+def _media_type_problem(item: dict) -> str | None:
+    for key, what in (("image", "a string or a list of strings"), ("video", "a frame folder or a list of frame files")):
+        value = item.get(key)
+        if value is None or isinstance(value, str):
+            continue
+        if not isinstance(value, list):
+            return f"{key!r} must be {what}, got {type(value).__name__} {_short(value)}"
+        bad = [x for x in value if not isinstance(x, str) or not x]
+        if bad:
+            return f"{key!r} list must hold non-empty strings, got {_short(bad[0])}"
+        if key == "video" and not value:
+            return "'video' list is empty (list the frame files, or drop the key)"
+    length = item.get("length")
+    if length is not None and (not _is_int(length) or length < 0):
+        return f"'length' must be a non-negative integer (tokens), got {_short(length)}"
+    return None
+
+
+def _short(value) -> str:
+    return reprlib.repr(value)  # bounded in depth and length, whatever the line holds
 
 
 def _check_conversations(conv) -> str | None:
@@ -219,25 +278,58 @@ def _frames(video: Path) -> list[Path]:
     return sorted(p for p in video.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _image_problem(path: Path, shown: str) -> str | None:
-    if not path.is_file():
+def _file_problem(path: Path, shown: str) -> str | None:
+    """Refuse what is not a regular image-sized file without opening it (devices, FIFOs, /proc, /sys)."""
+    try:
+        resolved = path.resolve()
+        st = os.stat(resolved)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
         return f"missing image: {shown}"
+    if any(resolved == t or resolved.is_relative_to(t) for t in SYSTEM_TREES):
+        return f"not an image file: {shown} is a system pseudo-file ({resolved}); refused without reading it"
+    if stat.S_ISDIR(st.st_mode):
+        return f"missing image: {shown} is a folder"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not an image file: {shown} is not a regular file (device, FIFO or socket); refused without reading it"
+    if st.st_size == 0:
+        return f"image file is empty (0 bytes): {shown}"
+    return None
+
+
+def _image_problem(path: Path, shown: str, decode: bool) -> str | None:
+    """Header check (size, format) or, with ``decode``, a full decode through the model core's ``load_image``."""
+    problem = _file_problem(path, shown)
+    if problem:
+        return problem
     from PIL import Image, UnidentifiedImageError
 
+    if decode:
+        from ivl_ros.model.images import load_image
+
+        try:
+            load_image(path).close()
+        except (IvlError, Image.DecompressionBombError) as exc:
+            # load_image's messages start with the path and often "cannot read image": said once here.
+            detail = str(exc).removeprefix(f"{path}: ").removeprefix("cannot read image ").strip()
+            return f"cannot read image {shown} ({detail.removeprefix('(').removesuffix(')')})"
+        return None
     try:
         with Image.open(path) as img:  # reads the header only
             if img.width < 1 or img.height < 1:
                 return f"image has zero size: {shown}"
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         return f"cannot read image {shown} ({exc})"
     return None
 
 
-def check_item(item, ds: Dataset) -> tuple[Sample | None, str | None]:
-    """Validate one parsed jsonl line; returns (sample, None) or (None, problem)."""
+def check_item(item, ds: Dataset, decode: bool = False) -> tuple[Sample | None, str | None]:
+    """Validate one parsed jsonl line; returns (sample, None) or (None, problem).
+
+    ``decode``: decode every image fully (``--check-data``), not only its header (training start).
+    """
     if not isinstance(item, dict):
         return None, "a line must be a JSON object"
-    problem = _check_conversations(item.get("conversations"))
+    problem = _check_conversations(item.get("conversations")) or _media_type_problem(item)
     if problem:
         return None, problem
     conv = item["conversations"]
@@ -245,14 +337,10 @@ def check_item(item, ds: Dataset) -> tuple[Sample | None, str | None]:
     kind = sample_kind(item)
     images: list[Path] = []
     if kind == "image":
-        if not isinstance(item["image"], str):
-            return None, f"'image' must be a string or a list of strings, got {type(item['image']).__name__}"
         images = [ds.root / item["image"]]
         if n_tags > 1:
             return None, f"<image> count != images: {n_tags} <image> tags for 1 image"
     elif kind == "multi_image":
-        if not all(isinstance(x, str) and x for x in item["image"]):
-            return None, "'image' list must hold non-empty strings"
         images = [ds.root / x for x in item["image"]]
         if n_tags != len(images):
             return None, f"<image> count != images: {n_tags} <image> tags for {len(images)} images"
@@ -275,16 +363,23 @@ def check_item(item, ds: Dataset) -> tuple[Sample | None, str | None]:
         if n_tags:
             return None, f"<image> count != images: {n_tags} <image> tags in a pure-text sample (no 'image')"
     for img in images:
-        problem = _image_problem(img, str(img.relative_to(ds.root)) if img.is_relative_to(ds.root) else str(img))
+        problem = _image_problem(img, str(img.relative_to(ds.root)) if img.is_relative_to(ds.root) else str(img),
+                                 decode)
         if problem:
             return None, problem
-    length = item.get("length")
-    return Sample(kind, conv, images, ds, "", 0, int(length) if isinstance(length, int) else None), None
+    return Sample(kind, conv, images, ds, "", 0, item.get("length")), None
 
 
-def read_annotation(ds: Dataset, report: DataReport) -> list[Sample]:
+def outside_root(sample: Sample) -> Path | None:
+    """The first image of ``sample`` that resolves outside its dataset root (upstream allows it; we warn)."""
+    root = sample.dataset.root.resolve()
+    return next((p for p in sample.images if not p.resolve().is_relative_to(root)), None)
+
+
+def read_annotation(ds: Dataset, report: DataReport, decode: bool = False) -> list[Sample]:
     where = str(ds.annotation)
     samples = []
+    outside: list[tuple[int, Path]] = []
     with open(ds.annotation, "rb") as fh:
         raw_lines = fh.read().split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
@@ -301,28 +396,40 @@ def read_annotation(ds: Dataset, report: DataReport) -> list[Sample]:
             report.problems.append(Problem(where, lineno, "empty line"))
             continue
         try:
-            item = json.loads(text)
-        except json.JSONDecodeError as exc:
-            report.problems.append(Problem(where, lineno, f"bad JSON: {exc.msg} (column {exc.colno})"))
+            item = parse_json(text)
+        except ValueError as exc:
+            report.problems.append(Problem(where, lineno, _json_problem(exc)))
             continue
-        sample, problem = check_item(item, ds)
+        sample, problem = check_item(item, ds, decode)
         if problem:
             report.problems.append(Problem(where, lineno, problem))
             continue
         sample.file, sample.line = where, lineno
         samples.append(sample)
+        away = outside_root(sample)
+        if away is not None:
+            outside.append((lineno, away))
+    if outside:
+        (lineno, away), n = outside[0], len(outside)
+        more = f" ({n} lines of this file have such paths; this is the first)" if n > 1 else ""
+        report.warnings.append(Problem(where, lineno, f"image path {away} is outside the dataset root {ds.root}"
+                                                      f"{more}"))
     if ds.length is not None and ds.length != len(raw_lines):
         message = f"dataset {ds.name!r}: 'length' is {ds.length} but {ds.annotation.name} has {len(raw_lines)} lines"
         report.warnings.append(Problem(ds.meta_file, ds.meta_line, message))
     return samples
 
 
-def check_data(meta_path: str | Path) -> DataReport:
-    """Walk the meta json and every annotation; collect valid samples, problems and warnings."""
+def check_data(meta_path: str | Path, decode: bool = False) -> DataReport:
+    """Walk the meta json and every annotation; collect valid samples, problems and warnings.
+
+    ``decode``: decode every image fully (``--check-data``); training starts with header checks only and meets
+    an undecodable image when it builds that sample (an error, or a skip with --skip-bad-samples).
+    """
     report = DataReport()
     report.datasets = read_meta(Path(meta_path), report)
     for ds in report.datasets:
-        report.samples.extend(read_annotation(ds, report))
+        report.samples.extend(read_annotation(ds, report, decode))
     return report
 
 

@@ -16,7 +16,7 @@ from ivl_ros.errors import IvlError  # noqa: E402
 
 def check_only(data: str) -> int:
     meta = resolve_data(data)
-    report = check_data(meta)
+    report = check_data(meta, decode=True)
     for p in report.problems:
         print(p)
     for w in report.warnings:

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from finetune.data import IMAGE_TAG, VIDEO_TAG, Sample
+from ivl_ros.errors import IvlError
 from ivl_ros.model.images import load_image
 from ivl_ros.model.prompt import IM_END, IM_START, IMG_START, expand_image_placeholders, render_conversation
 from ivl_ros.model.spec import ModelSpec
@@ -24,6 +25,9 @@ IGNORE_INDEX = -100
 USER_ROLE = f"{IM_START}user\n"
 ASSISTANT_ROLE = f"{IM_START}assistant\n"
 JPEG_QUALITIES = tuple(range(75, 101))  # data_augment: a random JPEG re-encode (quality 75..100) per tile
+# What building one sample can raise for bad input: load_image's ImageError (every decode failure) and
+# PIL's refusal of a decompression bomb, should one reach PIL before the core's pixel limit.
+SAMPLE_FAILURES = (IvlError, Image.DecompressionBombError)
 
 
 @dataclass

@@ -4,6 +4,11 @@ A small explicit loop rather than the transformers Trainer, because resuming mus
 order and RNG stream (loss sequence identical on CPU), SIGINT/SIGTERM must save before exiting on every
 rank, and the loss must be averaged per micro-batch as upstream's Trainer 4.37 did (the v5 Trainer averages
 over all tokens of the accumulated batch instead; hf_native pitfall 8).
+
+``Trainer`` holds the run: ``resume`` restores the newest intact checkpoint, ``train`` walks the epochs,
+``step`` runs one optimizer step over its micro-batches (``forward`` is the one place that turns a collated
+batch into a loss), ``save`` writes a checkpoint. An error while training saves a checkpoint before it
+propagates, so at most the failing step is lost.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch.distributed as dist
 
 from finetune import checkpoints
 from finetune.batching import collate, length_grouped_order, micro_batches, shuffled_order
+from finetune.checkpoints import CheckpointDamaged
 from finetune.data import DataError, Sample, check_data, resolve_data, training_samples
 from finetune.model import (
     CausalLoss,
@@ -33,10 +39,11 @@ from finetune.model import (
     unfreeze_full,
 )
 from finetune.options import TrainConfig
-from finetune.preprocess import build_example, estimated_length
+from finetune.preprocess import SAMPLE_FAILURES, build_example, estimated_length
 from finetune.runlog import RunLog
 
 TRAINING_CONFIG = "ivl_finetune.json"
+BAD_SAMPLES = "bad_samples.txt"
 
 
 @dataclass
@@ -81,22 +88,51 @@ class StopFlag:
 
 
 class MicroBatchSet(torch.utils.data.Dataset):
-    """Item k = the collated micro-batch ``batches[k]`` (so workers build whole batches)."""
+    """Item k = the collated micro-batch ``batches[k]`` (so workers build whole batches).
+
+    A sample whose image cannot be read is never raised inside a worker (the DataLoader would wrap it in a
+    traceback): with ``skip_bad`` it is left out and listed in the batch's ``skipped``, otherwise the batch
+    carries an ``error`` that the training loop raises. A micro-batch whose samples all fail takes the next
+    good sample instead, so every rank still runs every micro-batch of every step.
+    """
 
     def __init__(self, batches: list[list[int]], samples: list[Sample], build, pad_id: int, seed: int,
-                 epoch: int) -> None:
+                 epoch: int, skip_bad: bool = False) -> None:
         self.batches, self.samples, self.build, self.pad_id = batches, samples, build, pad_id
-        self.seed, self.epoch = seed, epoch
+        self.seed, self.epoch, self.skip_bad = seed, epoch, skip_bad
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, k: int) -> dict:
+    def _example(self, i: int):
         # Augmentation randomness is a function of (seed, epoch, sample), never of the global RNG:
         # the same batch gets the same pixels whether or not the run was resumed.
-        examples = [self.build(self.samples[i], rng=random.Random(f"{self.seed}-{self.epoch}-{i}"))
-                    for i in self.batches[k]]
-        return collate(examples, self.pad_id)
+        return self.build(self.samples[i], rng=random.Random(f"{self.seed}-{self.epoch}-{i}"))
+
+    def __getitem__(self, k: int) -> dict:
+        examples, skipped = [], []
+        for i in self.batches[k]:
+            try:
+                examples.append(self._example(i))
+            except SAMPLE_FAILURES as exc:
+                if not self.skip_bad:
+                    return {"error": f"{self.samples[i].where}: {exc}"}
+                skipped.append(f"{self.samples[i].where}: {exc}")
+        if not examples:
+            examples = self._stand_in(self.batches[k][-1], skipped)
+        if not examples:
+            return {"error": "no sample of the training data can be read", "skipped": skipped}
+        return {**collate(examples, self.pad_id), "skipped": skipped}
+
+    def _stand_in(self, after: int, skipped: list[str]) -> list:
+        """The first sample after ``after`` (wrapping around) that builds, for a micro-batch left empty."""
+        n = len(self.samples)
+        for j in ((after + step) % n for step in range(1, n + 1)):
+            try:
+                return [self._example(j)]
+            except SAMPLE_FAILURES as exc:
+                skipped.append(f"{self.samples[j].where}: {exc}")
+        return []
 
 
 def _device(cfg: TrainConfig, d: Dist) -> torch.device:
@@ -145,198 +181,337 @@ def optimizer_for(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
-def run_training(cfg: TrainConfig) -> int:
-    """Train; returns the process exit code (0 done, 128+signal when interrupted after saving)."""
-    d = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
-    dev = _device(cfg, d)
-    out = Path(cfg.output_dir)
-    log = print if d.main else (lambda *_: None)
-    if d.world != cfg.gpus:
-        raise DataError(f"GPUS={cfg.gpus} but {d.world} processes are running")
-    stop = StopFlag()
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+class Trainer:
+    """One training run (every rank builds one): model, optimizer, data order, position, checkpoints."""
 
-    samples, bad = load_data(cfg, log)
-    out.mkdir(parents=True, exist_ok=True)
-    if bad and d.main:
-        (out / "bad_samples.txt").write_text("\n".join(bad) + "\n")
-        log(f"skipping {len(bad)} bad sample(s) (listed in {out / 'bad_samples.txt'}):")
-        for line in bad[:20]:
-            log(f"  {line}")
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.d = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+        self.dev = _device(cfg, self.d)
+        self.out = Path(cfg.output_dir)
+        self.log = print if self.d.main else (lambda *_: None)
+        if self.d.world != cfg.gpus:
+            raise DataError(f"GPUS={cfg.gpus} but {self.d.world} processes are running")
+        self.stop = StopFlag()
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
 
-    dtype = _dtype(cfg, dev)
-    attention = None if cfg.attention == "auto" else cfg.attention
-    loaded = load_for_training(cfg.model, str(dev), dtype, attention, cfg.gradient_checkpointing)
-    vlm, tok, spec = loaded.model, loaded.tokenizer, loaded.spec
-    vlm.config.name_or_path = str(Path(cfg.model).resolve())
-    peft_model = None
-    if cfg.full:
-        unfreeze_full(vlm, backbone=cfg.unfreeze_backbone)
-    else:
-        peft_model = apply_lora(vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.vision_lora_r,
-                                cfg.unfreeze_mlp)
-    trainable_to_float32(vlm)
-    n_train = sum(p.numel() for p in vlm.parameters() if p.requires_grad)
-    n_total = sum(p.numel() for p in vlm.parameters())
-    log(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.2f}%)")
-    vlm.train()
-    loss_module = CausalLoss(vlm)
-    model = loss_module
-    if d.world > 1:
-        unused = bool(cfg.full or cfg.vision_lora_r or cfg.unfreeze_mlp)  # text-only batches skip ViT/MLP
-        model = torch.nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=unused)
+        self.samples, bad = load_data(cfg, self.log)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if bad:
+            self._note_bad(bad, "skipping {n} bad sample(s) (listed in {file}):", mode="w")
+        self._build_model()
+        self._build_schedule()
+        self.global_step, self.epoch, self.skip = 0, 0, 0  # position: steps done; next (epoch, step in epoch)
+        self.skipped = 0  # samples left out while training (--skip-bad-samples), this process
 
-    def build(sample, rng):
-        return build_example(sample, tok, spec, cfg.max_dynamic_patch, cfg.max_seq_length, rng)
+    # -- set-up ------------------------------------------------------------------------------------------
+    def _build_model(self) -> None:
+        cfg, d, dev = self.cfg, self.d, self.dev
+        self.dtype = _dtype(cfg, dev)
+        attention = None if cfg.attention == "auto" else cfg.attention
+        self.loaded = load_for_training(cfg.model, str(dev), self.dtype, attention, cfg.gradient_checkpointing)
+        vlm, self.tok, self.spec = self.loaded.model, self.loaded.tokenizer, self.loaded.spec
+        vlm.config.name_or_path = str(Path(cfg.model).resolve())
+        self.peft_model = None
+        if cfg.full:
+            unfreeze_full(vlm, backbone=cfg.unfreeze_backbone)
+        else:
+            self.peft_model = apply_lora(vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.vision_lora_r,
+                                         cfg.unfreeze_mlp)
+        trainable_to_float32(vlm)
+        self.n_train = sum(p.numel() for p in vlm.parameters() if p.requires_grad)
+        n_total = sum(p.numel() for p in vlm.parameters())
+        self.log(f"trainable parameters: {self.n_train:,} of {n_total:,} ({100 * self.n_train / n_total:.2f}%)")
+        vlm.train()
+        self.vlm = vlm
+        self.loss_module = CausalLoss(vlm)
+        self.model = self.loss_module
+        if d.world > 1:
+            unused = bool(cfg.full or cfg.vision_lora_r or cfg.unfreeze_mlp)  # text-only batches skip ViT/MLP
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.loss_module, device_ids=[dev.index] if dev.type == "cuda" else None,
+                find_unused_parameters=unused)
+        self.use_autocast = dev.type == "cuda" and self.dtype == "bfloat16"
+        self.pv_dtype = next(vlm.model.vision_tower.parameters()).dtype
 
-    lengths = [estimated_length(s, tok, spec, cfg.max_dynamic_patch) for s in samples] if cfg.group_by_length \
-        else None
-    group = cfg.per_device_batch_size * d.world * cfg.gradient_acc
+    def _build_schedule(self) -> None:
+        cfg = self.cfg
+        self.lengths = [estimated_length(s, self.tok, self.spec, cfg.max_dynamic_patch) for s in self.samples] \
+            if cfg.group_by_length else None
+        self.steps_per_epoch = len(self.epoch_steps(0))
+        self.total = cfg.max_steps or math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.optimizer = optimizer_for(self.loss_module, cfg)
+        from transformers import get_cosine_schedule_with_warmup
 
-    def epoch_steps(epoch: int) -> list[list[list[int]]]:
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, math.ceil(cfg.warmup_ratio * self.total),
+                                                         self.total)
+        self.trainable = [p for p in self.loss_module.parameters() if p.requires_grad]
+        self.names = list(trainable_state(self.vlm))
+        self.workers = cfg.num_workers if cfg.num_workers >= 0 else (4 if self.dev.type == "cuda" else 0)
+
+    def epoch_steps(self, epoch: int) -> list[list[list[int]]]:
+        """This rank's steps of ``epoch``: each a list of micro-batches (lists of sample indices)."""
+        cfg, d = self.cfg, self.d
         seed = cfg.seed + epoch
-        order = length_grouped_order(lengths, group, seed) if lengths else shuffled_order(len(samples), seed)
+        group = cfg.per_device_batch_size * d.world * cfg.gradient_acc
+        order = length_grouped_order(self.lengths, group, seed) if self.lengths else \
+            shuffled_order(len(self.samples), seed)
         mbs = micro_batches(order, cfg.per_device_batch_size, d.world, d.rank)
         return [mbs[i:i + cfg.gradient_acc] for i in range(0, len(mbs), cfg.gradient_acc)]
 
-    steps_per_epoch = len(epoch_steps(0))
-    total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    optimizer = optimizer_for(loss_module, cfg)
-    from transformers import get_cosine_schedule_with_warmup
+    def build(self, sample: Sample, rng: random.Random):
+        return build_example(sample, self.tok, self.spec, self.cfg.max_dynamic_patch, self.cfg.max_seq_length, rng)
 
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
-    trainable = [p for p in loss_module.parameters() if p.requires_grad]
-    names = list(trainable_state(vlm))
+    def _note_bad(self, bad: list[str], headline: str, mode: str = "a") -> None:
+        """Write (``w``) or append (``a``) problems to bad_samples.txt and log the first few (rank 0)."""
+        if not self.d.main or not bad:
+            return
+        file = self.out / BAD_SAMPLES
+        with open(file, mode) as fh:
+            fh.write("".join(line + "\n" for line in bad))
+        self.log(headline.format(n=len(bad), file=file))
+        for line in bad[:20]:
+            self.log(f"  {line}")
 
-    global_step, start_epoch, skip = 0, 0, 0
-    if cfg.resume:
-        found = checkpoints.list_checkpoints(out) if cfg.resume == "last" else [Path(cfg.resume)]
-        if not found:
-            log(f"--resume: no checkpoint in {out}; starting from scratch")
-        else:
-            ck = checkpoints.load_checkpoint(found[-1], dev)
-            st = ck["state"]
-            batch = (d.world, cfg.per_device_batch_size, cfg.gradient_acc)
-            if tuple(st["batch"]) != batch or st["seed"] != cfg.seed:
-                raise DataError(f"{found[-1]}: written with (GPUS, PER_DEVICE_BATCH_SIZE, GRADIENT_ACC) = "
-                                f"{tuple(st['batch'])}, seed {st['seed']}; resume with the same settings "
-                                f"(now {batch}, seed {cfg.seed})")
-            params = dict(vlm.named_parameters())
-            with torch.no_grad():
-                for n in names:
-                    params[n].copy_(ck["trainable"][n])
-            optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck["scheduler"])
-            checkpoints.set_rng_state(ck["rng"][d.rank])
-            global_step, start_epoch, skip = st["global_step"], st["epoch"], st["step_in_epoch"]
-            log(f"resumed from {found[-1]} at step {global_step}")
+    # -- resume ------------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Restore the newest intact checkpoint; damaged ones are reported (file and reason) and passed over."""
+        if not self.cfg.resume:
+            return
+        candidates = checkpoints.resume_candidates(self.cfg.resume, self.out)
+        if not candidates:
+            self.log(f"--resume: no checkpoint in {self.out}; starting from scratch")
+            return
+        damaged = []
+        for path in candidates:
+            try:
+                ck = checkpoints.load_checkpoint(path)
+                self._check_settings(ck)
+                self._restore(ck)
+            except CheckpointDamaged as exc:
+                damaged.append(str(exc))
+                self.log(f"warning: cannot resume from {path}: {exc}")
+                continue
+            st = ck.state
+            self.global_step, self.epoch, self.skip = st["global_step"], st["epoch"], st["step_in_epoch"]
+            older = " (newer checkpoints are damaged, see above)" if damaged else ""
+            self.log(f"resumed from {path} at step {self.global_step}{older}")
+            return
+        raise DataError("--resume: no intact checkpoint to resume from:\n  " + "\n  ".join(damaged))
 
-    runlog = RunLog(out, total, global_step, enabled=d.main)
-    if d.main:
-        (out / TRAINING_CONFIG).write_text(json.dumps(_training_record(cfg, spec, n_train, d.world), indent=2) + "\n")
-    workers = cfg.num_workers if cfg.num_workers >= 0 else (4 if dev.type == "cuda" else 0)
-    use_autocast = dev.type == "cuda" and dtype == "bfloat16"
-    pv_dtype = next(vlm.model.vision_tower.parameters()).dtype
-    last_saved = global_step
-    t_start = time.perf_counter()
+    def _check_settings(self, ck: checkpoints.Checkpoint) -> None:
+        cfg, st = self.cfg, ck.state
+        batch = (self.d.world, cfg.per_device_batch_size, cfg.gradient_acc)
+        if tuple(st["batch"]) != batch or st["seed"] != cfg.seed:
+            raise DataError(f"{ck.path}: written with (GPUS, PER_DEVICE_BATCH_SIZE, GRADIENT_ACC) = "
+                            f"{tuple(st['batch'])}, seed {st['seed']}; resume with the same settings "
+                            f"(now {batch}, seed {cfg.seed})")
 
-    def save(epoch: int, step_in_epoch: int) -> Path | None:
+    def _restore(self, ck: checkpoints.Checkpoint) -> None:
+        """Load a checkpoint that fits this model, optimizer and world size (CheckpointDamaged if it does not)."""
+        params = dict(self.vlm.named_parameters())
+        checkpoints.check_fits(ck, {n: params[n] for n in self.names}, self.optimizer, self.scheduler, self.d.world)
+        try:
+            checkpoints.set_rng_state(ck.rng[self.d.rank])
+            self.optimizer.load_state_dict(ck.optimizer)
+            self.scheduler.load_state_dict(ck.scheduler)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointDamaged(f"{ck.path}: optimizer, schedule or RNG state does not load ({exc})") from None
+        with torch.no_grad():
+            for n in self.names:
+                params[n].copy_(ck.trainable[n])
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def save(self, epoch: int, step_in_epoch: int, rng: dict | None = None) -> Path | None:
+        """Every rank calls this (RNG states are gathered); rank 0 writes. ``rng``: this rank's state to record
+        instead of the current one (a save after an error records the state at the start of the failed step)."""
+        d = self.d
+        mine = rng if rng is not None else checkpoints.rng_state()
         rng_all = [None] * d.world
         if d.world > 1:
-            dist.all_gather_object(rng_all, checkpoints.rng_state())
+            dist.all_gather_object(rng_all, mine)  # between this run's own processes, never from disk
         else:
-            rng_all = [checkpoints.rng_state()]
+            rng_all = [mine]
         path = None
         if d.main:
-            state = {"global_step": global_step, "epoch": epoch, "step_in_epoch": step_in_epoch,
-                     "total_steps": total, "batch": [d.world, cfg.per_device_batch_size, cfg.gradient_acc],
-                     "seed": cfg.seed, "num_samples": len(samples)}
-            path = checkpoints.save_checkpoint(out, global_step, trainable_state(vlm), optimizer, scheduler, rng_all,
-                                               state, cfg.save_total_limit)
+            state = {"global_step": self.global_step, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                     "total_steps": self.total, "batch": [d.world, self.cfg.per_device_batch_size,
+                                                          self.cfg.gradient_acc],
+                     "seed": self.cfg.seed, "num_samples": len(self.samples)}
+            path = checkpoints.save_checkpoint(self.out, self.global_step, trainable_state(self.vlm), self.optimizer,
+                                               self.scheduler, rng_all, state, self.cfg.save_total_limit)
         if d.world > 1:
             dist.barrier()
+        self.last_saved = self.global_step
         return path
 
-    epoch = start_epoch
-    interrupted = 0
-    while global_step < total and not interrupted:
-        steps = epoch_steps(epoch)
-        if skip >= len(steps):
-            epoch, skip = epoch + 1, 0
-            continue
-        flat = [mb for step in steps[skip:] for mb in step]
-        loader = torch.utils.data.DataLoader(
-            MicroBatchSet(flat, samples, build, tok.pad_id, cfg.seed, epoch), batch_size=None, shuffle=False,
-            num_workers=workers, generator=torch.Generator().manual_seed(cfg.seed + epoch),
-            persistent_workers=False, prefetch_factor=2 if workers else None)
-        batches = iter(loader)
-        for step_in_epoch in range(skip, len(steps)):
-            t0 = time.perf_counter()
-            n_micro = len(steps[step_in_epoch])
-            loss_sum = torch.zeros((), device=dev)
-            n_seen = 0
-            for m in range(n_micro):
-                batch = next(batches)
-                n_seen += batch["num_samples"]
-                sync = m == n_micro - 1 or d.world == 1
-                ctx = model.no_sync() if not sync else contextlib.nullcontext()
-                amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
-                with ctx, amp:
-                    pv = batch["pixel_values"]
-                    loss = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["labels"].to(dev),
-                                 pv.to(dev, pv_dtype) if pv is not None else None)
-                    (loss / n_micro).backward()
-                loss_sum += loss.detach().float()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            mean_loss = loss_sum / n_micro
-            if d.world > 1:
-                dist.all_reduce(mean_loss)
-                mean_loss /= d.world
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            dt = time.perf_counter() - t0
-            if global_step % cfg.logging_steps == 0 or global_step == total:
-                runlog.log({"step": global_step, "epoch": round(epoch + (step_in_epoch + 1) / len(steps), 4),
-                            "loss": float(mean_loss), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                            "samples_per_s": n_seen * d.world / dt, "step_time_s": dt,
-                            "elapsed_s": time.perf_counter() - t_start})
-            done_epoch = step_in_epoch + 1 == len(steps)
-            pos = (epoch + 1, 0) if done_epoch else (epoch, step_in_epoch + 1)
-            interrupted = stop.agreed(d, dev)
-            if global_step % cfg.save_steps == 0 or (interrupted and global_step != last_saved):
-                path = save(*pos)
-                last_saved = global_step
-                if path:
-                    runlog.write(f"saved {path}")
-            if interrupted or global_step >= total:
-                break
-        del batches, loader
-        epoch, skip = epoch + 1, 0
+    # -- training ----------------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> torch.Tensor:
+        """A collated micro-batch -> its mean loss (the model call every throughput change goes through)."""
+        pv = batch["pixel_values"]
+        return self.model(batch["input_ids"].to(self.dev), batch["attention_mask"].to(self.dev),
+                          batch["labels"].to(self.dev), pv.to(self.dev, self.pv_dtype) if pv is not None else None)
 
-    runlog.close()
-    stop.restore()
-    if d.world > 1:
-        _check_ranks_agree(d, vlm, out)
-    if interrupted:
+    def next_batch(self, batches) -> dict:
+        """The next micro-batch; a sample that cannot be read stops every rank together (so all can save)."""
+        batch = next(batches)
+        failed = "error" in batch
+        if self.d.world > 1:
+            flag = torch.tensor([int(failed)], device=self.dev)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and not failed:
+                raise DataError("another rank hit a sample it cannot read (its log names it)")
+        if failed:
+            raise DataError(f"{batch['error']} (pass --skip-bad-samples to train without such samples)")
+        if batch["skipped"]:
+            self.skipped += len(batch["skipped"])
+            self._note_bad(batch["skipped"], "skipped {n} sample(s) whose image cannot be read (listed in {file}):")
+        return batch
+
+    def step(self, micro: list[list[int]], batches) -> dict:
+        """One optimizer step over this rank's ``micro`` batches; returns the logged numbers."""
+        cfg, d, dev = self.cfg, self.d, self.dev
+        t0 = time.perf_counter()
+        n_micro = len(micro)
+        loss_sum = torch.zeros((), device=dev)
+        n_seen = 0
+        for m in range(n_micro):
+            batch = self.next_batch(batches)
+            n_seen += batch["num_samples"]
+            sync = m == n_micro - 1 or d.world == 1
+            ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
+            amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_autocast else contextlib.nullcontext()
+            with ctx, amp:
+                loss = self.forward(batch)
+                (loss / n_micro).backward()
+            loss_sum += loss.detach().float()
+        self.updating = True  # from here until the step is counted, a save would record half an update
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.updating = False
+        mean_loss = loss_sum / n_micro
+        if d.world > 1:
+            dist.all_reduce(mean_loss)
+            mean_loss /= d.world
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        dt = time.perf_counter() - t0
+        return {"loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                "samples_per_s": n_seen * d.world / dt, "step_time_s": dt}
+
+    def _loader(self, flat: list[list[int]], epoch: int):
+        cfg = self.cfg
+        return torch.utils.data.DataLoader(
+            MicroBatchSet(flat, self.samples, self.build, self.tok.pad_id, cfg.seed, epoch, cfg.skip_bad_samples),
+            batch_size=None, shuffle=False, num_workers=self.workers,
+            generator=torch.Generator().manual_seed(cfg.seed + epoch), persistent_workers=False,
+            prefetch_factor=2 if self.workers else None)
+
+    def _epochs(self) -> int:
+        """Run steps from the current position until done or stopped; returns the agreed signal (0: none)."""
+        cfg = self.cfg
+        while self.global_step < self.total:
+            epoch, skip = self.epoch, self.skip
+            steps = self.epoch_steps(epoch)
+            if skip >= len(steps):
+                self.epoch, self.skip = epoch + 1, 0
+                continue
+            flat = [mb for step in steps[skip:] for mb in step]
+            batches = iter(self._loader(flat, epoch))
+            for step_in_epoch in range(skip, len(steps)):
+                self.rng_at_step = checkpoints.rng_state()
+                row = self.step(steps[step_in_epoch], batches)
+                done_epoch = step_in_epoch + 1 == len(steps)
+                self.epoch, self.skip = (epoch + 1, 0) if done_epoch else (epoch, step_in_epoch + 1)
+                self.rng_at_step = None
+                if self.global_step % cfg.logging_steps == 0 or self.global_step == self.total:
+                    progress = round(epoch + (step_in_epoch + 1) / len(steps), 4)
+                    self.runlog.log({"step": self.global_step, "epoch": progress, **row,
+                                     "elapsed_s": time.perf_counter() - self.t_start})
+                interrupted = self.stop.agreed(self.d, self.dev)
+                if self.global_step % cfg.save_steps == 0 or (interrupted and self.global_step != self.last_saved):
+                    self._saved(self.save(self.epoch, self.skip))
+                if interrupted or self.global_step >= self.total:
+                    return interrupted
+        return 0
+
+    def _saved(self, path: Path | None) -> None:
+        if path:
+            self.runlog.write(f"saved {path}")
+
+    def _save_after_error(self, exc: Exception) -> None:
+        """Keep the steps done so far: save at the failed step (with the RNG state it started from)."""
+        collective = self.d.world == 1 or isinstance(exc, DataError)  # DataError: every rank stopped together
+        if self.global_step == self.last_saved or self.updating or not collective:
+            if self.global_step != self.last_saved:
+                self.log(f"error at step {self.global_step + 1}: no checkpoint could be saved "
+                         f"(last one: step {self.last_saved})")
+            return
+        try:
+            path = self.save(self.epoch, self.skip, rng=self.rng_at_step)
+        except Exception as save_exc:  # the original error is the one to report
+            self.log(f"error at step {self.global_step + 1}; saving a checkpoint failed too ({save_exc})")
+            return
+        if path:
+            self.runlog.write(f"error at step {self.global_step + 1}: saved {path} first; fix the cause and continue "
+                              "with the same command plus --resume")
+
+    def train(self) -> int:
+        """Train; returns the process exit code (0 done, 128+signal when interrupted after saving)."""
+        cfg, d = self.cfg, self.d
+        self.resume()
+        self.runlog = RunLog(self.out, self.total, self.global_step, enabled=d.main)
         if d.main:
-            name = signal.Signals(interrupted).name
-            print(f"{name}: stopped at step {global_step}/{total}; checkpoint saved in {out}. "
-                  f"Continue with the same command plus --resume.", flush=True)
-        _finish(d)
-        return 128 + interrupted
-    if d.main:
-        stats = _run_stats(runlog.rows, dev, n_train, d.world, cfg)
-        (out / "run_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        _write_outputs(cfg, out, vlm, peft_model, loaded, runlog)
-    _finish(d)
-    return 0
+            record = _training_record(cfg, self.spec, self.n_train, d.world)
+            (self.out / TRAINING_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
+        self.last_saved = self.global_step
+        self.updating = False
+        self.rng_at_step: dict | None = None  # RNG state at the start of the step in progress
+        self.t_start = time.perf_counter()
+        try:
+            interrupted = self._epochs()
+        except Exception as exc:
+            self._save_after_error(exc)
+            raise
+        finally:
+            self.runlog.close()
+            self.stop.restore()
+        return self._finish(interrupted)
 
+    def _finish(self, interrupted: int) -> int:
+        d, out = self.d, self.out
+        if d.world > 1:
+            _check_ranks_agree(d, self.vlm, out)
+        skipped = self.skipped
+        if d.world > 1:
+            total = torch.tensor([skipped], device=self.dev)
+            dist.all_reduce(total)
+            skipped = int(total.item())
+        if skipped:
+            self.log(f"skipped {skipped} sample(s) whose image could not be read (listed in {out / BAD_SAMPLES})")
+        if interrupted:
+            if d.main:
+                name = signal.Signals(interrupted).name
+                print(f"{name}: stopped at step {self.global_step}/{self.total}; checkpoint saved in {out}. "
+                      f"Continue with the same command plus --resume.", flush=True)
+            _finish(d)
+            return 128 + interrupted
+        if d.main:
+            stats = _run_stats(self.runlog.rows, self.dev, self.n_train, d.world, self.cfg)
+            stats["skipped_samples"] = skipped
+            (out / "run_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+            _write_outputs(self.cfg, out, self.vlm, self.peft_model, self.loaded, self.runlog)
+        _finish(d)
+        return 0
+
+
+def run_training(cfg: TrainConfig) -> int:
+    """Train; returns the process exit code (0 done, 128+signal when interrupted after saving)."""
+    return Trainer(cfg).train()
 
 def _check_ranks_agree(d: Dist, vlm, out: Path) -> None:
     """DDP sanity check: every rank must hold bit-identical trainable weights (written to ddp_check.json)."""

@@ -131,7 +131,7 @@ class MeshSource(FrameSource):
         if not self.meta or "navgrid" not in self.meta:
             return None
         g = self.meta["navgrid"]
-        free = np.load(self.path.with_name(g["file"]))
+        free = np.load(self.path.with_name(g["file"]), allow_pickle=False)
         return NavGrid(free=free, origin=tuple(g["origin"]), cell=g["cell"], floor_y=g.get("floor_y", 0.0))
 
     def is_navigable(self, position: Sequence[float]) -> bool:

@@ -121,8 +121,8 @@ class ReplaySource(FrameSource):
     def frame(self, index: int) -> Frame:
         p = self.poses[index]
         rgb = self._rgb(p.rgb)
-        depth = np.load(p.depth).astype(np.float32) if p.depth else None
-        semantic = np.load(p.semantic).astype(np.int32) if p.semantic else None
+        depth = np.load(p.depth, allow_pickle=False).astype(np.float32) if p.depth else None
+        semantic = np.load(p.semantic, allow_pickle=False).astype(np.int32) if p.semantic else None
         return Frame(
             rgb=rgb,
             depth=depth,

@@ -78,5 +78,6 @@ def test_checkpoint_rotation_is_atomic_and_keeps_last_k(tmp_path, tiny_checkpoin
     assert main([*args, "--save-total-limit", "2"]) == 0
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(("checkpoint-", ".tmp"))) == \
         ["checkpoint-3", "checkpoint-4"]
-    assert {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"} <= \
+    assert {"trainable.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "rng.json",
+            "state.json"} <= \
         {p.name for p in (out / "checkpoint-4").iterdir()}

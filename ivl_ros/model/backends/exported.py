@@ -1,4 +1,9 @@
-"""Loading the ``onnx`` / ``trt`` backends from an engines directory written by export/build_engines.py."""
+"""Loading the ``onnx`` / ``trt`` backends from an engines directory written by export/build_engines.py.
+
+Every artifact is checked before use: its sha256 against the manifest (``stage_file``), then what it must be
+(the graphs' inputs and outputs, the embedding table's shape, hidden sizes that agree). Anything else is an
+EngineError that names the file and says "rebuild the engines", never a raw ONNX Runtime or numpy error.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from ivl_ros.model.backends.engines import (
     check_source,
     default_engines_dir,
     read_manifest,
+    rebuild_hint,
     stage_file,
     tile_range,
 )
@@ -31,6 +37,72 @@ def decoder_path(manifest: dict, engines_dir: Path) -> Path:
     return stage_file(manifest, engines_dir, STAGE_DECODER)
 
 
+DECODER_INPUTS = ("inputs_embeds", "attention_mask", "position_ids")
+
+
+def _ort_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises for a file it cannot load (its pybind exception types) plus shape mishaps."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    own = tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+    return (*own, IndexError, TypeError, ValueError)
+
+
+def _dim(shape, i: int) -> int | None:
+    """A static dimension of an ORT shape (None when symbolic)."""
+    try:
+        value = shape[i]
+    except IndexError:
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _open(make, path: Path, hint: str):
+    try:
+        return make()
+    except _ort_errors() as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise EngineError(f"{path}: ONNX Runtime cannot load it ({first}); {hint}") from None
+
+
+def _check_vision(vision: OrtVision, path: Path, info: dict, spec: ModelSpec, hint: str) -> int | None:
+    """The vision graph takes (tiles, 3, S, S) under the recorded input name; returns its hidden size."""
+    inputs, outputs = vision.session.get_inputs(), vision.session.get_outputs()
+    want = info.get("input")
+    shape = inputs[0].shape if len(inputs) == 1 else []
+    if len(inputs) != 1 or len(outputs) != 1 or (want and inputs[0].name != want) or len(shape) != 4 or \
+            _dim(shape, 1) != 3 or _dim(shape, 2) not in (None, spec.tile_size):
+        found = ", ".join(f"{i.name}{i.shape}" for i in inputs)
+        raise EngineError(f"{path}: not the vision graph (expected one input {want or 'pixel_values'}[tiles, 3, "
+                          f"{spec.tile_size}, {spec.tile_size}], found {found}); {hint}")
+    return _dim(outputs[0].shape, 2)
+
+
+def _check_decoder(decoder: OrtDecoder, path: Path, hint: str) -> int | None:
+    """The decoder graph takes (inputs_embeds, attention_mask, position_ids, past...); returns its hidden size."""
+    names = tuple(decoder.input_names[:3])
+    outputs = decoder.output_names
+    if names != DECODER_INPUTS or not outputs or outputs[0] != "logits" or len(decoder.past_names) < 2 or \
+            len(decoder.past_names) != len(outputs) - 1:
+        raise EngineError(f"{path}: not the decoder graph (expected inputs {', '.join(DECODER_INPUTS)}, past key/"
+                          f"values and outputs logits, presents; found inputs {', '.join(decoder.input_names[:4])}"
+                          f"...); {hint}")
+    return _dim(decoder.session.get_inputs()[0].shape, 2)
+
+
+def _load_embedding(path: Path, tokenizer: InternLM2Tokenizer, hidden: set[int], hint: str) -> np.ndarray:
+    try:
+        table = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise EngineError(f"{path}: not a readable .npy table ({exc}); {hint}") from None
+    if not isinstance(table, np.ndarray) or table.ndim != 2 or table.dtype != np.float32 or \
+            table.shape[0] < tokenizer.vocab_size or (hidden and table.shape[1] not in hidden):
+        raise EngineError(f"{path}: embedding table is {getattr(table, 'dtype', '?')} "
+                          f"{tuple(getattr(table, 'shape', ()))}; expected float32 (>= {tokenizer.vocab_size} tokens, "
+                          f"hidden {'/'.join(map(str, sorted(hidden))) or '?'}) matching the graphs; {hint}")
+    return table
+
+
 def load_exported_backend(backend: str, model_path: str | Path, engines_path: str | Path | None,
                           device: str = "cpu") -> tuple[ExportedBackend, InternLM2Tokenizer, ModelSpec]:
     model_path = Path(model_path)
@@ -38,17 +110,28 @@ def load_exported_backend(backend: str, model_path: str | Path, engines_path: st
     _, spec, tokenizer = load_spec(model_path)
     manifest = read_manifest(engines_dir)
     check_source(manifest, model_path, engines_dir)
+    hint = rebuild_hint(engines_dir, manifest)
     low, high = tile_range(manifest)
     providers = ort_providers(device)
+    hidden = set()
     if backend == "onnx":
-        vision = OrtVision(stage_file(manifest, engines_dir, STAGE_VISION), providers, high, device)
+        path = stage_file(manifest, engines_dir, STAGE_VISION)
+        vision = _open(lambda: OrtVision(path, providers, high, device), path, hint)
+        hidden.add(_check_vision(vision, path, manifest["stages"][STAGE_VISION], spec, hint))
     elif backend == "trt":
         from ivl_ros.model.backends.trt_vision import TrtVision
 
         engine = stage_file(manifest, engines_dir, STAGE_TENSORRT)
         vision = TrtVision(engine, manifest["stages"][STAGE_TENSORRT], high, device)
+        hidden.add(vision.out_tail[-1] if vision.out_tail else None)
     else:
         raise EngineError(f"backend {backend!r} does not use exported engines")
-    decoder = OrtDecoder(decoder_path(manifest, engines_dir), providers, device)
-    embedding = np.load(stage_file(manifest, engines_dir, STAGE_EMBEDDING), mmap_mode="r")
+    path = decoder_path(manifest, engines_dir)
+    decoder = _open(lambda: OrtDecoder(path, providers, device), path, hint)
+    hidden.add(_check_decoder(decoder, path, hint))
+    hidden.discard(None)
+    if len(hidden) > 1:
+        raise EngineError(f"{engines_dir}: the vision and decoder graphs disagree on the hidden size "
+                          f"({sorted(hidden)}); {hint}")
+    embedding = _load_embedding(stage_file(manifest, engines_dir, STAGE_EMBEDDING), tokenizer, hidden, hint)
     return ExportedBackend(backend, spec, vision, decoder, embedding, (low, high)), tokenizer, spec
