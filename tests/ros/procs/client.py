@@ -25,7 +25,7 @@ from common import make_frame  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
@@ -39,6 +39,14 @@ from ivl_interfaces.srv import Ask  # noqa: E402
 # Generous deadlines: these only bound how long a broken run hangs; a healthy run under load never gets near them.
 MATCH_TIMEOUT_S = 120.0
 REPLY_TIMEOUT_S = 180.0
+
+
+def spin_future(executor, future, timeout: float):
+    """Spin ``executor`` on this thread until ``future`` is done."""
+    executor.spin_until_future_complete(future, timeout_sec=timeout)
+    if not future.done():
+        raise TimeoutError(f"no reply within {timeout} s")
+    return future.result()
 
 
 def wait_future(future, timeout: float):
@@ -61,7 +69,8 @@ class Client(Node):
         self.ask_client = self.create_client(Ask, "/ivl/ask")
         # The action client exists only during describe ops: a user's service-only client has none, and the node
         # treats "no action client left" as "nobody will take this goal's result".
-        self.describe_client: ActionClient | None = None
+        self.describe_client: ActionClient | None = None  # only describe_start keeps one
+        self.describe_executor: SingleThreadedExecutor | None = None
         self.params = AsyncParameterClient(self, "ivl_captioner")
         self.pubs: dict[tuple[str, str], object] = {}
 
@@ -95,11 +104,18 @@ class Client(Node):
 
     @contextlib.contextmanager
     def _action_client(self):
-        client = ActionClient(self, Describe, "/ivl/describe")
+        """An action client on a node of its own, spun only by the calling thread while the op runs, then destroyed:
+        never touched by the background executor, so destroying it cannot race that executor's wait set."""
+        node = rclpy.create_node("test_client_describe")
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        client = ActionClient(node, Describe, "/ivl/describe")
         try:
-            yield client
+            yield client, executor
         finally:
             client.destroy()
+            executor.shutdown()
+            node.destroy_node()
 
     def _wait_node_knows_publishers(self, topic: str) -> None:
         """Our publisher has matched the node's reader; a best-effort frame is only kept once the node's reader has
@@ -119,7 +135,7 @@ class Client(Node):
         end = time.monotonic() + timeout
         if not self.ask_client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError("/ivl/ask did not appear")
-        with self._action_client() as describe:
+        with self._action_client() as (describe, _executor):
             describe.wait_for_server(timeout_sec=max(0.1, end - time.monotonic()))
         while need_model and time.monotonic() < end:
             d = self.op_diagnostics()
@@ -189,7 +205,7 @@ class Client(Node):
         goal = Describe.Goal(question=question, camera=camera, max_new_tokens=max_new_tokens)
         if image is not None:
             goal.image = image_msg(**image)
-        with self._action_client() as describe:
+        with self._action_client() as (describe, executor):
             feedback: list[dict] = []
             if not describe.wait_for_server(timeout_sec=timeout):
                 raise TimeoutError("/ivl/describe did not appear")
@@ -199,15 +215,15 @@ class Client(Node):
                 feedback.append({"text": msg.feedback.partial_text, "tokens": msg.feedback.tokens,
                                  "t": time.monotonic() - start})
 
-            handle = wait_future(describe.send_goal_async(goal, feedback_callback=on_feedback), timeout)
+            handle = spin_future(executor, describe.send_goal_async(goal, feedback_callback=on_feedback), timeout)
             if not handle.accepted:
                 return {"accepted": False}
-            result = wait_future(handle.get_result_async(), timeout)
+            result = spin_future(executor, handle.get_result_async(), timeout)
             r = result.result
             # Feedback is a separate topic from the result: wait (an event, bounded) for the last partial text.
             end = time.monotonic() + MATCH_TIMEOUT_S
             while r.success and not any(f["text"] == r.answer for f in feedback) and time.monotonic() < end:
-                time.sleep(0.05)
+                executor.spin_once(timeout_sec=0.05)
             return {"accepted": True, "status": result.status, "answer": r.answer, "success": r.success,
                     "message": r.message, "result_t": time.monotonic() - start, "feedback": feedback}
 
@@ -219,7 +235,12 @@ class Client(Node):
         if image is not None:
             goal.image = image_msg(**image)
         first = threading.Event()
-        self.describe_client = ActionClient(self, Describe, "/ivl/describe")  # kept: this process is then killed
+        # Kept (not destroyed) and spun by a thread of its own: this process is then closed with the goal running.
+        node = rclpy.create_node("test_client_describe")
+        self.describe_executor = SingleThreadedExecutor()
+        self.describe_executor.add_node(node)
+        self.describe_client = ActionClient(node, Describe, "/ivl/describe")
+        threading.Thread(target=self.describe_executor.spin, daemon=True).start()
         if not self.describe_client.wait_for_server(timeout_sec=timeout):
             raise TimeoutError("/ivl/describe did not appear")
         handle = wait_future(self.describe_client.send_goal_async(goal, feedback_callback=lambda _m: first.set()),
@@ -352,7 +373,8 @@ def main() -> None:
     # A clean exit (DDS says goodbye at once): stop spinning first, then take the entities down.
     executor.shutdown(timeout_sec=10.0)
     spinner.join(timeout=10.0)
-    if client.describe_client is not None:
+    if client.describe_executor is not None:
+        client.describe_executor.shutdown(timeout_sec=10.0)
         client.describe_client.destroy()
     client.destroy_node()
     rclpy.try_shutdown()
