@@ -38,7 +38,7 @@ ATTENTION = ("exact", "eager", "sdpa")
 
 
 def hf_config_from_upstream(config: dict, spec: ModelSpec):
-    """Build the transformers InternVLConfig equivalent to an upstream config (rules in notes)."""
+    """Build the transformers InternVLConfig that computes the same function as an upstream config."""
     from transformers import InternVLConfig, InternVLVisionConfig, LlamaConfig
 
     vision, llm = config["vision_config"], config["llm_config"]

@@ -81,15 +81,15 @@ def _check_common(got: dict, n: int) -> None:
         assert m["encoding"] == "rgb8" and m["step"] == m["w"] * 3 and m["bytes"] == m["h"] * m["step"]
 
 
-def test_real_trajectory_replays_through_node(tmp_path, shared_habitat):
-    traj = json.loads((shared_habitat / "habitat-sim_trajectory_data.json").read_text())
+def test_real_trajectory_replays_through_node(tmp_path, habitat_data):
+    traj = json.loads((habitat_data / "habitat-sim_trajectory_data.json").read_text())
     n = len(traj["positions"])
     got = _run(
         tmp_path,
         [
             "source:=trajectory",
-            f"trajectory:={shared_habitat / 'habitat-sim_trajectory_data.json'}",
-            f"images:=['{shared_habitat / 'van-gogh-room.color.png'}']",
+            f"trajectory:={habitat_data / 'habitat-sim_trajectory_data.json'}",
+            f"images:=['{habitat_data / 'van-gogh-room.color.png'}']",
         ],
         expected=n,
     )
