@@ -88,7 +88,9 @@ class BridgeNode(Node):
             workdir=self._tmp.name if self._tmp else "",
         )
         self.source, paths = build_source(opts)
-        self.driver = Driver(paths, loop=p["loop"], can_move=self.source.can_move, is_navigable=self.source.is_navigable)
+        self.driver = Driver(
+            paths, loop=p["loop"], can_move=self.source.can_move, is_navigable=self.source.is_navigable
+        )
         self.p = p
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.pub_rgb = self.create_publisher(Image, p["image_topic"], qos)

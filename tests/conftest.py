@@ -13,6 +13,35 @@ TEST_DATA = REPO / "tests" / "data"  # real third-party files, origins and licen
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 
+def cuda_gpu_reason() -> str | None:
+    """None where an NVIDIA GPU is usable through the CUDA driver, else why not (torch-free, like the trt backend)."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no NVIDIA driver (libcuda.so.1) on this machine"
+    count = ctypes.c_int()
+    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return "the CUDA driver sees no GPU"
+    return None
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test under tests/ros talks to ROS processes: mark it ``ros``. ``gpu`` tests skip without a GPU."""
+    ros_dir = REPO / "tests" / "ros"
+    gpu_reason: str | None = None
+    gpu_checked = False
+    for item in items:
+        if ros_dir in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.ros)
+        if item.get_closest_marker("gpu") is not None:
+            if not gpu_checked:
+                gpu_reason, gpu_checked = cuda_gpu_reason(), True
+            if gpu_reason:
+                item.add_marker(pytest.mark.skip(reason=f"needs a CUDA GPU: {gpu_reason}"))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     from ivl_ros.model.tiny import make_tiny_checkpoint
