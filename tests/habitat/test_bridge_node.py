@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BRIDGE_NODE = [sys.executable, "-m", "habitat_sim_bridge.node", "--ros-args"]
 LISTEN = Path(__file__).parent / "procs" / "listen.py"
 
+pytestmark = pytest.mark.ros
+
 
 def _env() -> dict:
     env = dict(os.environ)
@@ -119,7 +121,7 @@ def test_actions_and_cmd_vel_move_the_agent(tmp_path, needs_osmesa):
     env = _env()
     out = tmp_path / "teleop.json"
     teleop = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "procs" / "teleop.py"), str(out), "40"],
+        [sys.executable, str(Path(__file__).parent / "procs" / "teleop.py"), str(out), "40", "2"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -163,13 +165,19 @@ def test_actions_and_cmd_vel_move_the_agent(tmp_path, needs_osmesa):
     assert node.returncode == 0, node_out
     assert "Traceback" not in node_out, node_out
     r = json.loads(out.read_text())
-    turn1, turn2, fwd, spun = r["after_turn"], r["after_turn2"], r["after_forward"], r["after_twist"]
+    for step in ("after_turn", "after_turn2", "before_forward", "after_forward", "after_twist"):
+        assert r.get(step) is not None, f"no odometry showed the effect of {step}: {r}"
+    turn1, turn2, before, fwd, spun = (r[k] for k in ("after_turn", "after_turn2", "before_forward",
+                                                       "after_forward", "after_twist"))
     assert turn2[:2] == pytest.approx(turn1[:2], abs=1e-6)  # turning keeps the position
     dyaw = (turn2[2] - turn1[2] + 3.14159) % 6.28318 - 3.14159
     assert dyaw == pytest.approx(0.1745, abs=1e-3)  # 10 degrees
-    moved = ((fwd[0] - turn2[0]) ** 2 + (fwd[1] - turn2[1]) ** 2) ** 0.5
-    assert moved == pytest.approx(0.25, abs=1e-4) or moved == 0.0  # 0 only if the step was blocked
-    assert abs((spun[2] - fwd[2] + 3.14159) % 6.28318 - 3.14159) > 0.05  # cmd_vel angular.z turns the agent
+    # facing a navigable cell 0.25 m ahead (the teleop turned until it did), move_forward steps exactly there
+    moved = ((fwd[0] - before[0]) ** 2 + (fwd[1] - before[1]) ** 2) ** 0.5
+    assert moved == pytest.approx(0.25, abs=1e-4)
+    assert fwd[2] == pytest.approx(before[2], abs=1e-6)  # and keeps the heading
+    assert spun[:2] == pytest.approx(fwd[:2], abs=1e-6)  # cmd_vel angular.z turns in place
+    assert abs((spun[2] - fwd[2] + 3.14159) % 6.28318 - 3.14159) > 0.2
 
 
 def test_node_reports_bad_setup_without_traceback():
