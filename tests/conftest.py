@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DATA = REPO / "tests" / "data"  # real third-party files, origins and licences in each SOURCES.md
+DEMO = REPO / "models" / "ivl-demo"  # the embedded demo captioner, committed with the code
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
@@ -54,6 +57,21 @@ def tiny_engine(tiny_checkpoint):
     from ivl_ros.model.engine import VisionLanguageEngine
 
     return VisionLanguageEngine.load(tiny_checkpoint)
+
+
+def export_demo(out: Path, *options: str) -> Path:
+    """The demo model's engines, built the way a user does it (``python export/build_engines.py``)."""
+    cmd = [sys.executable, "export/build_engines.py", "--model", str(DEMO), "--out", str(out), "--max-tiles", "6",
+           *options]
+    build = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, build.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_onnx_engines(tmp_path_factory) -> Path:
+    """The demo model's ONNX engines (no TensorRT), exported once per session (~1 min of CPU)."""
+    return export_demo(tmp_path_factory.mktemp("demo") / "engines", "--trt", "off")
 
 
 @pytest.fixture(scope="session")
