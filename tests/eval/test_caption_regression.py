@@ -77,11 +77,13 @@ def tensorrt_reason() -> str | None:
 
 @pytest.mark.gpu
 @pytest.mark.slow
-def test_trt_backend_meets_the_baseline(torch_captions, tmp_path):
+def test_trt_backend_meets_the_baseline(request, tmp_path):
     """Runs where TensorRT (or TensorRT-RTX on a GPU it targets) and an NVIDIA GPU exist; skipped elsewhere."""
     if reason := tensorrt_reason():
         pytest.skip(f"trt backend cannot run here: {reason}")
     from ivl_ros.model.engine import VisionLanguageEngine
+
+    torch_captions = request.getfixturevalue("torch_captions")
 
     engines = export_demo(tmp_path / "engines", "--trt", "auto")
     trt_captions = caption_set(VisionLanguageEngine.load(DEMO, backend="trt", engines_path=engines))
