@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 TEST_DATA = REPO / "tests" / "data"  # real third-party files, origins and licences in each SOURCES.md
 DEMO = REPO / "models" / "ivl-demo"  # the embedded demo captioner, committed with the code
+REGRESSION = TEST_DATA / "caption_regression"  # 16 held-out frames of the demo model's data, with references
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
@@ -72,6 +74,16 @@ def export_demo(out: Path, *options: str) -> Path:
 def demo_onnx_engines(tmp_path_factory) -> Path:
     """The demo model's ONNX engines (no TensorRT), exported once per session (~1 min of CPU)."""
     return export_demo(tmp_path_factory.mktemp("demo") / "engines", "--trt", "off")
+
+
+@pytest.fixture(scope="session")
+def demo_torch_answers() -> dict:
+    """The demo model's answers on the caption regression frames (torch, CPU, float32): image id -> Answer."""
+    from ivl_ros.model.engine import VisionLanguageEngine
+
+    engine = VisionLanguageEngine.load(DEMO)
+    images = json.loads((REGRESSION / "captions.json").read_text())["images"]
+    return {im["id"]: engine.caption(REGRESSION / "images" / im["file_name"]) for im in images}
 
 
 @pytest.fixture(scope="session")

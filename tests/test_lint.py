@@ -20,6 +20,7 @@ def test_ruff_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_model_core_type_checks():
     """basedpyright (pyright with its node runtime bundled, so it works offline), basic mode, on ivl_ros/model."""
     checker = shutil.which("basedpyright", path=str(Path(sys.executable).parent)) or shutil.which("basedpyright")

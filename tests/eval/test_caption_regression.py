@@ -12,12 +12,14 @@ import shutil
 import pytest
 
 from ivl_ros.eval.regression import check_caption_regression
-from tests.conftest import DEMO, REPO, cuda_gpu_reason, export_demo
+from tests.conftest import DEMO, REGRESSION, cuda_gpu_reason, export_demo
 
-REGRESSION = REPO / "tests" / "data" / "caption_regression"
 TOLERANCE = 0.10  # absolute CIDEr; the CPU float32 run is deterministic, this absorbs other CPUs' rounding
 
-pytestmark = pytest.mark.skipif(not (DEMO / "config.json").is_file(), reason="models/ivl-demo is not in this checkout")
+pytestmark = [
+    pytest.mark.slow,  # the demo model on 16 frames, per backend (minutes on 2 cores)
+    pytest.mark.skipif(not (DEMO / "config.json").is_file(), reason="models/ivl-demo is not in this checkout"),
+]
 
 
 def _images() -> list[dict]:
@@ -34,10 +36,8 @@ def verdict(captions: dict[int, str]):
 
 
 @pytest.fixture(scope="module")
-def torch_captions() -> dict[int, str]:
-    from ivl_ros.model.engine import VisionLanguageEngine
-
-    return caption_set(VisionLanguageEngine.load(DEMO))
+def torch_captions(demo_torch_answers) -> dict[int, str]:
+    return {image_id: answer.answer for image_id, answer in demo_torch_answers.items()}
 
 
 def test_torch_backend_meets_the_baseline(torch_captions):

@@ -10,10 +10,8 @@ import json
 
 import pytest
 
-from tests.conftest import DEMO, REPO
+from tests.conftest import DEMO, REGRESSION
 from tests.export.conftest import build, copy_engines
-
-REGRESSION = REPO / "tests" / "data" / "caption_regression"
 
 # Measured on the demo model, on the 16 held-out frames of tests/data/caption_regression, against the torch fp32
 # greedy captions (CPU, onnxruntime 1.x, see the report of issue 16): int8 10/16 captions identical, positional
@@ -43,10 +41,8 @@ def _captions(engine) -> dict[int, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def demo_fp32_tokens() -> dict[int, list[int]]:
-    from ivl_ros.model.engine import VisionLanguageEngine
-
-    return _captions(VisionLanguageEngine.load(DEMO))
+def demo_fp32_tokens(demo_torch_answers) -> dict[int, list[int]]:
+    return {image_id: answer.token_ids for image_id, answer in demo_torch_answers.items()}
 
 
 @pytest.mark.slow
