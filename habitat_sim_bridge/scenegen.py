@@ -384,13 +384,18 @@ def follow_waypoints(
     ]
 
 
+def _footprint_distance(obj: PlacedObject, xs, zs):
+    """Floor distance from world points (``xs``, ``zs``: floats or arrays) to ``obj``'s footprint, 0 inside it."""
+    x0, x1, z0, z1 = obj.footprint()
+    return np.hypot(np.maximum(np.maximum(x0 - xs, xs - x1), 0), np.maximum(np.maximum(z0 - zs, zs - z1), 0))
+
+
 def _view_cells(scene: GeneratedScene, obj: PlacedObject, reach: np.ndarray, max_dist: float = 1.0) -> set:
     g = scene.navgrid
     rows, cols = np.nonzero(reach)
     xs = g.origin[0] + cols * g.cell
     zs = g.origin[1] + rows * g.cell
-    x0, x1, z0, z1 = obj.footprint()
-    dist = np.hypot(np.maximum(np.maximum(x0 - xs, xs - x1), 0), np.maximum(np.maximum(z0 - zs, zs - z1), 0))
+    dist = _footprint_distance(obj, xs, zs)
     return {(int(r), int(c)) for r, c, dd in zip(rows, cols, dist, strict=True) if dd <= max_dist}
 
 
@@ -441,8 +446,10 @@ def make_objectnav_episodes(scene: GeneratedScene, scene_id: str, rng: np.random
         if path is None or len(path) < 12:  # at least ~1 m to walk, so episodes are not trivial
             continue
         waypoints = scene.navgrid.path_to_waypoints(path)
-        end = path[-1]
-        nearest = min(targets, key=lambda o: end in views[o.instance_id] and 0 or 1)
+        # The goal the path ends at: the path stops at the first cell within view distance of any target, so
+        # the target whose footprint is nearest that cell is the one it reached (ties: the lower instance id).
+        end_x, _, end_z = scene.navgrid.to_world(path[-1])
+        nearest = min(targets, key=lambda o: (float(_footprint_distance(o, end_x, end_z)), o.instance_id))
         start_yaw = float(rng.uniform(-math.pi, math.pi))
         final_yaw = yaw_towards(waypoints[-1], nearest.center)
         points = follow_waypoints(waypoints, start_yaw, final_yaw)

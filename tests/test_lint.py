@@ -1,4 +1,4 @@
-"""The code base stays `ruff` clean (ruff.toml)."""
+"""The code base stays `ruff` clean (ruff.toml) and the model core type-checks (pyrightconfig.json)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,14 @@ def test_ruff_clean():
         pytest.skip("ruff is not installed (requirements/dev.txt)")
     proc = subprocess.run([ruff, "check", "--quiet", "."], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_model_core_type_checks():
+    """basedpyright (pyright with its node runtime bundled, so it works offline), basic mode, on ivl_ros/model."""
+    checker = shutil.which("basedpyright", path=str(Path(sys.executable).parent)) or shutil.which("basedpyright")
+    if checker is None:
+        pytest.skip("basedpyright is not installed (requirements/dev.txt)")
+    proc = subprocess.run([checker, "--pythonpath", sys.executable, "--project", str(REPO / "pyrightconfig.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         loaded = _load(args, Path(tmp))
     device = next(loaded.model.parameters()).device
-    model_name = args.random_init and f"{args.random_init} (random weights)" or args.model.resolve().name
+    model_name = f"{args.random_init} (random weights)" if args.random_init else args.model.resolve().name
     plain = VisionLanguageEngine(TorchBackend(loaded), loaded.tokenizer, loaded.spec, model_id=model_name)
     work = make_workload(plain, cfg)
     import transformers

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from safetensors import safe_open
@@ -33,12 +34,15 @@ from ivl_ros.model.spec import (
 )
 from ivl_ros.model.tokenizer import InternLM2Tokenizer
 
+if TYPE_CHECKING:
+    from transformers import InternVLForConditionalGeneration, PreTrainedConfig
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTENTION = ("exact", "eager", "sdpa")
 
 
 def hf_config_from_upstream(config: dict, spec: ModelSpec):
-    """Build the transformers InternVLConfig equivalent to an upstream config (rules in notes)."""
+    """Build the transformers InternVLConfig that computes the same function as an upstream config."""
     from transformers import InternVLConfig, InternVLVisionConfig, LlamaConfig
 
     vision, llm = config["vision_config"], config["llm_config"]
@@ -52,7 +56,8 @@ def hf_config_from_upstream(config: dict, spec: ModelSpec):
         layer_norm_eps=vision.get("layer_norm_eps", 1e-6), hidden_act=act,
         # "mean pooling" true means: no final LayerNorm after the last layer, as upstream.
         use_mean_pooling=True, layer_scale_init_value=vision.get("initializer_factor", 1.0),
-        attention_dropout=0.0, projection_dropout=0.0, hidden_dropout_prob=0.0, drop_path_rate=0.0)
+        attention_dropout=0.0, projection_dropout=0.0, hidden_dropout_prob=0.0,
+        drop_path_rate=0.0)  # pyright: ignore[reportCallIssue]  (an extra config attribute, kept as given)
     rope = llm.get("rope_scaling")
     text_cfg = LlamaConfig(
         hidden_size=llm["hidden_size"], num_hidden_layers=llm["num_hidden_layers"],
@@ -60,8 +65,9 @@ def hf_config_from_upstream(config: dict, spec: ModelSpec):
         num_key_value_heads=llm.get("num_key_value_heads", llm["num_attention_heads"]),
         intermediate_size=llm["intermediate_size"], vocab_size=llm["vocab_size"],
         max_position_embeddings=llm.get("max_position_embeddings", 32768), rms_norm_eps=llm.get("rms_norm_eps", 1e-6),
-        rope_theta=llm.get("rope_theta", 10000.0),
-        rope_scaling={"type": rope["type"], "factor": rope["factor"]} if rope else None,
+        # Legacy names, not in the signature: transformers 5 folds them into rope_parameters.
+        rope_theta=llm.get("rope_theta", 10000.0),  # pyright: ignore[reportCallIssue]
+        rope_scaling={"type": rope["type"], "factor": rope["factor"]} if rope else None,  # pyright: ignore[reportCallIssue]
         hidden_act=llm.get("hidden_act", "silu"), attention_bias=bool(llm.get("bias", False)), mlp_bias=False,
         tie_word_embeddings=False, bos_token_id=llm.get("bos_token_id", 1), eos_token_id=llm.get("eos_token_id", 2),
         pad_token_id=llm.get("pad_token_id", 2))
@@ -210,7 +216,9 @@ def unconvert_state_dict(tensors: dict[str, torch.Tensor], hf_config) -> dict[st
     """transformers names -> upstream names (the inverse of :func:`convert_state_dict`, same table)."""
     out: dict[str, torch.Tensor] = {}
     for name in upstream_names(hf_config):
-        targets, fused = map_upstream_key(name)
+        rule = map_upstream_key(name)
+        assert rule is not None, f"{name}: upstream_names lists a name the key table has no rule for"
+        targets, fused = rule
         parts = [tensors[t] for t in targets]
         out[name] = fused.join(parts, hf_config) if fused else parts[0]
     return out
@@ -280,7 +288,7 @@ def attention_settings(attention: str) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
+    model: InternVLForConditionalGeneration
     tokenizer: InternLM2Tokenizer
     spec: ModelSpec
     layout: str
@@ -314,7 +322,7 @@ def load_config_and_spec(path: str | Path):
         from transformers import InternVLConfig
 
         hf_config = InternVLConfig.from_pretrained(path)
-    vocab = hf_config.text_config.vocab_size
+    vocab = cast("PreTrainedConfig", hf_config.text_config).vocab_size
     if tokenizer.vocab_size > vocab:
         raise CheckpointError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size "
                               f"is {vocab}")
@@ -341,12 +349,13 @@ def load_model(path: str | Path, device: str = "cpu", dtype: str | torch.dtype =
         tensors = convert_state_dict(read_tensors(weight_files(path)), hf_config, str(path))
         model = _build_from_state_dict(hf_config, tensors, torch_dtype, torch_device, attn, path)
     else:
-        model, info = InternVLForConditionalGeneration.from_pretrained(
+        with_info = InternVLForConditionalGeneration.from_pretrained(
             path, dtype=torch_dtype, attn_implementation=attn, output_loading_info=True)
+        model, info = cast("tuple[InternVLForConditionalGeneration, dict]", with_info)
         problems = info.get("missing_keys") or info.get("unexpected_keys") or info.get("mismatched_keys")
         if problems:
             raise CheckpointError(f"{path}: weights do not match the config: {sorted(problems)[:5]}")
-        model.to(torch_device)
+        model.to(torch_device)  # pyright: ignore[reportArgumentType]  (transformers' wrapped .to() signature)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, layout=layout, path=path)
 

@@ -139,10 +139,12 @@ class VisionLanguageEngine:
         tiles = [p.pixel_values for p in prepared if p.pixel_values is not None]
         pixel_values = np.concatenate(tiles) if tiles else None
 
-        on_step = None
+        on_step: Callable[[list[list[int]]], None] | None = None
         if on_text is not None:
-            def on_step(outputs: list[list[int]]) -> None:
+            def stream_text(outputs: list[list[int]]) -> None:
                 on_text(cut_response(self.tokenizer.decode(outputs[0])))
+
+            on_step = stream_text
 
         with self._lock:
             start = time.perf_counter()

@@ -56,9 +56,11 @@ CAPTION_SETTINGS = GenerationSettings(max_new_tokens=30, min_new_tokens=8)
 class DecoderSession(Protocol):
     def prefill(self) -> np.ndarray:
         """Run the prompt; return float32 logits of the last position, shape (batch, vocab)."""
+        ...
 
     def step(self, next_ids: np.ndarray) -> np.ndarray:
         """Append one token per row (shape (batch,)); return the next logits (batch, vocab)."""
+        ...
 
     # Optional: ``generate(settings, eos_id, pad_id) -> list[list[int]]`` with exactly :func:`generate`'s
     # result, for sessions that decode on their device; the engine uses it when no streaming is asked.

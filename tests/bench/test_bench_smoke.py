@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ivl_ros.bench.command import main
 
 
+@pytest.mark.slow
 def test_bench_runs_on_cpu_and_writes_results(tmp_path, capsys):
     argv = ["--random-init", "tiny", "--device", "cpu", "--backends", "hf-baseline,torch,torch-fast,onnx",
             "--tiles", "1,3", "--decode-tokens", "4", "--decode-batch", "2", "--warmup", "0", "--reps", "1",

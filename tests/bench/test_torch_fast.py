@@ -19,6 +19,7 @@ def _frame(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (240, 320, 3), dtype=np.uint8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [
     GenerationSettings(max_new_tokens=40),
     GenerationSettings(max_new_tokens=30, min_new_tokens=8),
@@ -44,6 +45,7 @@ def test_greedy_tokens_identical_batch_with_padding(engines, sample_frame):
     assert [x.token_ids for x in b] == [x.token_ids for x in a]
 
 
+@pytest.mark.slow
 def test_stop_token_ends_rows_and_check_interval_does_not_matter(engines, sample_frame):
     plain, fast = engines
     settings = GenerationSettings(max_new_tokens=40)

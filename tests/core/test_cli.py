@@ -23,6 +23,7 @@ def run_ivl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ivl_ros.cli", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_ask_json_contract_subprocess(tiny_checkpoint, frame_file, tiny_engine):
     proc = run_ivl("ask", "--model", str(tiny_checkpoint), "--image", str(frame_file), "--question", "What is ahead?",
                    "--max-tiles", "6", "--max-new-tokens", "16", "--json")

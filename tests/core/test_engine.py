@@ -7,6 +7,9 @@ import pytest
 
 from ivl_ros.errors import ImageError, OptionError
 from ivl_ros.model.engine import GenerationSettings
+from tests.conftest import REPO
+
+DEMO = REPO / "models" / "ivl-demo"  # the embedded demo captioner, committed with the code
 
 SHORT = GenerationSettings(max_new_tokens=12)
 
@@ -22,13 +25,26 @@ def test_caption_defaults_follow_upstream_eval(tiny_engine, sample_frame):
     assert n_ctx == grid_tiles * tiny_engine.spec.tokens_per_tile
 
 
-def test_stops_on_im_end_and_reports_it(tiny_engine, sample_frame):
-    eos = tiny_engine.eos_id
-    for question in ["What is ahead?", "Hi", "Describe the room.", "Is there a chair?", "Go", "Where?"]:
+QUESTIONS = ["What is ahead?", "Hi", "Describe the room.", "Is there a chair?", "Go", "Where?"]
+
+
+def test_stops_on_im_end_and_reports_it(sample_frame):
+    """The trained demo model ends its answers with <|im_end|> (the random tiny model never does): generation
+    stops there, well before the cap, and the stop token is the last id reported."""
+    from ivl_ros.model.engine import VisionLanguageEngine
+
+    demo = VisionLanguageEngine.load(DEMO)
+    for question in QUESTIONS:
+        answer = demo.ask(sample_frame, question, settings=GenerationSettings(max_new_tokens=40))
+        assert len(answer.token_ids) < 40 and answer.token_ids[-1] == demo.eos_id, (question, answer.token_ids)
+        assert demo.eos_id not in answer.token_ids[:-1]
+        assert answer.answer and "<|im_end|>" not in answer.answer
+
+
+def test_without_a_stop_token_the_answer_runs_to_the_cap(tiny_engine, sample_frame):
+    for question in QUESTIONS:
         answer = tiny_engine.ask(sample_frame, question, settings=GenerationSettings(max_new_tokens=40))
-        assert eos not in answer.token_ids[:-1]
-        if len(answer.token_ids) < 40:
-            assert answer.token_ids[-1] == eos
+        assert len(answer.token_ids) == 40 and tiny_engine.eos_id not in answer.token_ids
 
 
 def test_min_new_tokens_masks_the_stop_token(tiny_engine, sample_frame):

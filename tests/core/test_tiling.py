@@ -19,7 +19,8 @@ from ivl_ros.model.tiling import (
     tile_image,
 )
 
-# (size, max 6 -> (cols, rows, tiles), max 12 -> (cols, rows, tiles)); tile 448 (notes, "Worked examples").
+# (size, max 6 -> (cols, rows, tiles), max 12 -> (cols, rows, tiles)); tile 448. Written down from upstream's
+# dynamic_preprocess run on these sizes, not from our tiler.
 WORKED = [
     ((640, 480), (3, 2, 7), (4, 3, 13)),
     ((1280, 720), (2, 1, 3), (4, 2, 9)),

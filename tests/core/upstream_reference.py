@@ -1,8 +1,12 @@
 """An independent plain-torch reference of upstream InternVL2's forward pass, on upstream tensor names.
 
-Written from the description of upstream's math (../shared/notes/internvl2.md §2-3), not from the
-project's converter, so that the converter's key table and wqkv split are checked against something
-other than themselves. fp32, eager, no cache: it returns the logits of every position.
+Written from a description of upstream's math, not from the project's converter, so that the converter's key
+table and wqkv split are checked against something other than themselves: InternViT (pre-norm layers with per-channel
+layer scale, one fused qkv, no final LayerNorm, CLS token dropped), pixel shuffle v2 (output token (i, j) stacks input
+tokens (2i, 2j), (2i, 2j+1), (2i+1, 2j), (2i+1, 2j+1)), the LayerNorm-Linear-GELU-Linear projector, and InternLM2
+(RMSNorm in float32, SwiGLU, rotate-half RoPE, and a fused wqkv grouped per KV head: (kv_heads, groups + 2,
+head_dim) with the group's query heads first, then its key, then its value, so a plain [Q|K|V] split is wrong).
+fp32, eager, no cache: it returns the logits of every position.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Eval fixtures: shared real data (skipped when absent), small generated image sets and a fake engine."""
+"""Eval fixtures: real COCO and nlg-eval files from tests/data, small generated image sets and a fake engine."""
 
 from __future__ import annotations
 
@@ -9,29 +9,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import SHARED_DATA
-
-COCO_SAMPLE = SHARED_DATA / "coco_sample"
-NLGEVAL = SHARED_DATA / "nlgeval"
-
-
-def require_dir(path: Path, files: tuple[str, ...] = ()) -> Path:
-    """Skip (with the reason) when a shared data folder of a full checkout is not there."""
-    if not path.is_dir() or any(not (path / f).is_file() for f in files):
-        pytest.skip(f"shared data folder {path} (with {', '.join(files) or 'its files'}) is absent; "
-                    "it exists only next to the project checkout")
-    return path
+from tests.conftest import TEST_DATA
 
 
 @pytest.fixture
 def coco_sample() -> Path:
-    return require_dir(COCO_SAMPLE, ("captions.json", "COCO_val2014_000000184321.png",
-                                     "COCO_val2017_000000324158.png"))
+    """2 real COCO images with captions.json, and two 1000-caption results files (tests/data/coco_sample)."""
+    return TEST_DATA / "coco_sample"
 
 
 @pytest.fixture
 def nlgeval() -> Path:
-    return require_dir(NLGEVAL, ("hyp.txt", "ref1.txt", "ref2.txt"))
+    """nlg-eval's example hyp.txt, ref1.txt, ref2.txt (tests/data/nlgeval)."""
+    return TEST_DATA / "nlgeval"
 
 
 # Four tiny images with distinct reference captions: enough for CIDEr's IDF to be non-trivial.

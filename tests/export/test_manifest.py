@@ -19,10 +19,35 @@ from tests.conftest import REPO
 from tests.export.conftest import build, copy_engines
 
 
-def test_fingerprint_equals_checkpoint_hash(tiny_checkpoint):
-    from ivl_ros.model.checkpoint import checkpoint_hash
+def test_fingerprint_follows_weights_and_config_not_the_folder(tiny_checkpoint, tmp_path):
+    """Engines stay valid when the checkpoint folder moves or gains notes; any weight or config edit voids them."""
+    import shutil
 
-    assert checkpoint_fingerprint(tiny_checkpoint) == checkpoint_hash(tiny_checkpoint)
+    from safetensors.numpy import load_file, save_file
+
+    from ivl_ros.errors import CheckpointError
+
+    original = checkpoint_fingerprint(tiny_checkpoint)
+    moved = shutil.copytree(tiny_checkpoint, tmp_path / "moved" / "somewhere-else")
+    (moved / "NOTES.md").write_text("a note next to the weights\n")
+    assert checkpoint_fingerprint(moved) == original
+
+    weights = shutil.copytree(tiny_checkpoint, tmp_path / "one-weight-changed")
+    tensors = load_file(weights / "model.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].copy()
+    tensors[name].flat[0] += 1.0
+    save_file(tensors, weights / "model.safetensors", metadata={"format": "pt"})
+    assert checkpoint_fingerprint(weights) != original
+
+    config = shutil.copytree(tiny_checkpoint, tmp_path / "config-changed")
+    cfg = json.loads((config / "config.json").read_text())
+    cfg["max_dynamic_patch"] = cfg.get("max_dynamic_patch", 12) + 1
+    (config / "config.json").write_text(json.dumps(cfg))
+    assert checkpoint_fingerprint(config) != original
+
+    with pytest.raises(CheckpointError, match="no config.json"):
+        checkpoint_fingerprint(tmp_path / "moved")
 
 
 def test_engines_from_another_checkpoint_are_refused(engines_dir, tmp_path):

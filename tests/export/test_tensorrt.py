@@ -43,6 +43,7 @@ def test_direct_build_reuses_the_timing_cache(engines_dir, tmp_path):
     assert second["engine_bytes"] > 0 and second["profile"]["max"] == 3
 
 
+@pytest.mark.gpu
 def test_trt_backend_runs_where_a_supported_gpu_exists(tiny_checkpoint, engines_dir, onnx_engine, sample_frame):
     _rtx()
     from ivl_ros.model.engine import VisionLanguageEngine

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -35,6 +36,7 @@ def test_loss_goes_down_and_outputs(trained_run):
     assert adapter["r"] == 8 and adapter["lora_dropout"] == 0.05
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_checkpoint, mixed_data):
     from finetune.lora import main
 

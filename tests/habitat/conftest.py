@@ -1,4 +1,4 @@
-"""Shared skips and paths for the habitat bridge tests."""
+"""Skips and paths for the habitat bridge tests."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "habitat"
+from tests.conftest import TEST_DATA
 
 
 def _mesh_reason() -> str | None:
@@ -23,7 +23,6 @@ def needs_osmesa() -> None:
 
 
 @pytest.fixture(scope="session")
-def shared_habitat() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"shared Habitat data not found at {SHARED} (a fresh clone does not have ../shared/data)")
-    return SHARED
+def habitat_data() -> Path:
+    """Real habitat-lab / habitat-sim files (tests/data/habitat): a recorded trajectory, a render, a z-up scene."""
+    return TEST_DATA / "habitat"

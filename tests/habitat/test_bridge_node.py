@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from tests.ros_env import allocate_domain, default_ros_env
 
 BRIDGE_NODE = [sys.executable, "-m", "habitat_sim_bridge.node", "--ros-args"]
 LISTEN = Path(__file__).parent / "procs" / "listen.py"
+
+pytestmark = pytest.mark.ros
 
 
 @functools.cache
@@ -79,15 +82,15 @@ def _check_common(got: dict, n: int) -> None:
         assert m["encoding"] == "rgb8" and m["step"] == m["w"] * 3 and m["bytes"] == m["h"] * m["step"]
 
 
-def test_real_trajectory_replays_through_node(tmp_path, shared_habitat):
-    traj = json.loads((shared_habitat / "habitat-sim_trajectory_data.json").read_text())
+def test_real_trajectory_replays_through_node(tmp_path, habitat_data):
+    traj = json.loads((habitat_data / "habitat-sim_trajectory_data.json").read_text())
     n = len(traj["positions"])
     got = _run(
         tmp_path,
         [
             "source:=trajectory",
-            f"trajectory:={shared_habitat / 'habitat-sim_trajectory_data.json'}",
-            f"images:=['{shared_habitat / 'van-gogh-room.color.png'}']",
+            f"trajectory:={habitat_data / 'habitat-sim_trajectory_data.json'}",
+            f"images:=['{habitat_data / 'van-gogh-room.color.png'}']",
         ],
         expected=n,
     )
@@ -95,8 +98,10 @@ def test_real_trajectory_replays_through_node(tmp_path, shared_habitat):
     assert got["depth"] == []  # recorded stills have no depth; nothing fake is published
     assert {(m["w"], m["h"]) for m in got["rgb"]} == {(320, 240)}
     assert got["info"][0]["k"][0] == pytest.approx(160.0)  # hfov 90 at 320 px
-    assert got["odom"][0]["type"] in ("Odometry", "PoseStamped")
-    if got["odom"][0]["type"] == "Odometry":
+    # nav_msgs/Odometry where its wheel is installed (requirements/habitat.txt), else geometry_msgs/PoseStamped
+    odom_type = "Odometry" if importlib.util.find_spec("nav_msgs") else "PoseStamped"
+    assert {m["type"] for m in got["odom"]} == {odom_type}
+    if odom_type == "Odometry":
         assert {m["child"] for m in got["odom"]} == {"base_link"}
     # Habitat (x, y, z) -> ROS map (-z, -x, y), for every step of the real trajectory
     for m, p in zip(got["odom"], traj["positions"], strict=True):
@@ -117,7 +122,7 @@ def test_actions_and_cmd_vel_move_the_agent(tmp_path, needs_osmesa):
     env = _env()
     out = tmp_path / "teleop.json"
     teleop = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "procs" / "teleop.py"), str(out), "40"],
+        [sys.executable, str(Path(__file__).parent / "procs" / "teleop.py"), str(out), "40", "2"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -161,13 +166,19 @@ def test_actions_and_cmd_vel_move_the_agent(tmp_path, needs_osmesa):
     assert node.returncode == 0, node_out
     assert "Traceback" not in node_out, node_out
     r = json.loads(out.read_text())
-    turn1, turn2, fwd, spun = r["after_turn"], r["after_turn2"], r["after_forward"], r["after_twist"]
+    for step in ("after_turn", "after_turn2", "before_forward", "after_forward", "after_twist"):
+        assert r.get(step) is not None, f"no odometry showed the effect of {step}: {r}"
+    turn1, turn2, before, fwd, spun = (r[k] for k in ("after_turn", "after_turn2", "before_forward",
+                                                       "after_forward", "after_twist"))
     assert turn2[:2] == pytest.approx(turn1[:2], abs=1e-6)  # turning keeps the position
     dyaw = (turn2[2] - turn1[2] + 3.14159) % 6.28318 - 3.14159
     assert dyaw == pytest.approx(0.1745, abs=1e-3)  # 10 degrees
-    moved = ((fwd[0] - turn2[0]) ** 2 + (fwd[1] - turn2[1]) ** 2) ** 0.5
-    assert moved == pytest.approx(0.25, abs=1e-4) or moved == 0.0  # 0 only if the step was blocked
-    assert abs((spun[2] - fwd[2] + 3.14159) % 6.28318 - 3.14159) > 0.05  # cmd_vel angular.z turns the agent
+    # facing a navigable cell 0.25 m ahead (the teleop turned until it did), move_forward steps exactly there
+    moved = ((fwd[0] - before[0]) ** 2 + (fwd[1] - before[1]) ** 2) ** 0.5
+    assert moved == pytest.approx(0.25, abs=1e-4)
+    assert fwd[2] == pytest.approx(before[2], abs=1e-6)  # and keeps the heading
+    assert spun[:2] == pytest.approx(fwd[:2], abs=1e-6)  # cmd_vel angular.z turns in place
+    assert abs((spun[2] - fwd[2] + 3.14159) % 6.28318 - 3.14159) > 0.2
 
 
 def test_node_reports_bad_setup_without_traceback():

@@ -11,6 +11,9 @@ from habitat_sim_bridge import captions as cap
 from habitat_sim_bridge.episodes import load_episodes, write_json
 from habitat_sim_bridge.geometry import quat_from_yaw, yaw_from_quat
 from habitat_sim_bridge.scenegen import (
+    GeneratedScene,
+    PlacedObject,
+    build_navgrid,
     export_scene,
     generate_scene,
     make_objectnav_episodes,
@@ -55,6 +58,39 @@ def test_objectnav_episodes_load_back_with_our_loader(tmp_path):
             assert scene.navgrid.is_free(a.position)
 
 
+def test_objectnav_names_the_goal_instance_the_path_ends_at():
+    """Two plants in opposite corners: each episode's closest goal is the plant its path ends beside, and the
+    agent's last pose faces that plant (not always the first plant of the scene)."""
+    plants = [
+        PlacedObject(10, "plant", "green", [-2.4, 0.0, -1.9], 0.0, (0.5, 1.0, 0.5)),
+        PlacedObject(11, "plant", "green", [2.4, 0.0, 1.9], 0.0, (0.5, 1.0, 0.5)),
+    ]
+    scene = GeneratedScene("two_plants", "living room", 6.0, 5.0, "white", "wooden", plants, [],
+                           build_navgrid(6.0, 5.0, plants))
+
+    def floor_distance(obj: PlacedObject, position: list[float]) -> float:  # point to axis-aligned square
+        half = obj.size[0] / 2
+        dx = max(abs(position[0] - obj.position[0]) - half, 0.0)
+        dz = max(abs(position[2] - obj.position[2]) - half, 0.0)
+        return math.hypot(dx, dz)
+
+    eps, _ = make_objectnav_episodes(scene, "gen/two_plants.glb", np.random.default_rng(5), 12)
+    assert len(eps) == 12
+    named = []
+    for ep in eps:
+        last = ep["shortest_paths"][0][-1]
+        goal_id = ep["info"]["closest_goal_object_id"]
+        by_id = {o.instance_id: o for o in plants}
+        dist = {i: floor_distance(o, last["position"]) for i, o in by_id.items()}
+        assert dist[goal_id] <= 1.0 + 1e-6 and dist[goal_id] == min(dist.values()), (goal_id, dist)
+        goal = by_id[goal_id]
+        to_goal = math.atan2(-(goal.position[0] - last["position"][0]), -(goal.position[2] - last["position"][2]))
+        off = (yaw_from_quat(last["rotation"]) - to_goal + math.pi) % (2 * math.pi) - math.pi
+        assert abs(off) < math.radians(15), f"episode {ep['episode_id']} ends facing {math.degrees(off):.0f} deg off"
+        named.append(goal_id)
+    assert set(named) == {10, 11}  # both plants are reached, so the choice between them is exercised
+
+
 @pytest.fixture(scope="module")
 def rendered(needs_osmesa, tmp_path_factory):
     from habitat_sim_bridge.sources.mesh import MeshSource
@@ -96,10 +132,10 @@ def test_mesh_frames_look_like_rooms(rendered):
     assert len(seen) >= min(3, len({o.category for o in scene.objects}))
 
 
-def test_simple_room_z_up_asset(needs_osmesa, shared_habitat):
+def test_simple_room_z_up_asset(needs_osmesa, habitat_data):
     from habitat_sim_bridge.sources.mesh import MeshSource
 
-    with MeshSource(shared_habitat / "simple_room.glb", width=80, height=60, up="z") as src:
+    with MeshSource(habitat_data / "simple_room.glb", width=80, height=60, up="z") as src:
         f = src.render([0.0, 0.0, 0.0], quat_from_yaw(0.0))
     # z-up turned y-up: the floor is below the camera, so the bottom rows hit geometry
     assert (f.depth[-5:] > 0).all()

@@ -77,9 +77,9 @@ def test_replay_dir(tmp_path):
         ReplaySource.from_dir(tmp_path)
 
 
-def test_real_trajectory_replay(shared_habitat):
+def test_real_trajectory_replay(habitat_data):
     src = ReplaySource.from_trajectory(
-        shared_habitat / "habitat-sim_trajectory_data.json", [shared_habitat / "van-gogh-room.color.png"]
+        habitat_data / "habitat-sim_trajectory_data.json", [habitat_data / "van-gogh-room.color.png"]
     )
     assert len(src) == 58 and src.frame(0).rgb.shape == (240, 320, 3)
     assert src.poses[1].action == "move_forward"

@@ -23,6 +23,7 @@ class Backend(Protocol):
     def session(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                 pixel_values: np.ndarray | None) -> DecoderSession:
         """A decoding session for a left-padded batch; ``pixel_values`` holds every row's tiles in row order."""
+        ...
 
 
 def check_backend_name(name: str) -> str:

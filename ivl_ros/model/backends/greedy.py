@@ -30,7 +30,7 @@ class GreedyState:
     eos: torch.Tensor        # (1,)
     pad: torch.Tensor        # (1,)
     eos_mask: torch.Tensor   # (1, V) bool, True at the stop token
-    graph: object | None = None
+    graph: torch.cuda.CUDAGraph | None = None
     mode: str = "eager"
     # Captured prefills of this state's cache, keyed by (prompt length, no padding): see torch_fast.
     prefills: dict = field(default_factory=dict)

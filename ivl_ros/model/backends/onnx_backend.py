@@ -8,7 +8,7 @@ a KV cache carried between steps (kept on the device with I/O binding under CUDA
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -54,6 +54,7 @@ class VisionRunner(Protocol):
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         """(tiles, 3, S, S) float32 -> (tiles, tokens, hidden) float32, tiles <= max_batch."""
+        ...
 
 
 class OrtVision:
@@ -64,7 +65,8 @@ class OrtVision:
         self.max_batch = max_batch
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output], {self.input: np.ascontiguousarray(pixel_values, np.float32)})[0]
+        return cast(np.ndarray, self.session.run([self.output], {self.input: np.ascontiguousarray(pixel_values,
+                                                                                             np.float32)})[0])
 
 
 class OrtDecoder:
@@ -139,6 +141,7 @@ class ExportedSession:
     def step(self, next_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(next_ids, dtype=np.int64)[:, None]
         self.mask = np.concatenate([self.mask, np.ones((self.mask.shape[0], 1), np.int64)], axis=1)
+        assert self.positions is not None, "prefill() first"
         self.positions = self.positions[:, -1:] + 1
         logits, self.past = self.backend.decoder.forward(self.backend.embedding[ids], self.mask, self.positions,
                                                          self.past)

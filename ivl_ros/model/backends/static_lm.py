@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import InternVLForConditionalGeneration
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 
 def _fuse(linears: list[nn.Linear]) -> tuple[nn.Parameter, nn.Parameter | None]:
@@ -35,7 +40,7 @@ def _fuse(linears: list[nn.Linear]) -> tuple[nn.Parameter, nn.Parameter | None]:
     return nn.Parameter(weight, requires_grad=False), (None if bias is None else nn.Parameter(bias, False))
 
 
-def rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, norm: LlamaRMSNorm) -> torch.Tensor:
     # Same operation order as LlamaRMSNorm so that fp32 results match the plain path.
     dtype = x.dtype
     h = x.float()
@@ -79,7 +84,9 @@ class KVCache:
 class StaticLM(nn.Module):
     """Prefill and single-token decode of the language model over a :class:`KVCache`."""
 
-    def __init__(self, model: nn.Module) -> None:
+    inv_freq: torch.Tensor  # a buffer (register_buffer below)
+
+    def __init__(self, model: InternVLForConditionalGeneration) -> None:
         super().__init__()
         lm = model.model.language_model
         cfg = lm.config

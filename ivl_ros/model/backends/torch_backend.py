@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import numpy as np
 import torch
 
@@ -9,6 +11,9 @@ from ivl_ros.errors import OptionError
 from ivl_ros.model.checkpoint import LoadedModel
 from ivl_ros.model.compat import cache_kwargs
 from ivl_ros.model.generation import upstream_position_ids
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 
 class TorchSession:
@@ -24,7 +29,7 @@ class TorchSession:
         self.prefill_positions = torch.from_numpy(upstream_position_ids(mask)).to(dev)
         self.pixel_values = pixel_values
         self.cache = None
-        self.positions = None
+        self.positions: torch.Tensor | None = None
 
     @torch.inference_mode()
     def prefill(self) -> np.ndarray:
@@ -37,6 +42,7 @@ class TorchSession:
         ids = torch.from_numpy(np.asarray(next_ids, dtype=np.int64)).to(self.backend.device)[:, None]
         embeds = self.backend.language_model.embed_tokens(ids)
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
+        assert self.positions is not None, "prefill() first"
         self.positions = self.positions[:, -1:] + 1
         return self._forward(embeds, self.positions)
 
@@ -44,7 +50,7 @@ class TorchSession:
         from transformers import DynamicCache
 
         if self.cache is None:
-            self.cache = DynamicCache(config=self.backend.model.config.text_config)
+            self.cache = DynamicCache(config=cast("PreTrainedConfig", self.backend.model.config.text_config))
         lm = self.backend.language_model
         out = lm(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions,
                  use_cache=True, **cache_kwargs(lm, self.cache))
@@ -68,7 +74,7 @@ class TorchBackend:
         """ViT + pixel shuffle + projector: (tiles, 3, S, S) -> (tiles, tokens_per_tile, hidden)."""
         pv = torch.as_tensor(pixel_values).to(self.device, self.dtype)
         out = self.model.model.get_image_features(pixel_values=pv, return_dict=True)
-        return out.pooler_output if hasattr(out, "pooler_output") else out
+        return cast(torch.Tensor, getattr(out, "pooler_output", out))
 
     def embed_prompt(self, input_ids: torch.Tensor, pixel_values: np.ndarray | None) -> torch.Tensor:
         """Token embeddings with every image-context position replaced, in order, by image features."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from typing import cast
 
 import numpy as np
 import torch
@@ -104,7 +105,7 @@ class FastTorchBackend(TorchBackend):
         if self._vit_compiled is None:
             def features(pv: torch.Tensor) -> torch.Tensor:
                 out = self.model.model.get_image_features(pixel_values=pv, return_dict=True)
-                return out.pooler_output if hasattr(out, "pooler_output") else out
+                return cast(torch.Tensor, getattr(out, "pooler_output", out))
 
             # Automatic dynamic shapes: the second tile count recompiles with the count symbolic, and that
             # compile serves every later count; each count still gets its own CUDA graph below.
@@ -313,6 +314,7 @@ class FastSession:
     @torch.inference_mode()
     def step(self, next_ids: np.ndarray) -> np.ndarray:
         st = self.state
+        assert st is not None, "prefill() first"
         if int(st.slot) >= st.cache.length:
             self._grow(st)
         st.ids.copy_(torch.from_numpy(np.asarray(next_ids, dtype=np.int64)))
