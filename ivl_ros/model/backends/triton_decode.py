@@ -32,6 +32,7 @@ This module needs Triton (on the GPU machine; absent in CI): import it only thro
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,11 @@ ATTN_CHUNK_MIN = 64       # keys per attention program (more for long caches, so
 ATTN_MAX_SPLITS = 64
 ATTN_BLOCK_L = 32         # keys per inner iteration
 CHOOSE_BLOCK = 1024       # per-program maxima reduced per iteration by the choose kernel
+
+
+# Triton's CPU interpreter (TRITON_INTERPRET=1, used to check these kernels without a GPU) converts float32
+# to bf16 by truncation; the GPU rounds to nearest even. There, round in integer arithmetic instead.
+_ROUND_BY_BITS: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 def _next_pow2(n: int) -> int:
@@ -74,8 +80,7 @@ def _input_chunk(x_ptr, x_rows, b_ok, offs_k, nw_ptr, inv, K: tl.constexpr, NORM
     x = tl.load(x_ptr + x_rows[:, None] * K + offs_k[None, :], mask=b_ok[:, None], other=0.0).to(tl.float32)
     if NORM:
         nw = tl.load(nw_ptr + offs_k).to(tl.float32)
-        x = (x * inv[:, None]).to(tl.bfloat16).to(tl.float32)
-        x = (x * nw[None, :]).to(tl.bfloat16).to(tl.float32)
+        x = _bf16(_bf16(x * inv[:, None]) * nw[None, :])
     return x
 
 
@@ -104,6 +109,11 @@ def _matvec(w_ptr, rows_a, rows_b, row_ok, x_ptr, x_rows, b_ok, nw_ptr, eps,
 
 @triton.jit
 def _bf16(x):
+    """float32 -> nearest bf16 (ties to even), kept as float32."""
+    if _ROUND_BY_BITS:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
     return x.to(tl.bfloat16).to(tl.float32)
 
 
@@ -185,12 +195,12 @@ def _attn_merge(po_ptr, pm_ptr, pl_ptr, out_ptr, bk, b, kvh, SPLITS,
     total = tl.sum(lsum * scale, axis=0)
     out = tl.sum(o * scale[:, :, None], axis=0) / total[:, None]               # (G, D)
     heads = kvh * G + offs_g
-    tl.store(out_ptr + b * (HEADS * D) + heads[:, None] * D + offs_d[None, :], out.to(tl.bfloat16))
+    tl.store(out_ptr + b * (HEADS * D) + heads[:, None] * D + offs_d[None, :], _bf16(out).to(tl.bfloat16))
 
 
 @triton.jit
 def attention_kernel(q_ptr, kc_ptr, vc_ptr, valid_ptr, slot_ptr, po_ptr, pm_ptr, pl_ptr, count_ptr, out_ptr,
-                     L, CHUNK, SPLITS, sm_scale,
+                     L, SPLITS, sm_scale, CHUNK: tl.constexpr,
                      HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_L: tl.constexpr,
                      SPLITS_P2: tl.constexpr, MERGE: tl.constexpr):
     bk = tl.program_id(0)            # row * KV_HEADS + kv head
@@ -209,8 +219,10 @@ def attention_kernel(q_ptr, kc_ptr, vc_ptr, valid_ptr, slot_ptr, po_ptr, pm_ptr,
     lsum = tl.zeros((G,), tl.float32)
     acc = tl.zeros((G, D), tl.float32)
     base = bk * L * D
-    for t0 in range(start, stop, BLOCK_L):
-        pos = t0 + offs_l
+    # A fixed trip count with masked loads (chunks past the slot load nothing): the loop bound stays a plain
+    # integer, which the interpreter and the compiler both take.
+    for t0 in range(0, CHUNK, BLOCK_L):
+        pos = start + t0 + offs_l
         in_range = pos < stop
         ok = in_range & (tl.load(valid_ptr + b * L + pos, mask=in_range, other=0) != 0)
         k = tl.load(kc_ptr + base + pos[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
@@ -307,7 +319,7 @@ def head_argmax_kernel(x_ptr, nw_ptr, w_ptr, best_val_ptr, best_idx_ptr, step_pt
 
 
 @triton.jit
-def choose_kernel(best_val_ptr, best_idx_ptr, P, ids_ptr, pos_ptr, slot_ptr, step_ptr, finished_ptr, out_ptr,
+def choose_kernel(best_val_ptr, best_idx_ptr, P: tl.constexpr, ids_ptr, pos_ptr, slot_ptr, step_ptr, finished_ptr, out_ptr,
                   eos_ptr, pad_ptr, B, OUT_LEN, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr):
     """Reduce the per-program maxima (first index wins ties) and do greedy.choose + the position/slot advance."""
     offs_b = tl.arange(0, BLOCK_B)
@@ -439,8 +451,8 @@ class FusedDecoder:
         bk = self.batch * self.kv_heads
         attention_kernel[(bk, self.splits)](
             self.q, cache.keys[i], cache.values[i], cache.valid.view(torch.int8), st.slot, self.part_o,
-            self.part_m, self.part_l, self.counters, self.attn, self.length, self.chunk, self.splits,
-            1.0 / math.sqrt(self.head_dim), HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_dim,
+            self.part_m, self.part_l, self.counters, self.attn, self.length, self.splits,
+            1.0 / math.sqrt(self.head_dim), CHUNK=self.chunk, HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_dim,
             BLOCK_L=ATTN_BLOCK_L, SPLITS_P2=self.splits_p2, MERGE=self.merge_in_attention, num_warps=4)
         if not self.merge_in_attention:
             attention_merge_kernel[(bk,)](self.part_o, self.part_m, self.part_l, self.attn, self.splits,
