@@ -137,7 +137,7 @@ def _attention_reference(q, kc, vc, valid):
 @pytest.mark.parametrize("batch,merge", [(1, True), (1, False), (4, True)])
 def test_attention_over_valid_cache(batch, merge):
     q, kc, vc, slot, valid = _attention_inputs(batch, seed=batch + 2 * merge)
-    chunk = td.ATTN_CHUNK_MIN
+    chunk = td.ATTENTION[2]
     splits = -(-CACHE // chunk)
     p2 = td._next_pow2(splits)
     g = HEADS // KV_HEADS
@@ -151,7 +151,7 @@ def test_attention_over_valid_cache(batch, merge):
         out = torch.full((batch, HEADS * HEAD_DIM), float("nan"), dtype=BF16, device=DEVICE)
         td.attention_kernel[(bk, splits)](q, kc, vc, valid.view(torch.int8), slot, part_o, part_m, part_l, counters,
                                           out, CACHE, splits, 1.0 / math.sqrt(HEAD_DIM), CHUNK=chunk, HEADS=HEADS,
-                                          KV_HEADS=KV_HEADS, D=HEAD_DIM, BLOCK_L=td.ATTN_BLOCK_L, SPLITS_P2=p2,
+                                          KV_HEADS=KV_HEADS, D=HEAD_DIM, BLOCK_L=td.ATTENTION[1], SPLITS_P2=p2,
                                           MERGE=merge, num_warps=4)
         if not merge:
             td.attention_merge_kernel[(bk,)](part_o, part_m, part_l, out, splits, HEADS=HEADS, KV_HEADS=KV_HEADS,
@@ -214,7 +214,7 @@ def _head_and_choose(x, nw, w, batch, step, min_new, eos, pad, finished, slot0):
                                        K=HIDDEN, BLOCK_B=bb, BLOCK_N=rows, BLOCK_K=min(chunk, HIDDEN),
                                        num_warps=warps)
     td.choose_kernel[(1,)](best_val, best_idx, programs, ids, positions, st_slot, st_step, fin.view(torch.int8), out,
-                           st_eos, st_pad, batch, 16, BLOCK_B=bb, BLOCK_P=td.CHOOSE_BLOCK, num_warps=4)
+                           st_eos, st_pad, batch, 16, BLOCK_B=bb, BLOCK_P=td.CHOOSE_BLOCK, num_warps=1)
     return ids, positions, out, fin, int(st_slot), int(st_step)
 
 
@@ -246,3 +246,40 @@ def test_head_argmax_and_greedy_choice(batch):
     assert int(ids[0]) == VOCAB - 1
     if batch > 1:
         assert int(ids[batch - 1]) == pad and bool(fin[batch - 1])
+
+
+@pytest.fixture(scope="module")
+def bf16_engines(tiny_checkpoint):
+    from ivl_ros.model.backends.torch_fast import FastTorchBackend
+    from ivl_ros.model.engine import VisionLanguageEngine
+
+    plain = VisionLanguageEngine.load(tiny_checkpoint, device=DEVICE, dtype="bfloat16", fast=False)
+    backend = FastTorchBackend(plain.backend.loaded, fused=True, graphs=DEVICE == "cuda")
+    fast = VisionLanguageEngine(backend, plain.tokenizer, plain.spec, plain.model_id)
+    return plain, fast
+
+
+def test_fused_decode_gives_the_plain_path_tokens(bf16_engines, sample_frame):
+    from ivl_ros.model.engine import GenerationSettings
+
+    plain, fast = bf16_engines
+    settings = GenerationSettings(max_new_tokens=16, min_new_tokens=4)
+    for question in ("Provide a one-sentence caption for the provided image.", "Where?"):
+        ref = plain.ask(sample_frame, question, settings=settings).token_ids
+        assert fast.ask(sample_frame, question, settings=settings).token_ids == ref
+    states = list(fast.backend._states.values())
+    assert states and all(st.fused is not None for st in states)  # the fused kernels ran, not a fallback
+    if DEVICE == "cuda":
+        assert fast.backend.decode_mode == "triton+graph"
+
+
+def test_fused_decode_batch_with_padding(bf16_engines, sample_frame):
+    from ivl_ros.model.engine import GenerationSettings
+
+    plain, fast = bf16_engines
+    images = [sample_frame, None, sample_frame[::-1]]
+    questions = ["Describe.", "What is in front of the robot?", "Where?"]
+    settings = GenerationSettings(max_new_tokens=10, min_new_tokens=2)
+    a = plain.ask_batch(images, questions, max_tiles=2, settings=settings)
+    b = fast.ask_batch(images, questions, max_tiles=2, settings=settings)
+    assert [x.token_ids for x in b] == [x.token_ids for x in a]

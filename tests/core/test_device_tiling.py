@@ -55,14 +55,18 @@ TILINGS = [((640, 480), 6, True, 112), ((300, 200), 6, True, 112), ((97, 1000), 
            ((200, 150), 6, True, 112), ((640, 480), 6, True, 448), ((1280, 720), 12, True, 448)]
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("size,max_tiles,thumb,tile", TILINGS)
-def test_device_pixel_values_bit_identical_to_cpu_path(size, max_tiles, thumb, tile):
+def test_device_pixel_values_bit_identical_to_cpu_path(size, max_tiles, thumb, tile, device):
     rng = np.random.default_rng(size[0] * 7 + size[1] + tile)
     rgb = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     ref = pixel_values_for(Image.fromarray(rgb), tile, max_tiles, thumb)
-    got = DeviceTiler("cpu")(rgb, tile, max_tiles, thumb)
-    assert got.dtype == torch.float32 and tuple(got.shape) == ref.shape
-    assert np.array_equal(got.numpy().view(np.uint32), ref.view(np.uint32))
+    got = DeviceTiler(device)(rgb, tile, max_tiles, thumb)
+    assert got.dtype == torch.float32 and tuple(got.shape) == ref.shape and got.device.type == device
+    assert np.array_equal(got.cpu().numpy().view(np.uint32), ref.view(np.uint32))
 
 
 def test_device_tiler_takes_pil_images_and_refuses_other_layouts():

@@ -31,6 +31,7 @@ This module needs Triton (on the GPU machine; absent in CI): import it only thro
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ import triton
 import triton.language as tl
 
 # (rows per program, K chunk, warps) per matrix; tuned on the H200 (benchmarks/h200_decode_kernels.py).
+# IVL_DECODE_CONFIGS='{"down": [2, 512, 8], ...}' overrides entries (for tuning on another GPU).
 CONFIGS = {
     "qkv": (1, 1024, 4),       # pairs of rows per program
     "o": (2, 1024, 4),
@@ -47,15 +49,29 @@ CONFIGS = {
     "down": (2, 512, 8),
     "head": (2, 1024, 4),
 }
-ATTN_CHUNK_MIN = 64       # keys per attention program (more for long caches, so at most ATTN_MAX_SPLITS chunks)
+# Attention: (merge in the attention kernel 1/0, keys per inner iteration, keys per program at least: more for
+# long caches, so that there are at most ATTN_MAX_SPLITS chunks).
+ATTENTION = (1, 32, 64)
 ATTN_MAX_SPLITS = 64
-ATTN_BLOCK_L = 32         # keys per inner iteration
 CHOOSE_BLOCK = 1024       # per-program maxima reduced per iteration by the choose kernel
 
 
 # Triton's CPU interpreter (TRITON_INTERPRET=1, used to check these kernels without a GPU) converts float32
 # to bf16 by truncation; the GPU rounds to nearest even. There, round in integer arithmetic instead.
 _ROUND_BY_BITS: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+def default_configs() -> dict[str, tuple[int, int, int]]:
+    """CONFIGS and ATTENTION (key "attention") with the IVL_DECODE_CONFIGS overrides applied."""
+    configs = {**CONFIGS, "attention": ATTENTION}
+    override = os.environ.get("IVL_DECODE_CONFIGS")
+    if override:
+        for name, value in json.loads(override).items():
+            if name not in configs or len(value) != 3:
+                raise ValueError(f"IVL_DECODE_CONFIGS: {name!r}: expected one of {sorted(configs)} with three "
+                                 f"integers, got {value!r}")
+            configs[name] = tuple(int(v) for v in value)
+    return configs
 
 
 def _next_pow2(n: int) -> int:
@@ -319,9 +335,12 @@ def head_argmax_kernel(x_ptr, nw_ptr, w_ptr, best_val_ptr, best_idx_ptr, step_pt
 
 
 @triton.jit
-def choose_kernel(best_val_ptr, best_idx_ptr, P: tl.constexpr, ids_ptr, pos_ptr, slot_ptr, step_ptr, finished_ptr, out_ptr,
-                  eos_ptr, pad_ptr, B, OUT_LEN, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Reduce the per-program maxima (first index wins ties) and do greedy.choose + the position/slot advance."""
+def choose_kernel(best_val_ptr, best_idx_ptr, P: tl.constexpr, ids_ptr, pos_ptr, slot_ptr, step_ptr, finished_ptr,
+                  out_ptr, eos_ptr, pad_ptr, B, OUT_LEN, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Reduce the per-program maxima (first index wins ties) and do greedy.choose + the position/slot advance.
+
+    Launched as one program of one warp: the read-modify-writes of slot/step/positions then happen in lockstep.
+    """
     offs_b = tl.arange(0, BLOCK_B)
     b_ok = offs_b < B
     top = tl.full((BLOCK_B,), float("-inf"), tl.float32)
@@ -370,8 +389,13 @@ class FusedDecoder:
     kernels on ``st`` (a :class:`greedy.GreedyState`) and is what gets captured in the CUDA graph.
     """
 
-    def __init__(self, lm, batch: int, length: int, device: torch.device, merge_in_attention: bool = True) -> None:
+    def __init__(self, lm, batch: int, length: int, device: torch.device,
+                 configs: dict[str, tuple[int, int, int]] | None = None) -> None:
+        """``configs``: per kernel (see CONFIGS, ATTENTION), overriding :func:`default_configs`."""
         self.lm = lm
+        self.configs = {**default_configs(), **(configs or {})}
+        merge, self.attn_block_l, attn_chunk_min = self.configs["attention"]
+        self.merge_in_attention = bool(merge)
         self.batch = batch
         self.length = length
         self.block_b = _next_pow2(batch)
@@ -391,7 +415,7 @@ class FusedDecoder:
         self.q = torch.empty((b, self.heads * self.head_dim), device=device, dtype=dt)
         self.attn = torch.empty((b, self.heads * self.head_dim), device=device, dtype=dt)
         self.act = torch.empty((b, self.ffn), device=device, dtype=dt)
-        chunk = ATTN_CHUNK_MIN
+        chunk = attn_chunk_min
         while -(-length // chunk) > ATTN_MAX_SPLITS:
             chunk *= 2
         self.chunk = chunk
@@ -403,8 +427,7 @@ class FusedDecoder:
         self.part_m = torch.empty((bk, self.splits_p2, g), device=device, dtype=torch.float32)
         self.part_l = torch.empty((bk, self.splits_p2, g), device=device, dtype=torch.float32)
         self.counters = torch.zeros((bk,), device=device, dtype=torch.int32)
-        self.merge_in_attention = merge_in_attention
-        head_rows = CONFIGS["head"][0]
+        head_rows = self.configs["head"][0]
         self.head_programs = -(-self.vocab // head_rows)
         self.best_val = torch.empty((self.head_programs, self.block_b), device=device, dtype=torch.float32)
         self.best_idx = torch.empty((self.head_programs, self.block_b), device=device, dtype=torch.int32)
@@ -420,17 +443,16 @@ class FusedDecoder:
             k = self.ffn if name == "down" else self.hidden
             if k % self._config(name, k)[1]:
                 raise ValueError(f"fused decode: {name} input width {k} is not a multiple of a power of two chunk")
-        if (d // 2) % CONFIGS["qkv"][0]:
-            raise ValueError(f"fused decode: head_dim {d} does not split into {CONFIGS['qkv'][0]}-row pairs")
+        if (d // 2) % self.configs["qkv"][0]:
+            raise ValueError(f"fused decode: head_dim {d} does not split into {self.configs['qkv'][0]}-row pairs")
         for blk in lm.blocks:
             if blk.self_attn.o_proj.bias is not None or blk.mlp.down_proj.bias is not None:
                 raise ValueError("fused decode: o/down projections with bias are not supported")
         if lm.embed.weight.dtype != torch.bfloat16:
             raise ValueError(f"fused decode runs bf16 models, this one is {lm.embed.weight.dtype}")
 
-    @staticmethod
-    def _config(name: str, k: int) -> tuple[int, int, int]:
-        rows, chunk, warps = CONFIGS[name]
+    def _config(self, name: str, k: int) -> tuple[int, int, int]:
+        rows, chunk, warps = self.configs[name]
         return rows, min(chunk, _next_pow2(k)), warps
 
     # -- launches ------------------------------------------------------------------------------------------
@@ -453,7 +475,7 @@ class FusedDecoder:
             self.q, cache.keys[i], cache.values[i], cache.valid.view(torch.int8), st.slot, self.part_o,
             self.part_m, self.part_l, self.counters, self.attn, self.length, self.splits,
             1.0 / math.sqrt(self.head_dim), CHUNK=self.chunk, HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_dim,
-            BLOCK_L=ATTN_BLOCK_L, SPLITS_P2=self.splits_p2, MERGE=self.merge_in_attention, num_warps=4)
+            BLOCK_L=self.attn_block_l, SPLITS_P2=self.splits_p2, MERGE=self.merge_in_attention, num_warps=4)
         if not self.merge_in_attention:
             attention_merge_kernel[(bk,)](self.part_o, self.part_m, self.part_l, self.attn, self.splits,
                                           HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_dim,
@@ -483,7 +505,7 @@ class FusedDecoder:
     def choose(self, st) -> None:
         choose_kernel[(1,)](self.best_val, self.best_idx, self.head_programs, st.ids, st.positions, st.slot,
                             st.step, st.finished.view(torch.int8), st.out, st.eos, st.pad, self.batch,
-                            int(st.out.shape[1]), BLOCK_B=self.block_b, BLOCK_P=CHOOSE_BLOCK, num_warps=4)
+                            int(st.out.shape[1]), BLOCK_B=self.block_b, BLOCK_P=CHOOSE_BLOCK, num_warps=1)
 
     def step(self, st) -> None:
         """One greedy decode step on ``st``: feeds ``st.ids``, records the chosen token, advances the state."""
