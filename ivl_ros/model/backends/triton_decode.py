@@ -137,8 +137,8 @@ def _bf16(x):
 def _input_rows(ids_ptr, offs_b, b_ok, GATHER: tl.constexpr):
     """Row index of each batch row's input vector: its token id in the embedding table, or the row itself."""
     if GATHER:
-        return tl.load(ids_ptr + offs_b, mask=b_ok, other=0)
-    return offs_b
+        return tl.load(ids_ptr + offs_b, mask=b_ok, other=0).to(tl.int64)
+    return offs_b.to(tl.int64)  # both branches one type: the compiler checks every return
 
 
 # -- 1. rmsnorm -> qkv -> rope -> cache --------------------------------------------------------------------
