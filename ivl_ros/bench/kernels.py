@@ -79,20 +79,20 @@ def kernel_table(fused, st, copy_bytes_per_s: float, reps: int = 20) -> dict:
             "step_gb_s": step_bytes / (whole / 1e3) / 1e9,
             "step_pct_of_copy": 100.0 * step_bytes / (whole / 1e3) / copy_bytes_per_s,
             "choose_and_gaps_ms": whole - parts, "configs": {k: list(v) for k, v in fused.configs.items()},
-            "attention": {"chunk": fused.chunk, "splits": fused.splits, "block_l": fused.attn_block_l,
+            "attention": {"chunk": fused.chunk, "splits": fused.splits, "warps": fused.attn_warps,
                           "merge_in_attention": fused.merge_in_attention}, "context": start_slot + 1}
 
 
 # Candidates for the sweep: (rows per program, K chunk, warps); the first is the current default.
 CANDIDATES = {
-    "qkv": [(1, 1024, 4), (2, 1024, 4), (1, 2048, 8)],
+    "qkv": [(2, 1024, 4), (1, 1024, 4), (2, 2048, 8)],
     "o": [(2, 1024, 4), (1, 1024, 4), (4, 1024, 8)],
-    "gate_up": [(1, 1024, 4), (2, 1024, 4), (2, 512, 4)],
-    "down": [(2, 512, 8), (1, 1024, 4), (4, 512, 8)],
-    "head": [(2, 1024, 4), (4, 1024, 4), (8, 1024, 8)],
+    "gate_up": [(2, 1024, 4), (1, 1024, 4), (2, 2048, 8)],
+    "down": [(1, 1024, 4), (2, 1024, 8), (1, 2048, 8)],
+    "head": [(4, 1024, 4), (2, 1024, 4), (8, 1024, 8)],
 }
-# (merge in the attention kernel, keys per iteration, keys per program at least)
-ATTENTION_CANDIDATES = [(1, 32, 64), (0, 32, 64), (1, 32, 128), (1, 64, 128)]
+# (merge in the attention kernel, cache slots per program, warps)
+ATTENTION_CANDIDATES = [(1, 64, 4), (0, 64, 4), (1, 32, 4), (1, 64, 8), (1, 128, 8)]
 PART_OF = {"qkv": 0, "o": 2, "gate_up": 3, "down": 4, "head": 5}
 
 
@@ -122,7 +122,7 @@ def tune(lm, st, make_decoder: Callable[..., object], reps: int = 20) -> dict:
     # The reference output: the two-kernel variant (no cross-program hand-off); a variant whose output differs
     # (a race in the in-kernel merge, say) or changes between repeats is reported and never chosen.
     st.slot.fill_(start_slot)
-    two_kernel = make_decoder(configs={"attention": (0, 32, 64)})
+    two_kernel = make_decoder(configs={"attention": (0, 64, 4)})
     q = torch.randn(two_kernel.q.shape, device=two_kernel.q.device).to(two_kernel.q.dtype)
 
     def outputs(fused) -> list[torch.Tensor]:
@@ -148,5 +148,5 @@ def tune(lm, st, make_decoder: Callable[..., object], reps: int = 20) -> dict:
         log.info("tune attention %s: %s", cand, entry)
     st.slot.fill_(start_slot)
     timed = [r for r in report["attention"] if "ms" in r]
-    best["attention"] = tuple(min(timed, key=lambda r: r["ms"])["config"]) if timed else (0, 32, 64)
+    best["attention"] = tuple(min(timed, key=lambda r: r["ms"])["config"]) if timed else (0, 64, 4)
     return {"best": {k: list(v) for k, v in best.items()}, "candidates": report}

@@ -134,12 +134,14 @@ def _attention_reference(q, kc, vc, valid):
     return torch.einsum("bkgl,bkld->bkgd", torch.softmax(scores, -1), v).reshape(batch, HEADS * HEAD_DIM)
 
 
-@pytest.mark.parametrize("batch,merge", [(1, True), (1, False), (4, True)])
-def test_attention_over_valid_cache(batch, merge):
+@pytest.mark.parametrize("batch,merge,merge_block", [(1, True, None), (1, False, None), (4, True, None), (1, True, 2),
+                                                     (2, False, 2)])
+def test_attention_over_valid_cache(batch, merge, merge_block):
     q, kc, vc, slot, valid = _attention_inputs(batch, seed=batch + 2 * merge)
-    chunk = td.ATTENTION[2]
+    _, chunk, warps = td.ATTENTION
     splits = -(-CACHE // chunk)
     p2 = td._next_pow2(splits)
+    mb = merge_block or td.merge_block(p2)  # 2: the merge loops over its chunks in several steps
     g = HEADS // KV_HEADS
     bk = batch * KV_HEADS
     outs = []
@@ -151,11 +153,11 @@ def test_attention_over_valid_cache(batch, merge):
         out = torch.full((batch, HEADS * HEAD_DIM), float("nan"), dtype=BF16, device=DEVICE)
         td.attention_kernel[(bk, splits)](q, kc, vc, valid.view(torch.int8), slot, part_o, part_m, part_l, counters,
                                           out, CACHE, splits, 1.0 / math.sqrt(HEAD_DIM), CHUNK=chunk, HEADS=HEADS,
-                                          KV_HEADS=KV_HEADS, D=HEAD_DIM, BLOCK_L=td.ATTENTION[1], SPLITS_P2=p2,
-                                          MERGE=merge, num_warps=4)
+                                          KV_HEADS=KV_HEADS, D=HEAD_DIM, SPLITS_P2=p2, MB=mb,
+                                          MERGE=merge, num_warps=warps)
         if not merge:
             td.attention_merge_kernel[(bk,)](part_o, part_m, part_l, out, splits, HEADS=HEADS, KV_HEADS=KV_HEADS,
-                                             D=HEAD_DIM, SPLITS_P2=p2, num_warps=4)
+                                             D=HEAD_DIM, SPLITS_P2=p2, MB=mb, num_warps=4)
         else:
             assert int(counters.abs().sum()) == 0  # reset for the next launch
         outs.append(out.clone())
@@ -259,6 +261,7 @@ def bf16_engines(tiny_checkpoint):
     path = DEMO_MODEL_DIR if (DEMO_MODEL_DIR / "model.safetensors").is_file() else tiny_checkpoint
     plain = VisionLanguageEngine.load(path, device=DEVICE, dtype="bfloat16", fast=False)
     backend = FastTorchBackend(plain.backend.loaded, fused=True, graphs=DEVICE == "cuda")
+    backend.fused_max_batch = 4  # the batch test below runs the fused kernels too
     fast = VisionLanguageEngine(backend, plain.tokenizer, plain.spec, plain.model_id)
     return plain, fast
 

@@ -52,6 +52,9 @@ MAX_PREFILLS = 2     # captured prefill lengths kept per state (a camera sends o
 # Prefills of more tokens than this stay eager: there the GPU, not the launch rate, sets the time, and a
 # graph would hold that prefill's activations (hundreds of MB for four cameras) for good.
 PREFILL_GRAPH_TOKENS = 4096
+# The fused Triton decode serves batch 1, the latency case it is built for; at batch 4 the compiled step was
+# faster on the H200 (1745 vs 1049 tok/s, benchmarks/h200-notes.md), so larger batches keep it.
+FUSED_MAX_BATCH = 1
 
 
 def cache_length(tokens: int) -> int:
@@ -98,6 +101,7 @@ class FastTorchBackend(TorchBackend):
         self.vit_mode = "eager"
         self.decode_mode = "eager"  # what the last captured decode ran as, for reports
         self.use_fused = self._fused_wanted(fused)
+        self.fused_max_batch = FUSED_MAX_BATCH
         wants_tiling = cuda if device_tiling is None else device_tiling
         self.tiler = None
         if wants_tiling:
@@ -209,7 +213,7 @@ class FastTorchBackend(TorchBackend):
         while len(self._states) >= MAX_STATES:
             self._states.popitem(last=False)
         st = GreedyState.allocate(self.lm, batch, length, self.device, self.dtype, self.vocab)
-        if self.use_fused:
+        if self.use_fused and batch <= self.fused_max_batch:
             from ivl_ros.model.backends.triton_decode import FusedDecoder
 
             try:

@@ -10,7 +10,7 @@ the small work fused around it:
    of one head, which is exactly what rotate-half RoPE mixes;
 2. attention of the new token over the *valid* cache length only (flash-decoding: the cache is cut
    into chunks, one program per (row, kv head, chunk), both query heads of a group per program; the
-   last program of a (row, kv head) to finish merges the chunks);
+   last program of a (row, kv head) to finish merges the chunks, or a small second kernel does);
 3. ``o matrix + residual`` (in place on the residual stream);
 4. ``rmsnorm -> gate/up matrix -> SiLU(gate) * up``: a program owns gate row i and up row i;
 5. ``down matrix + residual``.
@@ -43,16 +43,14 @@ import triton.language as tl
 # (rows per program, K chunk, warps) per matrix; tuned on the H200 (benchmarks/h200_decode_kernels.py).
 # IVL_DECODE_CONFIGS='{"down": [2, 512, 8], ...}' overrides entries (for tuning on another GPU).
 CONFIGS = {
-    "qkv": (1, 1024, 4),       # pairs of rows per program
+    "qkv": (2, 1024, 4),       # pairs of rows per program
     "o": (2, 1024, 4),
-    "gate_up": (1, 1024, 4),   # pairs (gate row, up row) per program
-    "down": (2, 512, 8),
-    "head": (2, 1024, 4),
+    "gate_up": (2, 1024, 4),   # pairs (gate row, up row) per program
+    "down": (1, 1024, 4),
+    "head": (4, 1024, 4),
 }
-# Attention: (merge in the attention kernel 1/0, keys per inner iteration, keys per program at least: more for
-# long caches, so that there are at most ATTN_MAX_SPLITS chunks).
-ATTENTION = (1, 32, 64)
-ATTN_MAX_SPLITS = 64
+# Attention: (merge in the attention kernel 1/0, cache slots per program, warps).
+ATTENTION = (1, 64, 4)
 CHOOSE_BLOCK = 1024       # per-program maxima reduced per iteration by the choose kernel
 
 
@@ -72,6 +70,11 @@ def default_configs() -> dict[str, tuple[int, int, int]]:
                                  f"integers, got {value!r}")
             configs[name] = tuple(int(v) for v in value)
     return configs
+
+
+def merge_block(splits_p2: int) -> int:
+    """Attention chunks merged per iteration (bounds the merge's registers for long caches)."""
+    return min(32, splits_p2)
 
 
 def _next_pow2(n: int) -> int:
@@ -105,22 +108,58 @@ def _matvec(w_ptr, rows_a, rows_b, row_ok, x_ptr, x_rows, b_ok, nw_ptr, eps,
             K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
             NORM: tl.constexpr, PAIRED: tl.constexpr):
     """(B, BLOCK_N) float32 products of weight rows ``rows_a`` (and ``rows_b`` when PAIRED) with the input rows."""
-    inv = tl.zeros((BLOCK_B,), tl.float32)
+    if BLOCK_B == 1:
+        acc_a, acc_b = _matvec_one_row(w_ptr, rows_a, rows_b, row_ok, x_ptr, tl.sum(x_rows, axis=0), nw_ptr, eps,
+                                       K, BLOCK_N, BLOCK_K, NORM, PAIRED)
+    else:
+        inv = tl.zeros((BLOCK_B,), tl.float32)
+        if NORM:
+            inv = _inv_rms(x_ptr, x_rows, b_ok, eps, K, BLOCK_B, BLOCK_K)
+        acc_a = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+        acc_b = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            x = _input_chunk(x_ptr, x_rows, b_ok, offs_k, nw_ptr, inv, K, NORM)
+            wa = tl.load(w_ptr + rows_a[:, None] * K + offs_k[None, :], mask=row_ok[:, None], other=0.0,
+                         eviction_policy="evict_first").to(tl.float32)
+            acc_a += tl.sum(wa[None, :, :] * x[:, None, :], axis=2)
+            if PAIRED:
+                wb = tl.load(w_ptr + rows_b[:, None] * K + offs_k[None, :], mask=row_ok[:, None], other=0.0,
+                             eviction_policy="evict_first").to(tl.float32)
+                acc_b += tl.sum(wb[None, :, :] * x[:, None, :], axis=2)
+    return acc_a, acc_b
+
+
+@triton.jit
+def _matvec_one_row(w_ptr, rows_a, rows_b, row_ok, x_ptr, x_row, nw_ptr, eps,
+                    K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    NORM: tl.constexpr, PAIRED: tl.constexpr):
+    """Batch 1 (the latency case): plain 2-D tiles, products accumulated per lane and reduced once at the end,
+    so the weight loop is loads and FMAs only (v1 ran batch 1 through the 3-D batched form at 55-65% of the
+    plain GEMV's rate)."""
+    offs = tl.arange(0, BLOCK_K)
+    inv = 0.0
     if NORM:
-        inv = _inv_rms(x_ptr, x_rows, b_ok, eps, K, BLOCK_B, BLOCK_K)
-    acc_a = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
-    acc_b = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+        ss = tl.zeros((BLOCK_K,), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            x = tl.load(x_ptr + x_row * K + k0 + offs).to(tl.float32)
+            ss += x * x
+        inv = tl.math.rsqrt(tl.sum(ss, axis=0) / K + eps)
+    acc_a = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    acc_b = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = _input_chunk(x_ptr, x_rows, b_ok, offs_k, nw_ptr, inv, K, NORM)
+        offs_k = k0 + offs
+        x = tl.load(x_ptr + x_row * K + offs_k).to(tl.float32)
+        if NORM:
+            x = _bf16(_bf16(x * inv) * tl.load(nw_ptr + offs_k).to(tl.float32))
         wa = tl.load(w_ptr + rows_a[:, None] * K + offs_k[None, :], mask=row_ok[:, None], other=0.0,
                      eviction_policy="evict_first").to(tl.float32)
-        acc_a += tl.sum(wa[None, :, :] * x[:, None, :], axis=2)
+        acc_a += wa * x[None, :]
         if PAIRED:
             wb = tl.load(w_ptr + rows_b[:, None] * K + offs_k[None, :], mask=row_ok[:, None], other=0.0,
                          eviction_policy="evict_first").to(tl.float32)
-            acc_b += tl.sum(wb[None, :, :] * x[:, None, :], axis=2)
-    return acc_a, acc_b
+            acc_b += wb * x[None, :]
+    return tl.sum(acc_a, axis=1)[None, :], tl.sum(acc_b, axis=1)[None, :]
 
 
 @triton.jit
@@ -195,21 +234,31 @@ def qkv_rope_kernel(x_ptr, ids_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, p
 # -- 2. attention over the valid cache -------------------------------------------------------------------
 @triton.jit
 def _attn_merge(po_ptr, pm_ptr, pl_ptr, out_ptr, bk, b, kvh, SPLITS,
-                HEADS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, SPLITS_P2: tl.constexpr):
-    """Merge the per-chunk (max, sum, weighted values) of one (row, kv head) into the bf16 output."""
-    offs_s = tl.arange(0, SPLITS_P2)
+                HEADS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, SPLITS_P2: tl.constexpr, MB: tl.constexpr):
+    """Merge the per-chunk (max, sum, weighted values) of one (row, kv head) into the bf16 output, MB chunks at
+    a time."""
     offs_g = tl.arange(0, G)
     offs_d = tl.arange(0, D)
-    s_ok = offs_s < SPLITS
-    ml_off = (bk * SPLITS_P2 + offs_s[:, None]) * G + offs_g[None, :]          # (S, G)
-    m = tl.load(pm_ptr + ml_off, mask=s_ok[:, None], other=float("-inf"), cache_modifier=".cg")
-    lsum = tl.load(pl_ptr + ml_off, mask=s_ok[:, None], other=0.0, cache_modifier=".cg")
-    o = tl.load(po_ptr + ml_off[:, :, None] * D + offs_d[None, None, :], mask=s_ok[:, None, None], other=0.0,
-                cache_modifier=".cg")                                           # (S, G, D)
-    top = tl.max(m, axis=0)                                                     # (G,)
-    scale = tl.where(m == float("-inf"), 0.0, tl.exp(m - top[None, :]))
-    total = tl.sum(lsum * scale, axis=0)
-    out = tl.sum(o * scale[:, :, None], axis=0) / total[:, None]               # (G, D)
+    top = tl.full((G,), float("-inf"), tl.float32)
+    total = tl.zeros((G,), tl.float32)
+    acc = tl.zeros((G, D), tl.float32)
+    for s0 in range(0, SPLITS_P2, MB):
+        offs_s = s0 + tl.arange(0, MB)
+        s_ok = offs_s < SPLITS
+        ml_off = (bk * SPLITS_P2 + offs_s[:, None]) * G + offs_g[None, :]      # (MB, G)
+        # .cg: partials another program just wrote must not come from this SM's L1.
+        m = tl.load(pm_ptr + ml_off, mask=s_ok[:, None], other=float("-inf"), cache_modifier=".cg")
+        lsum = tl.load(pl_ptr + ml_off, mask=s_ok[:, None], other=0.0, cache_modifier=".cg")
+        o = tl.load(po_ptr + ml_off[:, :, None] * D + offs_d[None, None, :], mask=s_ok[:, None, None], other=0.0,
+                    cache_modifier=".cg")                                       # (MB, G, D)
+        new_top = tl.maximum(top, tl.max(m, axis=0))
+        safe = tl.where(new_top == float("-inf"), 0.0, new_top)
+        old_scale = tl.exp(top - safe)
+        scale = tl.where(m == float("-inf"), 0.0, tl.exp(m - safe[None, :]))
+        total = total * old_scale + tl.sum(lsum * scale, axis=0)
+        acc = acc * old_scale[:, None] + tl.sum(o * scale[:, :, None], axis=0)
+        top = new_top
+    out = acc / total[:, None]
     heads = kvh * G + offs_g
     tl.store(out_ptr + b * (HEADS * D) + heads[:, None] * D + offs_d[None, :], _bf16(out).to(tl.bfloat16))
 
@@ -217,60 +266,48 @@ def _attn_merge(po_ptr, pm_ptr, pl_ptr, out_ptr, bk, b, kvh, SPLITS,
 @triton.jit
 def attention_kernel(q_ptr, kc_ptr, vc_ptr, valid_ptr, slot_ptr, po_ptr, pm_ptr, pl_ptr, count_ptr, out_ptr,
                      L, SPLITS, sm_scale, CHUNK: tl.constexpr,
-                     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_L: tl.constexpr,
-                     SPLITS_P2: tl.constexpr, MERGE: tl.constexpr):
+                     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
+                     SPLITS_P2: tl.constexpr, MB: tl.constexpr, MERGE: tl.constexpr):
+    """One program per (row, kv head, chunk of CHUNK cache slots): the chunk's keys and values are loaded once,
+    in one go, and serve every query head of the group (plain 2-D tiles, one head at a time)."""
     bk = tl.program_id(0)            # row * KV_HEADS + kv head
     split = tl.program_id(1)
     b = bk // KV_HEADS
     kvh = bk % KV_HEADS
     G: tl.constexpr = HEADS // KV_HEADS
-    offs_g = tl.arange(0, G)
     offs_d = tl.arange(0, D)
-    offs_l = tl.arange(0, BLOCK_L)
-    q = tl.load(q_ptr + b * (HEADS * D) + (kvh * G + offs_g)[:, None] * D + offs_d[None, :]).to(tl.float32)
     slot = tl.load(slot_ptr)
-    start = split * CHUNK
-    stop = tl.minimum(start + CHUNK, slot + 1)
-    m = tl.full((G,), float("-inf"), tl.float32)
-    lsum = tl.zeros((G,), tl.float32)
-    acc = tl.zeros((G, D), tl.float32)
+    pos = split * CHUNK + tl.arange(0, CHUNK)
+    in_range = pos <= slot             # chunks past the slot load nothing
+    ok = in_range & (tl.load(valid_ptr + b * L + pos, mask=in_range, other=0) != 0)
     base = bk * L * D
-    # A fixed trip count with masked loads (chunks past the slot load nothing): the loop bound stays a plain
-    # integer, which the interpreter and the compiler both take.
-    for t0 in range(0, CHUNK, BLOCK_L):
-        pos = start + t0 + offs_l
-        in_range = pos < stop
-        ok = in_range & (tl.load(valid_ptr + b * L + pos, mask=in_range, other=0) != 0)
-        k = tl.load(kc_ptr + base + pos[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        v = tl.load(vc_ptr + base + pos[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        s = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * sm_scale            # (G, BLOCK_L)
-        s = tl.where(ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(s - safe[:, None])
-        alpha = tl.exp(m - safe)
-        lsum = lsum * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
-        m = m_new
-    ml_off = (bk * SPLITS_P2 + split) * G + offs_g
-    tl.store(pm_ptr + ml_off, m)
-    tl.store(pl_ptr + ml_off, lsum)
-    tl.store(po_ptr + ml_off[:, None] * D + offs_d[None, :], acc)
+    k = tl.load(kc_ptr + base + pos[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    v = tl.load(vc_ptr + base + pos[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    for g in tl.static_range(G):
+        q = tl.load(q_ptr + b * (HEADS * D) + (kvh * G + g) * D + offs_d).to(tl.float32)
+        s = tl.where(ok, tl.sum(k * q[None, :], axis=1) * sm_scale, float("-inf"))     # (CHUNK,)
+        m = tl.max(s, axis=0)
+        p = tl.exp(s - tl.where(m == float("-inf"), 0.0, m))
+        ml_off = (bk * SPLITS_P2 + split) * G + g
+        tl.store(pm_ptr + ml_off, m)
+        tl.store(pl_ptr + ml_off, tl.sum(p, axis=0))
+        tl.store(po_ptr + ml_off * D + offs_d, tl.sum(v * p[:, None], axis=0))
     if MERGE:
         # The last program of this (row, kv head) to get here merges; the counter is reset for the next launch.
         tl.debug_barrier()
         done = tl.atomic_add(count_ptr + bk, 1, sem="acq_rel")
         if done == SPLITS - 1:
-            _attn_merge(po_ptr, pm_ptr, pl_ptr, out_ptr, bk, b, kvh, SPLITS, HEADS, G, D, SPLITS_P2)
+            _attn_merge(po_ptr, pm_ptr, pl_ptr, out_ptr, bk, b, kvh, SPLITS, HEADS, G, D, SPLITS_P2, MB)
             tl.atomic_xchg(count_ptr + bk, 0, sem="acq_rel")
 
 
 @triton.jit
 def attention_merge_kernel(po_ptr, pm_ptr, pl_ptr, out_ptr, SPLITS,
-                           HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, SPLITS_P2: tl.constexpr):
+                           HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, SPLITS_P2: tl.constexpr,
+                           MB: tl.constexpr):
     bk = tl.program_id(0)
     _attn_merge(po_ptr, pm_ptr, pl_ptr, out_ptr, bk, bk // KV_HEADS, bk % KV_HEADS, SPLITS,
-                HEADS, HEADS // KV_HEADS, D, SPLITS_P2)
+                HEADS, HEADS // KV_HEADS, D, SPLITS_P2, MB)
 
 
 # -- 3./5. matrix + residual (o, down) ----------------------------------------------------------------------
@@ -394,7 +431,7 @@ class FusedDecoder:
         """``configs``: per kernel (see CONFIGS, ATTENTION), overriding :func:`default_configs`."""
         self.lm = lm
         self.configs = {**default_configs(), **(configs or {})}
-        merge, self.attn_block_l, attn_chunk_min = self.configs["attention"]
+        merge, self.chunk, self.attn_warps = self.configs["attention"]
         self.merge_in_attention = bool(merge)
         self.batch = batch
         self.length = length
@@ -415,12 +452,9 @@ class FusedDecoder:
         self.q = torch.empty((b, self.heads * self.head_dim), device=device, dtype=dt)
         self.attn = torch.empty((b, self.heads * self.head_dim), device=device, dtype=dt)
         self.act = torch.empty((b, self.ffn), device=device, dtype=dt)
-        chunk = attn_chunk_min
-        while -(-length // chunk) > ATTN_MAX_SPLITS:
-            chunk *= 2
-        self.chunk = chunk
-        self.splits = -(-length // chunk)
+        self.splits = -(-length // self.chunk)
         self.splits_p2 = _next_pow2(self.splits)
+        self.merge_block = merge_block(self.splits_p2)
         g = self.heads // self.kv_heads
         bk = b * self.kv_heads
         self.part_o = torch.empty((bk, self.splits_p2, g, self.head_dim), device=device, dtype=torch.float32)
@@ -475,11 +509,11 @@ class FusedDecoder:
             self.q, cache.keys[i], cache.values[i], cache.valid.view(torch.int8), st.slot, self.part_o,
             self.part_m, self.part_l, self.counters, self.attn, self.length, self.splits,
             1.0 / math.sqrt(self.head_dim), CHUNK=self.chunk, HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_dim,
-            BLOCK_L=self.attn_block_l, SPLITS_P2=self.splits_p2, MERGE=self.merge_in_attention, num_warps=4)
+            SPLITS_P2=self.splits_p2, MB=self.merge_block, MERGE=self.merge_in_attention, num_warps=self.attn_warps)
         if not self.merge_in_attention:
             attention_merge_kernel[(bk,)](self.part_o, self.part_m, self.part_l, self.attn, self.splits,
                                           HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_dim,
-                                          SPLITS_P2=self.splits_p2, num_warps=4)
+                                          SPLITS_P2=self.splits_p2, MB=self.merge_block, num_warps=4)
 
     def residual(self, name: str, w: torch.Tensor, x: torch.Tensor, st, gather: bool) -> None:
         n, k = w.shape
