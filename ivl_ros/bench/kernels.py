@@ -92,7 +92,7 @@ CANDIDATES = {
     "head": [(4, 1024, 4), (2, 1024, 4), (8, 1024, 8)],
 }
 # (merge in the attention kernel, cache slots per program, warps)
-ATTENTION_CANDIDATES = [(1, 64, 4), (0, 64, 4), (1, 32, 4), (1, 64, 8), (1, 128, 8)]
+ATTENTION_CANDIDATES = [(1, 64, 8), (0, 64, 8), (1, 64, 4), (1, 32, 4), (1, 128, 8)]
 PART_OF = {"qkv": 0, "o": 2, "gate_up": 3, "down": 4, "head": 5}
 
 

@@ -50,7 +50,7 @@ CONFIGS = {
     "head": (4, 1024, 4),
 }
 # Attention: (merge in the attention kernel 1/0, cache slots per program, warps).
-ATTENTION = (1, 64, 4)
+ATTENTION = (1, 64, 8)
 CHOOSE_BLOCK = 1024       # per-program maxima reduced per iteration by the choose kernel
 
 
