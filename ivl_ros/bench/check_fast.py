@@ -6,6 +6,7 @@ Full-size random InternVL2-2B in bf16 on CUDA. Prints, and fails on:
 * the compiled+graph ViT's relative difference to the eager ViT (bf16 rounding of fused passes; < 2e-2);
 * the one-replay first-token graph: logits bit-identical to running its pieces (ViT graph, scatter, prefill)
   one by one;
+* which attention kernels the ViT and the prefill actually run (profiler kernel names; reported, not checked);
 * token identity with the plain path (transformers' model, dynamic cache, host loop) on the bench caption
   (8..30 tokens), with the fused Triton decode when Triton is installed. (The benchmark itself compares the
   token ids of its 128-token decodes at batch 1 and 4 across backends.)
@@ -26,6 +27,31 @@ from ivl_ros.model.backends.torch_backend import TorchBackend
 from ivl_ros.model.backends.torch_fast import FastTorchBackend, cache_length
 from ivl_ros.model.engine import CAPTION_PROMPT, CAPTION_SETTINGS, VisionLanguageEngine
 from ivl_ros.model.tiling import pixel_values_for
+
+ATTENTION_KERNEL_WORDS = ("flash", "fmha", "attention", "attn", "sdpa", "cudnn", "softmax")
+
+
+@torch.inference_mode()
+def attention_kernels(fast: FastTorchBackend, prep, st) -> dict:
+    """CUDA kernel names with attention-like names (and their time) in one eager ViT pass and one eager prefill."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = torch.as_tensor(np.asarray([prep.prompt_ids], dtype=np.int64), device=fast.device)
+    pv = torch.as_tensor(prep.pixel_values).to(fast.device, fast.dtype)
+    embeds = fast.language_model.embed_tokens(ids)
+    positions = torch.arange(ids.shape[1], device=fast.device)[None]
+    key_valid = torch.ones_like(ids, dtype=torch.bool)
+    found = {}
+    for what, run in (("vit", lambda: TorchBackend.image_features(fast, pv)),
+                      ("prefill", lambda: fast.lm.prefill(embeds, positions, key_valid, st.cache, all_valid=True))):
+        run()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run()
+            torch.cuda.synchronize()
+        rows = [e for e in prof.key_averages() if any(w in e.key.lower() for w in ATTENTION_KERNEL_WORDS)]
+        found[what] = {e.key[:120]: round(e.device_time_total / 1000.0, 3) for e in rows}  # ms
+    return found
 
 
 def run_checks(loaded, fast: FastTorchBackend | None = None) -> tuple[bool, dict]:
@@ -76,6 +102,9 @@ def run_checks(loaded, fast: FastTorchBackend | None = None) -> tuple[bool, dict
     out["first_token_graph_bit_identical"] = same_logits
     report(f"first-token graph ({ids.shape[1]} tokens, {prep.num_tiles} tiles, one replay) logits bit-identical "
            f"to its pieces run one by one: {same_logits}", same_logits)
+
+    out["attention_kernels"] = attention_kernels(fast, prep, st)
+    print(f"info attention kernels run: {out['attention_kernels']}", flush=True)
 
     a = plain_engine.caption(frame, settings=CAPTION_SETTINGS).token_ids
     b = [fast_engine.caption(frame, settings=CAPTION_SETTINGS).token_ids for _ in range(2)]

@@ -11,10 +11,10 @@ it runs. On CUDA:
   the device), the prefill into the state's KV cache and the LM head on the last position. Exact lengths,
   not padded buckets, so the replay computes what the eager pieces compute; a robot's camera sends the
   same frame size and prompt, hence the same length, every time;
-* each decode step is the fused Triton kernels of :mod:`triton_decode` (about 125 launches, every one a
-  weight stream with the norms, RoPE, cache write, attention over the valid cache, residuals, SiLU, argmax
-  and the greedy bookkeeping fused around it), captured as one CUDA graph per (batch, cache length);
-  without Triton, the step (:func:`greedy.greedy_step`) is compiled with ``torch.compile`` and captured;
+* each batch-1 decode step is the fused Triton kernels of :mod:`triton_decode` (about 125 launches, every
+  one a weight stream with the norms, RoPE, cache write, attention over the valid cache, residuals, SiLU,
+  argmax and the greedy bookkeeping fused around it), captured as one CUDA graph per cache length; larger
+  batches, or no Triton, run the step (:func:`greedy.greedy_step`) compiled with ``torch.compile``, captured;
 * :meth:`FastSession.generate` replays that graph and looks at the stop flags only every
   ``check_every`` tokens, so the host does not wait on the device per token.
 

@@ -1,4 +1,4 @@
-"""Fused Triton kernels for one greedy decode step of the InternLM2/Llama decoder (batch of a few rows).
+"""Fused Triton kernels for one greedy decode step of the InternLM2/Llama decoder (built for batch 1).
 
 A decode step reads every LLM weight once (3.4 GB for InternVL2-2B in bf16) and does little arithmetic
 per byte, so its speed is the rate at which it streams weights. Stock kernels stop near 65% of the
@@ -9,8 +9,9 @@ the small work fused around it:
 1. ``rmsnorm -> q/k/v matrix -> RoPE -> cache write``: each program owns a pair of rows (d, d + D/2)
    of one head, which is exactly what rotate-half RoPE mixes;
 2. attention of the new token over the *valid* cache length only (flash-decoding: the cache is cut
-   into chunks, one program per (row, kv head, chunk), both query heads of a group per program; the
-   last program of a (row, kv head) to finish merges the chunks, or a small second kernel does);
+   into chunks, one program per (row, kv head, chunk) that loads the chunk's keys and values once for
+   both query heads of the group; the last program of a (row, kv head) to finish merges the chunks, or
+   a small second kernel does);
 3. ``o matrix + residual`` (in place on the residual stream);
 4. ``rmsnorm -> gate/up matrix -> SiLU(gate) * up``: a program owns gate row i and up row i;
 5. ``down matrix + residual``.
@@ -22,11 +23,13 @@ padded, token recorded, position/slot/step advanced). All of it is captured in o
 Numerics: the matrix products accumulate in float32 (cuBLAS does too, in another order). Everything the
 eager path rounds to bf16 is rounded to bf16 here at the same points (norm output, projections, RoPE
 products and sum, residual sums, SiLU, the product with up), so results differ from the plain path only by
-the accumulation order. Attention runs in float32 with an online softmax, as SDPA's fused kernels do.
+the accumulation order. Attention runs in float32 with a chunked (merged) softmax, as SDPA's fused kernels do.
 The argmax is taken over bf16-rounded logits with the lowest index winning ties, as ``torch.argmax`` on the
-plain path's bf16 logits. Tests compare every kernel with torch on random inputs (tests/bench).
+plain path's bf16 logits. Tests compare every kernel with torch on random inputs (tests/bench), on the GPU or
+in Triton's CPU interpreter. Batches of a few rows run the same kernels through a 3-D batched form.
 
-This module needs Triton (on the GPU machine; absent in CI): import it only through :func:`available`.
+This module needs Triton (on the GPU machine; absent in CI): torch_fast imports it only when
+``torch_fast.triton_available()``.
 """
 
 from __future__ import annotations
@@ -170,6 +173,14 @@ def _bf16(x):
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         return bits.to(tl.float32, bitcast=True)
     return x.to(tl.bfloat16).to(tl.float32)
+
+
+@triton.jit
+def _program_rows(pid, N, B, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
+    """The weight rows of program ``pid`` (BLOCK_N consecutive ones) and the batch rows, with their masks."""
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_b = tl.arange(0, BLOCK_B)
+    return rows, rows < N, offs_b, offs_b < B
 
 
 @triton.jit
@@ -320,10 +331,7 @@ def matvec_residual_kernel(w_ptr, x_ptr, res_ptr, ids_ptr, out_ptr, B, N,
     ``out`` may be ``res`` (each program reads and writes only its own rows).
     """
     pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    offs_b = tl.arange(0, BLOCK_B)
-    b_ok = offs_b < B
+    rows, row_ok, offs_b, b_ok = _program_rows(pid, N, B, BLOCK_N, BLOCK_B)
     acc, _ = _matvec(w_ptr, rows, rows, row_ok, x_ptr, offs_b, b_ok, w_ptr, 0.0,
                      K, BLOCK_B, BLOCK_N, BLOCK_K, False, False)
     res_rows = _input_rows(ids_ptr, offs_b, b_ok, GATHER)
@@ -337,10 +345,7 @@ def matvec_residual_kernel(w_ptr, x_ptr, res_ptr, ids_ptr, out_ptr, B, N,
 def gate_up_kernel(x_ptr, nw_ptr, w_ptr, out_ptr, B, F, eps,
                    K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < F
-    offs_b = tl.arange(0, BLOCK_B)
-    b_ok = offs_b < B
+    rows, row_ok, offs_b, b_ok = _program_rows(pid, F, B, BLOCK_N, BLOCK_B)
     g, u = _matvec(w_ptr, rows, rows + F, row_ok, x_ptr, offs_b, b_ok, nw_ptr, eps,
                    K, BLOCK_B, BLOCK_N, BLOCK_K, True, True)
     g = _bf16(g)
@@ -356,10 +361,7 @@ def head_argmax_kernel(x_ptr, nw_ptr, w_ptr, best_val_ptr, best_idx_ptr, step_pt
                        K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Per program: the largest bf16 logit of its rows and its lowest index, per batch row -> (programs, B)."""
     pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < V
-    offs_b = tl.arange(0, BLOCK_B)
-    b_ok = offs_b < B
+    rows, row_ok, offs_b, b_ok = _program_rows(pid, V, B, BLOCK_N, BLOCK_B)
     logits, _ = _matvec(w_ptr, rows, rows, row_ok, x_ptr, offs_b, b_ok, nw_ptr, eps,
                         K, BLOCK_B, BLOCK_N, BLOCK_K, True, False)
     logits = _bf16(logits)
