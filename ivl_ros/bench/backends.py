@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ivl_ros.model.engine import CAPTION_PROMPT, GenerationSettings, PreparedPrompt, VisionLanguageEngine
+from ivl_ros.model.generation import cut_at_stop
 from ivl_ros.model.prompt import cut_response
 
 
@@ -51,6 +52,9 @@ class EngineBench:
     def caption(self, frame: np.ndarray, settings: GenerationSettings) -> str:
         return self.engine.caption(frame, max_tiles=6, settings=settings).answer
 
+    def prepare(self, frame: np.ndarray, max_tiles: int) -> PreparedPrompt:
+        return self.engine.prepare(frame, CAPTION_PROMPT, max_tiles=max_tiles)
+
 
 class HFBaseline:
     """transformers ``generate`` with its default cache on the same ``nn.Module`` (upstream chat() style)."""
@@ -80,14 +84,11 @@ class HFBaseline:
             input_ids=torch.from_numpy(ids).to(self.device), attention_mask=torch.from_numpy(mask).to(self.device),
             max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens or None, do_sample=False,
             eos_token_id=self.engine.eos_id, pad_token_id=tok.pad_id, **kwargs)
-        new = out[:, ids.shape[1]:].cpu().numpy()
-        rows = []
-        for row in new:
-            hits = np.flatnonzero(row == self.engine.eos_id)
-            rows.append([int(t) for t in row[: int(hits[0]) + 1 if hits.size else len(row)]])
-        return rows
+        return [cut_at_stop(row, self.engine.eos_id) for row in out[:, ids.shape[1]:].cpu().numpy()]
 
     def caption(self, frame: np.ndarray, settings: GenerationSettings) -> str:
-        prepared = self.engine.prepare(frame, CAPTION_PROMPT, max_tiles=6)
-        tokens = self.generate([prepared], settings)[0]
+        tokens = self.generate([self.prepare(frame, 6)], settings)[0]
         return cut_response(self.engine.tokenizer.decode(tokens))
+
+    def prepare(self, frame: np.ndarray, max_tiles: int) -> PreparedPrompt:
+        return self.engine.prepare(frame, CAPTION_PROMPT, max_tiles=max_tiles)

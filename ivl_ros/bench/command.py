@@ -14,7 +14,7 @@ import torch
 
 from ivl_ros.bench import report
 from ivl_ros.bench.backends import EngineBench, HFBaseline
-from ivl_ros.bench.suite import SuiteConfig, make_workload, run_suite
+from ivl_ros.bench.suite import SuiteConfig, make_workload, run_suite, token_identity
 
 log = logging.getLogger("ivl_ros.bench")
 
@@ -91,6 +91,23 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
     del src, dst
     times.sort()
     return 2 * nbytes / times[len(times) // 2]
+
+
+def guard_kernel_table(res: dict, fast, prompt_tokens: int, ceiling: dict) -> None:
+    """The per-kernel table of the fused decode step (on the batch-1 state the suite used), if it ran fused."""
+    states = [st for (batch, _), st in fast._states.items() if batch == 1 and st.fused is not None]
+    if not states or not ceiling.get("measured_tb_s"):
+        return
+    from ivl_ros.bench.kernels import kernel_table
+
+    st = states[-1]
+    try:
+        with torch.inference_mode():
+            st.slot.fill_(prompt_tokens)  # attention over the bench prompt's context
+            res["decode_kernels"] = kernel_table(st.fused, st, ceiling["measured_tb_s"] * 1e12)
+    except Exception as exc:  # the table is extra: never lose the run for it
+        log.exception("decode kernel table failed")
+        res["errors"]["decode_kernels"] = f"{type(exc).__name__}: {exc}"
 
 
 def _load(args: argparse.Namespace, workdir: Path):
@@ -176,9 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             res["decode_mode"] = sorted({st.mode for st in fast._states.values() if st.graph is not None}
                                         or {fast.decode_mode})
             res["vit_mode"] = fast.vit_mode
+            res["device_tiling"] = fast.tiler is not None
+            guard_kernel_table(res, fast, len(work.prepared_max6.prompt_ids), results["ceiling"])
             fast._states.clear()
         results["backends"].append(res)
         report.write(results, args.out, tag)  # after each backend, so that a cut-off run still leaves numbers
+    results["token_identity_vs_torch"] = token_identity(results["backends"])
     if args.node_stream > 0:
         from ivl_ros.bench.node_latency import stream_latency
 

@@ -4,8 +4,10 @@ Definitions (also written into the report):
 
 * vision+projector: device time (CUDA events) of ViT + pixel shuffle + projector for N random tiles
   already on the device;
-* time to first token: host wall time from prepared inputs (tiles and prompt ids in host memory) to the
-  first generated token id on the host: upload, ViT, prefill, first token;
+* time to first token: host wall time from prepared inputs (tiles and prompt ids, as the backend's engine
+  prepares them: in host memory, or on the device for a backend that tiles there) to the first generated
+  token id on the host: upload, ViT, prefill, first token;
+* time to first token from the frame: the same with the tiling of the 640x480 frame included;
 * decode rate: (generated tokens - 1) / (time for 128 new tokens - time to first token), per batch row,
   times the batch for batch 4 (no ``min_new_tokens``, greedy, real stop token);
 * caption: ``engine.caption``-equivalent on a 640x480 frame, tiling at max 6 tiles included, upstream's
@@ -90,6 +92,7 @@ def _decode_rate(run: Callable[[], list[list[int]]], first_ms: float, batch: int
     return {"tokens_per_s": batch * 1000.0 / ms.median if ms.median > 0 else None,
             "tokens_per_s_p90_time": batch * 1000.0 / ms.p90 if ms.p90 > 0 else None,
             "ms_per_step": ms.to_json(), "total_ms": timed.to_json(), "new_tokens": [len(r) for r in rows],
+            "token_ids": rows,
             "first_token_ms": first_ms, "batch": batch}
 
 
@@ -118,26 +121,50 @@ def run_suite(bench, work: Workload, device: torch.device, tile_size: int, cfg: 
             return res
         guard("vision_ms", vision)
 
+    # The backend's own preparation (device tiling puts the tiles on the device); same tokens and tiles.
+    prep6, prep1 = bench.prepare(work.frame, 6), bench.prepare(work.frame, 1)
+
     def ttft() -> dict:
         res = {}
-        for label, prep in (("max6", work.prepared_max6), ("1tile", work.prepared_1tile)):
+        for label, prep in (("max6", prep6), ("1tile", prep1)):
             res[label] = wall_ms(lambda prep=prep: bench.generate([prep], one), cfg.warmup, cfg.reps)[0].to_json()
             res[label]["tiles"] = prep.num_tiles
+        frame = wall_ms(lambda: bench.generate([bench.prepare(work.frame, 6)], one), cfg.warmup, cfg.reps)[0]
+        res["max6_from_frame"] = {**frame.to_json(), "tiles": prep6.num_tiles}
         return res
     guard("ttft_ms", ttft)
     first = out.get("ttft_ms", {}).get("max6", {}).get("median", 0.0)
     many = GenerationSettings(max_new_tokens=cfg.decode_tokens)
-    guard("decode_b1", lambda: _decode_rate(lambda: bench.generate([work.prepared_max6], many), first, 1, cfg))
+    guard("decode_b1", lambda: _decode_rate(lambda: bench.generate([prep6], many), first, 1, cfg))
     guard("caption_ms", lambda: _caption(bench, work, cfg))
     out["peak_gb_batch1"] = _peak_gb(device)
 
-    batch = [work.prepared_max6] * cfg.decode_batch
+    batch = [prep6] * cfg.decode_batch
 
     def decode_batch() -> dict:
         first_b = wall_ms(lambda: bench.generate(batch, one), cfg.slow_warmup, cfg.slow_reps)[0].median
         return _decode_rate(lambda: bench.generate(batch, many), first_b, cfg.decode_batch, cfg)
     guard(f"decode_b{cfg.decode_batch}", decode_batch)
     out["peak_gb"] = _peak_gb(device)
+    return out
+
+
+def token_identity(backends: list[dict], reference: str = "torch") -> dict:
+    """Per backend and workload (decode b1 / bN, 128 new tokens): are its token ids the reference backend's?"""
+    ref = next((b for b in backends if b["name"] == reference), None)
+    if ref is None:
+        return {}
+    out: dict = {}
+    for b in backends:
+        if b["name"] == reference:
+            continue
+        for key in [k for k in b if k.startswith("decode_b") and isinstance(b[k], dict)]:
+            mine, theirs = b[key].get("token_ids"), ref.get(key, {}).get("token_ids")
+            if mine is not None and theirs is not None:
+                out.setdefault(b["name"], {})[key] = [x == y for x, y in zip(mine, theirs, strict=True)]
+        text, ref_text = b.get("caption_ms", {}).get("text"), ref.get("caption_ms", {}).get("text")
+        if text is not None and ref_text is not None:
+            out.setdefault(b["name"], {})["caption_text"] = text == ref_text
     return out
 
 

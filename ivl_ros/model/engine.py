@@ -36,7 +36,7 @@ class PreparedPrompt:
 
     question: str                  # as sent (with "<image>\n" prepended when upstream does)
     prompt_ids: list[int]
-    pixel_values: np.ndarray | None  # (tiles, 3, S, S) float32
+    pixel_values: np.ndarray | None  # (tiles, 3, S, S) float32 (a torch tensor on the device with device tiling)
     num_tiles: int
     history: tuple[tuple[str, str], ...] = ()
 
@@ -54,6 +54,17 @@ class Answer:
     def to_json(self) -> dict:
         return {"answer": self.answer, "token_ids": self.token_ids, "prompt_ids": self.prompt_ids,
                 "num_tiles": self.num_tiles, "latency_ms": self.latency_ms}
+
+
+def _concat_tiles(tiles: list):
+    """Stack the rows' tiles: numpy arrays from the CPU tiler, torch tensors from a device tiler."""
+    if len(tiles) == 1:
+        return tiles[0]
+    if isinstance(tiles[0], np.ndarray):
+        return np.concatenate(tiles)
+    import torch  # only device tilers hand out tensors; the torch-free (onnx) path never gets here
+
+    return torch.cat(tiles)
 
 
 class VisionLanguageEngine:
@@ -114,8 +125,9 @@ class VisionLanguageEngine:
         num_tiles = 0
         if image is not None:
             pil = load_image(image)
-            pixel_values = pixel_values_for(pil, self.spec.tile_size, self._max_tiles(max_tiles),
-                                            self.spec.use_thumbnail)
+            # A backend may tile on its own device (same values as the CPU tiler, see backends/device_tiling).
+            tiler = getattr(self.backend, "pixel_values_for", pixel_values_for)
+            pixel_values = tiler(pil, self.spec.tile_size, self._max_tiles(max_tiles), self.spec.use_thumbnail)
             num_tiles = int(pixel_values.shape[0])
         sent, prompt = chat_prompt(question, num_tiles if image is not None else None, self.spec.tokens_per_tile,
                                    history, self.spec.system_message, self.spec.template)
@@ -137,7 +149,7 @@ class VisionLanguageEngine:
             ids[row, longest - len(p.prompt_ids):] = p.prompt_ids
             mask[row, longest - len(p.prompt_ids):] = 1
         tiles = [p.pixel_values for p in prepared if p.pixel_values is not None]
-        pixel_values = np.concatenate(tiles) if tiles else None
+        pixel_values = _concat_tiles(tiles) if tiles else None
 
         on_step: Callable[[list[list[int]]], None] | None = None
         if on_text is not None:

@@ -74,6 +74,13 @@ def upstream_position_ids(attention_mask: np.ndarray) -> np.ndarray:
     return np.where(attention_mask == 0, 1, positions).astype(np.int64)
 
 
+def cut_at_stop(tokens: np.ndarray, eos_id: int) -> list[int]:
+    """A row of generated ids up to and including the first stop token (all of it if none)."""
+    hits = np.flatnonzero(tokens == eos_id)
+    end = int(hits[0]) + 1 if hits.size else len(tokens)
+    return [int(t) for t in tokens[:end]]
+
+
 def _sample(scores: np.ndarray, settings: GenerationSettings, rng: np.random.Generator) -> np.ndarray:
     scores = scores / settings.temperature
     if settings.top_k:

@@ -111,6 +111,13 @@ def _channel_tables() -> np.ndarray:
 
 
 _TABLES = _channel_tables()
+
+
+def normalization_tables() -> np.ndarray:
+    """A copy of the (3, 256) per-channel tables every tiler normalises uint8 pixels with (CPU and device)."""
+    return _TABLES.copy()
+
+
 _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ivl-thumbnail")
 
 

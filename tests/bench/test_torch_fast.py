@@ -68,6 +68,24 @@ def test_streaming_and_sampling_use_the_session_protocol(engines, sample_frame):
         sample_frame, "Hi", settings=sampled).token_ids
 
 
+def test_device_tiling_through_the_engine_gives_the_same_tokens(engines, tiny_checkpoint, sample_frame):
+    from ivl_ros.model.backends.torch_fast import FastTorchBackend
+
+    plain, fast = engines
+    tiled = VisionLanguageEngine(FastTorchBackend(fast.backend.loaded, device_tiling=True), fast.tokenizer,
+                                 fast.spec, fast.model_id)
+    prepared = tiled.prepare(sample_frame, "Describe.", max_tiles=4)
+    assert not isinstance(prepared.pixel_values, np.ndarray)  # tiles made (and kept) on the model's device
+    assert np.array_equal(prepared.pixel_values.numpy(), plain.prepare(sample_frame, "Describe.", 4).pixel_values)
+    settings = GenerationSettings(max_new_tokens=20, min_new_tokens=3)
+    images = [sample_frame, None, _frame(5)]
+    questions = ["Describe.", "Hi", "Where?"]
+    a = plain.ask_batch(images, questions, max_tiles=4, settings=settings)
+    b = tiled.ask_batch(images, questions, max_tiles=4, settings=settings)
+    assert [x.token_ids for x in b] == [x.token_ids for x in a]
+    assert tiled.caption(sample_frame).token_ids == plain.caption(sample_frame).token_ids
+
+
 def test_session_grows_its_cache_past_the_first_allocation(engines, monkeypatch):
     from ivl_ros.model.backends import torch_fast
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
 from ivl_ros.model.backends.static_lm import KVCache, StaticLM
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -32,6 +35,8 @@ class GreedyState:
     eos_mask: torch.Tensor   # (1, V) bool, True at the stop token
     graph: torch.cuda.CUDAGraph | None = None
     mode: str = "eager"
+    # The fused Triton decode step for this state (triton_decode.FusedDecoder), when the backend uses it.
+    fused: object | None = None
     # Captured prefills of this state's cache, keyed by (prompt length, no padding): see torch_fast.
     prefills: dict = field(default_factory=dict)
 
@@ -77,10 +82,11 @@ def greedy_step(lm: StaticLM, st: GreedyState) -> None:
     st.slot += 1
 
 
-def capture(step: Callable[[], None], warmup: int = 3, pool=None) -> torch.cuda.CUDAGraph:
+def capture(step: Callable[[], T], warmup: int = 3, pool=None) -> tuple[torch.cuda.CUDAGraph, T]:
     """Warm ``step`` up on a side stream (compilation, autotuning, allocator) and capture one call.
 
-    The warm-up and the capture advance the state; the caller resets it before real use.
+    Returns the graph and what the captured call returned (its output tensors live in the graph's pool).
+    The warm-up and the capture advance any state ``step`` changes; the caller resets it before real use.
     """
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -90,6 +96,6 @@ def capture(step: Callable[[], None], warmup: int = 3, pool=None) -> torch.cuda.
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
-        step()
+        out = step()
     torch.cuda.synchronize()
-    return graph
+    return graph, out

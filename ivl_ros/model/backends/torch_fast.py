@@ -1,18 +1,25 @@
-"""The fast torch backend: static KV cache, CUDA-graph ViT and decode, greedy decoding on the device.
+"""The fast torch backend: device tiling, one-replay first token, fused Triton decode, greedy on the device.
 
 Same network and weights as :mod:`torch_backend` (the ``nn.Module`` is shared); what changes is how
 it runs. On CUDA:
 
-* the ViT + projector is compiled (``torch.compile``, dynamic tile count) and, for each tile count,
-  captured once as a CUDA graph (all tiles in one batch); eager capture is the fallback;
-* the decode step (:func:`greedy.greedy_step`) is compiled with ``torch.compile`` (it fuses the small
-  norm/rope/softmax kernels) and captured as a CUDA graph per (batch, cache length);
-* the prefill is captured as a CUDA graph per (state, exact prompt length, padding or not): eager it is
-  ~800 small launches that the host, not the GPU, paces; replayed it is the same kernels in one launch.
-  Exact lengths, not padded buckets, so the replay computes bit for bit what the eager prefill does;
-  a robot's camera sends the same frame size and prompt, hence the same length, every time;
+* tiling runs on the device (:mod:`device_tiling`): the frame goes up once as uint8 and the tiles are
+  Pillow's pixels bit for bit (``pixel_values_for``, which the engine calls instead of the CPU tiler);
+* the first token is one CUDA-graph replay per (state, exact prompt length, padding or not, tile count):
+  ViT + projector (compiled, eager fallback), the embedding lookup, the scatter of image features into
+  the image-context positions (their indices come from the prompt ids on the host, so nothing waits on
+  the device), the prefill into the state's KV cache and the LM head on the last position. Exact lengths,
+  not padded buckets, so the replay computes what the eager pieces compute; a robot's camera sends the
+  same frame size and prompt, hence the same length, every time;
+* each batch-1 decode step is the fused Triton kernels of :mod:`triton_decode` (about 125 launches, every
+  one a weight stream with the norms, RoPE, cache write, attention over the valid cache, residuals, SiLU,
+  argmax and the greedy bookkeeping fused around it), captured as one CUDA graph per cache length; larger
+  batches, or no Triton, run the step (:func:`greedy.greedy_step`) compiled with ``torch.compile``, captured;
 * :meth:`FastSession.generate` replays that graph and looks at the stop flags only every
   ``check_every`` tokens, so the host does not wait on the device per token.
+
+All captured graphs share one private memory pool (never replayed concurrently; their live outputs are
+kept), so the ViT's and the prefill's activations reuse the same memory.
 
 On CPU the same code runs eagerly (no compile, no graphs): that is what the tests compare token for
 token with the plain backend. Sampling and streaming use the shared generation loop through
@@ -34,7 +41,8 @@ from ivl_ros.model.backends.greedy import GreedyState, capture, choose, greedy_s
 from ivl_ros.model.backends.static_lm import KVCache, StaticLM
 from ivl_ros.model.backends.torch_backend import TorchBackend
 from ivl_ros.model.checkpoint import LoadedModel
-from ivl_ros.model.generation import GenerationSettings, generate, upstream_position_ids
+from ivl_ros.model.generation import GenerationSettings, cut_at_stop, generate, upstream_position_ids
+from ivl_ros.model.tiling import pixel_values_for
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +53,31 @@ MAX_PREFILLS = 2     # captured prefill lengths kept per state (a camera sends o
 # Prefills of more tokens than this stay eager: there the GPU, not the launch rate, sets the time, and a
 # graph would hold that prefill's activations (hundreds of MB for four cameras) for good.
 PREFILL_GRAPH_TOKENS = 4096
+# The fused Triton decode serves batch 1, the latency case it is built for; at batch 4 the compiled step was
+# faster on the H200 (1745 vs 1049 tok/s, benchmarks/h200-notes.md), so larger batches keep it.
+FUSED_MAX_BATCH = 1
 
 
 def cache_length(tokens: int) -> int:
     return max(CACHE_QUANTUM, -(-tokens // CACHE_QUANTUM) * CACHE_QUANTUM)
 
 
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class FastTorchBackend(TorchBackend):
     name = "torch"
 
     def __init__(self, loaded: LoadedModel, compile: bool | None = None, graphs: bool | None = None,
-                 check_every: int = 8) -> None:
+                 check_every: int = 8, fused: bool | None = None, device_tiling: bool | None = None) -> None:
+        """``fused``: the Triton decode kernels (default: with graphs, when Triton is installed and the model is
+        bf16; ``IVL_FUSED_DECODE=0`` turns them off). ``device_tiling``: tile frames on the model's device
+        (default: on CUDA)."""
         super().__init__(loaded)
         cuda = self.device.type == "cuda"
         self.use_graphs = cuda if graphs is None else graphs and cuda
@@ -69,16 +91,41 @@ class FastTorchBackend(TorchBackend):
             self.model.__dict__["_ivl_static_lm"] = lm
         self.lm = lm
         self.vocab = int(self.model.lm_head.weight.shape[0])
+        self.tokens_per_tile = int(loaded.spec.tokens_per_tile)
         self._states: OrderedDict[tuple[int, int], GreedyState] = OrderedDict()
         self._step_fn = None
         self._vit_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-        self._vit_pool = None
-        self._prefill_pool = None
+        self._pool = None  # one private graph pool: ViT, prefill and first-token graphs never run concurrently
         # Compiled ViT on by default with graphs; IVL_VIT_COMPILE=0 turns it off (e.g. to compare with eager).
         self.compile_vit = self.use_compile and os.environ.get("IVL_VIT_COMPILE", "1") != "0"
         self._vit_compiled = None
         self.vit_mode = "eager"
         self.decode_mode = "eager"  # what the last captured decode ran as, for reports
+        self.use_fused = self._fused_wanted(fused)
+        self.fused_max_batch = FUSED_MAX_BATCH
+        wants_tiling = cuda if device_tiling is None else device_tiling
+        self.tiler = None
+        if wants_tiling:
+            from ivl_ros.model.backends.device_tiling import DeviceTiler
+
+            self.tiler = DeviceTiler(self.device)
+
+    def _fused_wanted(self, fused: bool | None) -> bool:
+        if fused is False or (fused is None and (not self.use_graphs or
+                                                 os.environ.get("IVL_FUSED_DECODE", "1") == "0")):
+            return False
+        why = ("Triton is not installed" if not triton_available() else
+               f"the model is {self.dtype}, the kernels run bf16" if self.dtype != torch.bfloat16 else "")
+        if why and fused:
+            raise OptionError(f"fused decode kernels requested but {why}")
+        return not why
+
+    # -- tiling --------------------------------------------------------------------------------------------
+    def pixel_values_for(self, image, tile_size: int, max_tiles: int, use_thumbnail: bool = True):
+        """The engine's tiler: on the model's device when device tiling is on (same values as the CPU path)."""
+        if self.tiler is None:
+            return pixel_values_for(image, tile_size, max_tiles, use_thumbnail)
+        return self.tiler(image, tile_size, max_tiles, use_thumbnail)
 
     # -- vision --------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -112,30 +159,37 @@ class FastTorchBackend(TorchBackend):
             self._vit_compiled = torch.compile(features)
         return self._vit_compiled
 
+    def _vit_attempts(self) -> list[tuple[str, object]]:
+        attempts = [("compiled", self._vit_function)] if self.compile_vit else []
+        return [*attempts, ("eager", lambda: super(FastTorchBackend, self).image_features)]
+
+    def _graph_pool(self):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        return self._pool
+
+    def _capture_with_vit(self, what: str, body):
+        """Capture ``body(vit_fn)`` with the compiled ViT, else the eager one; (graph, output) or None."""
+        for mode, vit in self._vit_attempts():
+            try:
+                fn = vit()
+                graph, out = capture(lambda fn=fn: body(fn), warmup=2, pool=self._graph_pool())
+            except Exception as exc:  # a failed compile or capture must not break captioning
+                log.warning("%s graph capture with the %s ViT failed, falling back: %s", what, mode, exc)
+                torch.cuda.synchronize()
+                if mode == "compiled":
+                    self.compile_vit = False
+                continue
+            self.vit_mode = mode
+            return graph, out
+        return None
+
     def _capture_vit(self, tiles: int, example: torch.Tensor):
         static_in = example.to(self.device, self.dtype).clone()
-        if self._vit_pool is None:
-            self._vit_pool = torch.cuda.graph_pool_handle()
-        attempts = [("compiled", self._vit_function())] if self.compile_vit else []
-        attempts.append(("eager", super().image_features))
-        for mode, fn in attempts:
-            try:
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    for _ in range(2):
-                        fn(static_in)
-                torch.cuda.current_stream().wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self._vit_pool):
-                    static_out = fn(static_in)
-                break
-            except Exception as exc:  # a failed compile or capture must not break captioning
-                log.warning("ViT graph capture (%s, %d tiles) failed, falling back: %s", mode, tiles, exc)
-                torch.cuda.synchronize()
-                self.compile_vit = False
-        self.vit_mode = mode
-        self._vit_graphs[tiles] = (graph, static_in, static_out)
+        captured = self._capture_with_vit(f"ViT ({tiles} tiles)", lambda fn: fn(static_in))
+        if captured is None:
+            raise RuntimeError(f"could not capture the ViT for {tiles} tiles, eager or compiled")
+        self._vit_graphs[tiles] = (captured[0], static_in, captured[1])
         return self._vit_graphs[tiles]
 
     # -- decode states -------------------------------------------------------------------------------------
@@ -160,16 +214,28 @@ class FastTorchBackend(TorchBackend):
         while len(self._states) >= MAX_STATES:
             self._states.popitem(last=False)
         st = GreedyState.allocate(self.lm, batch, length, self.device, self.dtype, self.vocab)
+        if self.use_fused and batch <= self.fused_max_batch:
+            from ivl_ros.model.backends.triton_decode import FusedDecoder
+
+            try:
+                st.fused = FusedDecoder(self.lm, batch, length, self.device)
+            except ValueError as exc:  # a geometry the kernels do not cover: the compiled step runs instead
+                log.warning("fused decode kernels not used: %s", exc)
+                self.use_fused = False
         self._states[key] = st
         return st
 
     def _capture_decode(self, st: GreedyState) -> None:
         st.reset(0, 0, 0)
-        attempts = [("compiled+graph", self._step_function())] if self.use_compile else []
-        attempts.append(("eager+graph", greedy_step))
-        for mode, fn in attempts:
+        attempts = []
+        if st.fused is not None:
+            attempts.append(("triton+graph", lambda: st.fused.step(st)))
+        if self.use_compile:
+            attempts.append(("compiled+graph", lambda: self._step_function()(self.lm, st)))
+        attempts.append(("eager+graph", lambda: greedy_step(self.lm, st)))
+        for mode, step in attempts:
             try:
-                st.graph = capture(lambda fn=fn: fn(self.lm, st))
+                st.graph, _ = capture(step)
                 st.mode = mode
                 break
             except Exception as exc:  # a failed compile or capture must not break captioning
@@ -177,56 +243,83 @@ class FastTorchBackend(TorchBackend):
                 torch.cuda.synchronize()
                 if mode.startswith("compiled"):
                     self.use_compile = False  # do not pay for a failing compile again on the next state
+                if mode.startswith("triton"):
+                    st.fused = None
+                    self.use_fused = False
         else:
             st.mode = "eager (graph capture failed)"
         self.decode_mode = st.mode
 
-    def prefill_logits(self, st: GreedyState, embeds: torch.Tensor, positions: torch.Tensor,
-                       key_valid: torch.Tensor, all_valid: bool) -> torch.Tensor:
-        """``lm.prefill`` into ``st``'s cache + the last position's logits (B, V), replaying a graph on CUDA.
+    # -- first token -----------------------------------------------------------------------------------------
+    def image_index(self, input_ids: np.ndarray, pixel_values) -> torch.Tensor | None:
+        """Flat (row-major) indices of the prompt's image-context positions, checked against the tile count."""
+        slots = np.flatnonzero(input_ids.reshape(-1) == self.image_token_id)
+        if pixel_values is None:
+            if slots.size:
+                raise OptionError(f"the prompt has {slots.size} image-context tokens but no image was given")
+            return None
+        features = int(pixel_values.shape[0]) * self.tokens_per_tile
+        if features != slots.size:
+            raise OptionError(f"image features ({features} tokens) do not match the prompt's "
+                              f"{slots.size} image-context tokens")
+        return torch.from_numpy(slots).to(self.device)
 
-        The graph's output lives in a pool shared with other prefill graphs: use it before the next prefill.
+    def _first_logits(self, st: GreedyState, ids: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor,
+                      all_valid: bool, pixel_values: torch.Tensor | None, image_index: torch.Tensor | None,
+                      vit) -> torch.Tensor:
+        """Embed the prompt, put the image features at their positions, prefill ``st``'s cache; last logits."""
+        embeds = self.language_model.embed_tokens(ids)
+        if pixel_values is not None:
+            features = vit(pixel_values)
+            flat = embeds.view(-1, embeds.shape[-1])
+            flat.index_copy_(0, image_index, features.reshape(-1, features.shape[-1]).to(embeds.dtype))
+        hidden = self.lm.prefill(embeds, positions, key_valid, st.cache, all_valid=all_valid)
+        return self.lm.lm_head(hidden[:, -1])
+
+    def prefill_logits(self, st: GreedyState, ids: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor,
+                       all_valid: bool, pixel_values: torch.Tensor | None = None,
+                       image_index: torch.Tensor | None = None, graphs: bool = True) -> torch.Tensor:
+        """Image + prompt into ``st``'s cache, the last position's logits (B, V): one graph replay on CUDA.
+
+        The graph's output lives in the shared pool: use it before the next replay of any graph.
         """
-        key = (int(embeds.shape[1]), all_valid)
-        graphs = self.use_graphs and embeds.shape[0] * embeds.shape[1] <= PREFILL_GRAPH_TOKENS
+        tiles = 0 if pixel_values is None else int(pixel_values.shape[0])
+        key = (int(ids.shape[1]), all_valid, tiles)
+        graphs = graphs and self.use_graphs and ids.numel() <= PREFILL_GRAPH_TOKENS
         entry = st.prefills.get(key) if graphs else None
         if entry is None and graphs and key not in st.prefills:
-            entry = self._capture_prefill(st, key, embeds, positions, key_valid)
+            entry = self._capture_prefill(st, key, ids, positions, key_valid, pixel_values, image_index)
         if entry is None:
-            hidden = self.lm.prefill(embeds, positions, key_valid, st.cache, all_valid=all_valid)
-            return self.lm.lm_head(hidden[:, -1])
+            return self._first_logits(st, ids, positions, key_valid, all_valid, pixel_values, image_index,
+                                      self.image_features)
         graph, inputs, logits = entry
-        for dst, src in zip(inputs, (embeds, positions, key_valid), strict=True):
-            dst.copy_(src)
+        for dst, src in zip(inputs, (ids, positions, key_valid, pixel_values, image_index), strict=True):
+            if src is not None:
+                dst.copy_(src, non_blocking=True)
         graph.replay()
         return logits
 
-    def _capture_prefill(self, st: GreedyState, key: tuple[int, bool], embeds: torch.Tensor,
-                         positions: torch.Tensor, key_valid: torch.Tensor):
+    def _capture_prefill(self, st: GreedyState, key: tuple[int, bool, int], ids: torch.Tensor,
+                         positions: torch.Tensor, key_valid: torch.Tensor, pixel_values: torch.Tensor | None,
+                         image_index: torch.Tensor | None):
         while len(st.prefills) >= MAX_PREFILLS:
             st.prefills.pop(next(iter(st.prefills)))
-        inputs = (embeds.clone(), positions.clone(), key_valid.clone())
-        out: list[torch.Tensor] = []
-
-        def run() -> None:
-            hidden = self.lm.prefill(inputs[0], inputs[1], inputs[2], st.cache, all_valid=key[1])
-            out[:] = [self.lm.lm_head(hidden[:, -1])]
-
-        if self._prefill_pool is None:
-            self._prefill_pool = torch.cuda.graph_pool_handle()
-        try:
-            graph = capture(run, warmup=1, pool=self._prefill_pool)
-        except Exception as exc:  # a failed capture must not break captioning: this length stays eager
-            log.warning("prefill graph capture (length %d) failed, running it eagerly: %s", key[0], exc)
-            torch.cuda.synchronize()
+        pv = None if pixel_values is None else pixel_values.to(self.device, self.dtype).clone()
+        inputs = (ids.clone(), positions.clone(), key_valid.clone(), pv,
+                  None if image_index is None else image_index.clone())
+        captured = self._capture_with_vit(f"first-token ({key[0]} tokens, {key[2]} tiles)",
+                                          lambda vit: self._first_logits(st, *inputs[:3], key[1], *inputs[3:], vit))
+        if captured is None:  # this length stays eager
             st.prefills[key] = None
             return None
-        st.prefills[key] = (graph, inputs, out[0])
+        st.prefills[key] = (captured[0], inputs, captured[1])
         return st.prefills[key]
 
     def run_step(self, st: GreedyState) -> None:
         if st.graph is not None:
             st.graph.replay()
+        elif st.fused is not None:
+            st.fused.step(st)
         else:
             greedy_step(self.lm, st)
 
@@ -251,23 +344,19 @@ class FastSession:
         return int(self.input_ids.shape[0])
 
     def _prefill(self, st: GreedyState, graphs: bool = False) -> torch.Tensor:
-        """Run the prompt into ``st``'s cache; returns last-position logits (B, V) on the device.
+        """Run the image and prompt into ``st``'s cache; returns last-position logits (B, V) on the device.
 
-        ``graphs``: replay/capture the prefill graph; only for the backend's long-lived states, since a
-        capture costs an eager run and would be wasted on a one-off state.
+        ``graphs``: replay/capture the first-token graph; only for the backend's long-lived states, since a
+        capture costs two eager runs and would be wasted on a one-off state.
         """
         b = self.backend
         dev = b.device
-        ids = torch.from_numpy(self.input_ids).to(dev)
-        mask = torch.from_numpy(self.mask).to(dev)
-        embeds = b.embed_prompt(ids, self.pixel_values)
-        positions = torch.from_numpy(upstream_position_ids(self.mask)).to(dev)
-        all_valid = bool(self.mask.all())
-        if graphs:
-            logits = b.prefill_logits(st, embeds, positions, mask.bool(), all_valid)
-        else:
-            hidden = b.lm.prefill(embeds, positions, mask.bool(), st.cache, all_valid=all_valid)
-            logits = b.lm.lm_head(hidden[:, -1])
+        ids = torch.from_numpy(self.input_ids).to(dev, non_blocking=True)
+        mask = torch.from_numpy(self.mask).to(dev, non_blocking=True).bool()
+        positions = torch.from_numpy(upstream_position_ids(self.mask)).to(dev, non_blocking=True)
+        image_index = b.image_index(self.input_ids, self.pixel_values)
+        pv = None if self.pixel_values is None else torch.as_tensor(self.pixel_values).to(dev, non_blocking=True)
+        logits = b.prefill_logits(st, ids, positions, mask, bool(self.mask.all()), pv, image_index, graphs=graphs)
         st.positions.copy_(positions[:, -1] + 1)
         st.slot.fill_(ids.shape[1])
         return logits
@@ -300,7 +389,7 @@ class FastSession:
             b.run_step(st)
             done += 1
         tokens = st.out[:, :done].cpu().numpy()
-        return [_until_stop(row, eos_id) for row in tokens]
+        return [cut_at_stop(row, eos_id) for row in tokens]
 
     # -- the DecoderSession protocol (sampling, streaming) ------------------------------------------------
     @torch.inference_mode()
@@ -331,9 +420,3 @@ class FastSession:
             dst[:, :, :old.length] = src
         new.valid[:, :old.length] = old.valid
         st.cache = KVCache(new.keys, new.values, new.valid)
-
-
-def _until_stop(row: np.ndarray, eos_id: int) -> list[int]:
-    hits = np.flatnonzero(row == eos_id)
-    end = int(hits[0]) + 1 if hits.size else len(row)
-    return [int(t) for t in row[:end]]
