@@ -19,9 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ivl_ros.model.tiny import INTERNVL2_2B_GEOMETRY as FULL_GEOMETRY  # noqa: E402
+from ivl_ros.model.tiny import INTERNVL2_2B_GEOMETRY as FULL_GEOMETRY
 
 FULL_VOCAB = FULL_GEOMETRY["llm"]["vocab_size"]  # 92544 pieces + 9 InternVL tokens; the tiny tokenizer uses ~1k
 

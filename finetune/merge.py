@@ -10,11 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from finetune.writer import LAYOUTS, write_full_checkpoint  # noqa: E402
-from ivl_ros.errors import IvlError  # noqa: E402
+from finetune.writer import LAYOUTS, write_full_checkpoint
+from ivl_ros.errors import IvlError
 
 TRAINING_CONFIG = "ivl_finetune.json"
 

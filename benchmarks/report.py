@@ -127,7 +127,7 @@ def markdown(results: dict) -> str:
                   f"({node['overhead_ms']['p90']:.2f} p90). "
                   f"Histogram of total ms (edges {node['histogram_total_ms']['edges']}): "
                   f"{node['histogram_total_ms']['counts']}."]
-    lines += ["", "Definitions: see `ivl_ros/bench/suite.py`. Raw numbers: the JSON file beside this one.", ""]
+    lines += ["", "Definitions: see `benchmarks/suite.py`. Raw numbers: the JSON file beside this one.", ""]
     return "\n".join(lines)
 
 

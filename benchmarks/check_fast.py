@@ -1,6 +1,6 @@
 """A quick GPU check of the fast path's captured/compiled pieces against their eager forms (not timing).
 
-``python -m ivl_ros.bench.check_fast``: full-size random InternVL2-2B in bf16 on CUDA;
+``python -m benchmarks.check_fast``: full-size random InternVL2-2B in bf16 on CUDA;
 prints the compiled+graph ViT's relative error to the eager ViT, whether the captured prefill gives
 bit-identical logits to the eager prefill, and whether the fast caption's tokens equal the plain path's.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ivl_ros.bench.random_model import random_model
-from ivl_ros.bench.suite import test_frame
+from benchmarks.random_model import random_model
+from benchmarks.suite import test_frame
 from ivl_ros.model.backends.torch_backend import TorchBackend
 from ivl_ros.model.backends.torch_fast import FastTorchBackend, cache_length
 from ivl_ros.model.engine import CAPTION_PROMPT, CAPTION_SETTINGS, VisionLanguageEngine
