@@ -259,14 +259,14 @@ class VisionLanguageEngine:
         prepared = [self.prepare(img, q, max_tiles) for img, q in zip(images, questions, strict=True)]
         return self.run(prepared, settings or GenerationSettings())
 
-    def caption(self, image: ImageInput, *, max_tiles: int | None = CAPTION_MAX_TILES, prompt: str | None = None,
-                settings: GenerationSettings | None = None,
+    def caption(self, image: ImageInput, *, max_tiles: int | None = CAPTION_MAX_TILES,
+                prompt: str | None = None, settings: GenerationSettings | None = None,
                 on_text: Callable[[str], None] | None = None) -> Answer:
         """A one-sentence caption with upstream's caption-eval prompt and settings."""
         return self.ask(image, prompt or CAPTION_PROMPT, max_tiles=max_tiles, settings=settings or CAPTION_SETTINGS,
                         on_text=on_text)
 
-    def caption_batch(self, images: Sequence[ImageInput], *, max_tiles: int | None = CAPTION_MAX_TILES, prompt: str | None = None,
-                      settings: GenerationSettings | None = None) -> list[Answer]:
+    def caption_batch(self, images: Sequence[ImageInput], *, max_tiles: int | None = CAPTION_MAX_TILES,
+                      prompt: str | None = None, settings: GenerationSettings | None = None) -> list[Answer]:
         return self.ask_batch(images, [prompt or CAPTION_PROMPT] * len(images), max_tiles=max_tiles,
                               settings=settings or CAPTION_SETTINGS)

@@ -298,8 +298,9 @@ def check_converted_config(config: dict, file: Path) -> dict:
     patch = vision["patch_size"] if isinstance(vision["patch_size"], int) else vision["patch_size"][0]
     tokens = _check_tiles(file, tile, "vision_config.image_size", patch, config["downsample_ratio"],
                           "downsample_ratio")
-    for key, expected in (("tile_size", tile), ("tokens_per_tile", tokens), ("image_token_id", config["image_token_id"]),
-                          ("downsample_ratio", config["downsample_ratio"])):
+    agreed = {"tile_size": tile, "tokens_per_tile": tokens, "image_token_id": config["image_token_id"],
+              "downsample_ratio": config["downsample_ratio"]}
+    for key, expected in agreed.items():
         if spec[key] != expected:
             raise fail(file, f"ivl_ros.{key}", f"{expected} (as the rest of config.json says)", spec[key])
     if spec["min_dynamic_patch"] > spec["max_dynamic_patch"]:
