@@ -38,8 +38,17 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+class IvlArgumentParser(argparse.ArgumentParser):
+    """argparse with the CLI's one error format: the usage, then ``ivl: error: ...``, exit status 2."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"ivl: error: {self.prog.removeprefix('ivl ')}: {message}\n" if self.prog != "ivl"
+                  else f"ivl: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ivl", description="InternVL2 on the robot: tiling, VQA, captions.")
+    parser = IvlArgumentParser(prog="ivl", description="InternVL2 on the robot: tiling, VQA, captions.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tiles", help="show the dynamic tile grid chosen for image sizes")

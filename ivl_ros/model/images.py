@@ -7,6 +7,7 @@ small file declaring 100000x100000 pixels costs nothing. PIL's own decompression
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Union
@@ -77,8 +78,10 @@ def _read_file(path: Path, max_pixels: int, decode: bool) -> Image.Image | tuple
                 return img.size
             img.load()
             return img.convert("RGB")
-    except Image.DecompressionBombError as exc:  # over PIL's own limit: the header already says it is huge
-        raise ImageError(f"{path}: image is over max_pixels={max_pixels} ({exc})") from None
+    except Image.DecompressionBombError as exc:  # over twice PIL's own limit, which it checks inside open()
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{declared.group(1)} pixels" if declared else "too many pixels"
+        raise ImageError(f"{path}: image is {size}, over max_pixels={max_pixels}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot read image ({exc})") from None
 

@@ -33,7 +33,7 @@ MAX_PIXELS_LIMIT = 2**31 - 1
 # before the prompt is built. Attention memory grows with the square of the prompt length; the whole prompt
 # is also checked against the model's context (``max_position_embeddings``).
 DEFAULT_MAX_QUESTION_TOKENS = 4096
-SEED_MAX = 2**63 - 1
+SEED_MAX = 2**32 - 1          # the usual seed range (numpy RandomState, most tools)
 
 # -- defaults --------------------------------------------------------------------------------------------
 # Upstream caption evaluation (caption-coco): at most 6 tiles, greedy, 8..30 new tokens.
@@ -137,7 +137,7 @@ def add_generation_options(p: argparse.ArgumentParser, *, caption: bool) -> None
     p.add_argument("--top-p", type=float_range(0.0, 1.0, lo_open=True), default=1.0, help="(0, 1] (default 1.0)")
     p.add_argument("--top-k", type=int_range(0), default=TOP_K_DEFAULT,
                    help=f"0 disables it (default {TOP_K_DEFAULT})")
-    p.add_argument("--seed", type=int_range(0, SEED_MAX), help="sampling seed, >= 0")
+    p.add_argument("--seed", type=int_range(0, SEED_MAX), help=f"sampling seed, 0..{SEED_MAX}")
 
 
 def generation_settings(args: argparse.Namespace):

@@ -352,7 +352,8 @@ def check_tokenizer_config(config: Any, file: Path) -> tuple[dict[str, int], set
     config = check_top_object(config, file)
     added: dict[str, int] = {}
     special: set[str] = set()
-    decoder = config.get("added_tokens_decoder") or {}
+    decoder = config.get("added_tokens_decoder")
+    decoder = {} if decoder is None else decoder
     if not isinstance(decoder, dict):
         raise fail(file, "added_tokens_decoder", "a JSON object of token id -> token", decoder)
     for idx, entry in decoder.items():
