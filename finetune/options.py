@@ -13,7 +13,15 @@ import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from ivl_ros.errors import OptionError
-from ivl_ros.model.options import ATTENTION_MODES, DEVICE_HELP, MAX_TILES_LIMIT, SEED_MAX, float_range, int_range
+from ivl_ros.model.options import (
+    ATTENTION_MODES,
+    DEVICE_HELP,
+    DTYPES,
+    MAX_TILES_LIMIT,
+    SEED_MAX,
+    float_range,
+    int_range,
+)
 
 EPILOG = """\
 batch semantics (flags or environment variables; flags win):
@@ -84,8 +92,9 @@ class TrainConfig:
     unfreeze_backbone: bool = option(False, "with --full: train the ViT too (upstream freeze_backbone False; for "
                                      "models trained from scratch)", MODEL)
     device: str = option("auto", f"auto (cuda if available), {DEVICE_HELP}", MODEL, type=device_or_auto)
+    # No float16: training in it would need a loss scaler.
     dtype: str = option("auto", "base weights dtype (auto: bfloat16 on GPU, float32 on CPU)", MODEL,
-                        choices=("auto", "float32", "bfloat16"))
+                        choices=("auto", *(d for d in DTYPES if d != "float16")))
     attention: str = option("auto", "attention kernels (auto: the loader's default)", MODEL,
                             choices=("auto", *ATTENTION_MODES))
     gradient_checkpointing: bool = option(True, "no gradient checkpointing (faster, more memory)", MODEL)

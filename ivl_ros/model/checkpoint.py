@@ -311,8 +311,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_config_and_spec(path: str | Path):
-    """(layout, hf_config, spec, tokenizer) of a checked checkpoint, without loading weights."""
-    info = load_checkpoint_info(path)
+    """(layout, hf_config, spec, tokenizer) of a checked checkpoint; weights are neither read nor required."""
+    info = load_checkpoint_info(path, weights=False)
     if info.layout == "upstream":
         hf_config = hf_config_from_upstream(info.config, info.spec)
     else:
@@ -342,6 +342,7 @@ def load_model(path: str | Path, device: str = "cpu", dtype: str | torch.dtype =
         tensors = convert_state_dict(read_tensors(weight_files(path)), hf_config, str(path))
         model = _build_from_state_dict(hf_config, tensors, torch_dtype, torch_device, attn, path)
     else:
+        weight_files(path)  # headers checked: a truncated file is a CheckpointError, not a loader traceback
         model, info = InternVLForConditionalGeneration.from_pretrained(
             path, dtype=torch_dtype, attn_implementation=attn, output_loading_info=True)
         problems = info.get("missing_keys") or info.get("unexpected_keys") or info.get("mismatched_keys")
