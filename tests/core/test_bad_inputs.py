@@ -9,7 +9,6 @@ test just as a traceback would); a few run the real command in a subprocess.
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 import subprocess
 import sys
@@ -467,4 +466,3 @@ def test_good_copy_still_loads(tiny_checkpoint, tmp_path, capsys):
     """The symlinked copies are a fair test bed: an unedited one answers."""
     model = edited(tiny_checkpoint, tmp_path / "m", "config.json", lambda d: None)
     assert main(["ask", "--model", str(model), "--question", "hi", "--max-new-tokens", "2", "--json"]) == 0
-    assert shutil.which(sys.executable)
