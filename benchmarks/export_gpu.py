@@ -19,9 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ivl_ros.model.tiny import INTERNVL2_2B_GEOMETRY as FULL_GEOMETRY  # noqa: E402
+from ivl_ros.model.tiny import INTERNVL2_2B_GEOMETRY as FULL_GEOMETRY
 
 FULL_VOCAB = FULL_GEOMETRY["llm"]["vocab_size"]  # 92544 pieces + 9 InternVL tokens; the tiny tokenizer uses ~1k
 
@@ -91,19 +89,11 @@ def decode_speed(engine, image, new_tokens: int) -> dict:
 def token_ids(engine, images, questions, settings) -> list[list[int]]:
     """Greedy ids through the engine's own batching and loop, without decoding to text: random weights
     pick ids past the tiny tokenizer's ~1k pieces (the model vocab is 92553)."""
-    import numpy as np
-
+    from ivl_ros.model.engine import collate_prompts
     from ivl_ros.model.generation import generate
 
     prepared = [engine.prepare(img, q, max_tiles=6) for img, q in zip(images, questions, strict=True)]
-    longest = max(len(p.prompt_ids) for p in prepared)
-    ids = np.full((len(prepared), longest), engine.tokenizer.pad_id, np.int64)
-    mask = np.zeros_like(ids)
-    for row, p in enumerate(prepared):
-        ids[row, longest - len(p.prompt_ids):] = p.prompt_ids
-        mask[row, longest - len(p.prompt_ids):] = 1
-    tiles = [p.pixel_values for p in prepared if p.pixel_values is not None]
-    session = engine.backend.session(ids, mask, np.concatenate(tiles) if tiles else None)
+    session = engine.backend.session(*collate_prompts(prepared, engine.tokenizer.pad_id))
     return generate(session, len(prepared), settings, engine.eos_id, engine.tokenizer.pad_id)
 
 

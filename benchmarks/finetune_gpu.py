@@ -19,9 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ivl_ros.model.tiny import INTERNVL2_2B_GEOMETRY as INTERNVL2_2B  # noqa: E402
+from ivl_ros.model.tiny import INTERNVL2_2B_GEOMETRY as INTERNVL2_2B
 
 REAL_VOCAB = INTERNVL2_2B["llm"]["vocab_size"]
 

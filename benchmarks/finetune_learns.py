@@ -18,9 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from finetune.synthetic import make_caption_dataset, references  # noqa: E402
+from finetune.synthetic import make_caption_dataset, references
 
 
 def caption_all(model_dir: Path, items) -> dict[int, str]:

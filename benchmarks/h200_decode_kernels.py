@@ -2,11 +2,11 @@
 
     python benchmarks/h200_decode_kernels.py --out DIR
 
-1. the sweep of ``ivl_ros.bench.kernels.CANDIDATES`` (rows per program, K chunk, warps per matrix kernel;
+1. the sweep of ``benchmarks.kernels.CANDIDATES`` (rows per program, K chunk, warps per matrix kernel;
    attention variants, checked against the two-kernel attention) on a batch-1 state holding the bench
    prompt (1836 tokens of a 640x480 frame);
 2. the per-kernel table with the default configs and with the fastest ones;
-3. ``ivl_ros.bench.check_fast`` checks with the fastest configs (device tiling bit-exact, first-token
+3. ``benchmarks.check_fast`` checks with the fastest configs (device tiling bit-exact, first-token
    graph bit-exact, token identity with the plain path for the bench's caption and 128-token decodes at
    batch 1 and 4).
 
@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ivl_ros.bench.check_fast import run_checks
-from ivl_ros.bench.command import copy_bandwidth
-from ivl_ros.bench.kernels import kernel_table, tune
-from ivl_ros.bench.random_model import random_model
-from ivl_ros.bench.suite import test_frame
+from benchmarks.check_fast import run_checks
+from benchmarks.command import copy_bandwidth
+from benchmarks.kernels import kernel_table, tune
+from benchmarks.random_model import random_model
+from benchmarks.suite import test_frame
 from ivl_ros.model.backends.greedy import GreedyState
 from ivl_ros.model.backends.torch_backend import TorchBackend
 from ivl_ros.model.backends.torch_fast import FastTorchBackend, cache_length

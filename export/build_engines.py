@@ -15,13 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable (export/ and ivl_ros/)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from export.manifest import Manifest, stage_key, tool_versions  # noqa: E402
-from export.progress import Progress  # noqa: E402
-from ivl_ros.errors import IvlError, OptionError  # noqa: E402
-from ivl_ros.model.backends.engines import (  # noqa: E402
+from export.manifest import Manifest, stage_key, tool_versions
+from export.progress import Progress
+from ivl_ros.errors import IvlError
+from ivl_ros.model.backends.engines import (
     STAGE_DECODER,
     STAGE_EMBEDDING,
     STAGE_QUANTIZE,
@@ -31,6 +28,9 @@ from ivl_ros.model.backends.engines import (  # noqa: E402
     checkpoint_fingerprint,
     default_engines_dir,
 )
+from ivl_ros.model.defaults import resolve_model_path
+from ivl_ros.model.options import UPSTREAM_MAX_TILES, add_max_tiles_option, device_name
+from ivl_ros.outdir import check_output_dir, make_output_dir
 
 VISION_FILE, ENGINE_FILE, CACHE_FILE = "vision.onnx", "vision.engine", "timing.cache"
 EMBED_FILE, DECODER_FILE = "embed_tokens.npy", "decoder.onnx"
@@ -44,25 +44,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, help="checkpoint directory (default: $IVL_MODEL or the demo model)")
     p.add_argument("--out", type=Path, help="engines directory to write (default: <checkpoint>-engines next to "
                    "the checkpoint, where the onnx/trt backends look when no engines path is given)")
-    p.add_argument("--max-tiles", type=int, default=12, help="largest max_tiles the engines serve (+1 thumbnail)")
+    add_max_tiles_option(p, UPSTREAM_MAX_TILES, f"{UPSTREAM_MAX_TILES}; the largest max_tiles the engines serve, "
+                         "+1 thumbnail")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="vision graph precision")
     p.add_argument("--trt", choices=["auto", "tensorrt", "tensorrt_rtx", "off"], default="auto")
     p.add_argument("--llm-quant", choices=["none", "int8", "int4"], default="none")
-    p.add_argument("--device", default="cpu", help="torch device for export and the reference (cpu, cuda)")
+    p.add_argument("--device", type=device_name, default="cpu",
+                   help="torch device for export and the reference (cpu, cuda, cuda:N)")
     return p.parse_args(argv)
 
 
 class Builder:
     def __init__(self, args: argparse.Namespace) -> None:
-        from ivl_ros.model.defaults import default_model_path
-
         self.args = args
-        self.model_path = (args.model or default_model_path()).resolve()
-        self.out = args.out or default_engines_dir(self.model_path)
-        if not 1 <= args.max_tiles <= 40:
-            raise OptionError(f"--max-tiles must be in 1..40, got {args.max_tiles}")
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.manifest = Manifest(self.out)
+        self.model_path = resolve_model_path(args.model, log=lambda msg: print(msg, file=sys.stderr)).resolve()
+        # Checked now, created once the checkpoint has passed its checks (run()).
+        self.out = check_output_dir(args.out or default_engines_dir(self.model_path), "--out")
         self.progress = Progress(total=5)
         self._loaded = None
 
@@ -108,6 +105,7 @@ class Builder:
         start = time.perf_counter()
         layout, spec, tokenizer = load_spec(self.model_path)
         ckpt = checkpoint_fingerprint(self.model_path)
+        self.manifest = Manifest(make_output_dir(self.out, "--out"))
         self.progress.say(f"checkpoint {self.model_path} ({layout} layout), hash {ckpt}")
         self.describe(ckpt, spec, layout)
         self.spec, self.tokenizer = spec, tokenizer

@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune.recording import missing_dataset_message
 from ivl_ros.errors import IvlError
 
 IMAGE_TAG = "<image>"
@@ -106,8 +107,7 @@ def resolve_data(spec: str) -> Path:
     target = Path(registry[spec])
     target = target if target.is_absolute() else REPO_ROOT / target
     if not target.is_file():
-        raise DataError(f"--data {spec}: {target} (from {REGISTRY.name}) does not exist yet; record data first "
-                        "(Habitat: the habitat_sim_bridge recorder writes it) or pass --data PATH/TO/meta.json")
+        raise DataError(missing_dataset_message(spec, target, REGISTRY))
     return target
 
 

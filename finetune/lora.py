@@ -6,12 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from finetune.data import DataError, check_data, resolve_data  # noqa: E402
-from finetune.options import build_parser, config_from_args  # noqa: E402
-from ivl_ros.errors import IvlError  # noqa: E402
+from finetune.data import DataError, check_data, resolve_data
+from finetune.options import build_parser, config_from_args
+from ivl_ros.errors import IvlError
 
 
 def check_only(data: str) -> int:

@@ -10,23 +10,24 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from finetune.writer import LAYOUTS, write_full_checkpoint  # noqa: E402
-from ivl_ros.errors import IvlError  # noqa: E402
+from finetune.writer import LAYOUTS, write_full_checkpoint
+from ivl_ros.errors import IvlError
+from ivl_ros.jsonfile import read_json
 
 TRAINING_CONFIG = "ivl_finetune.json"
 
 
 def base_of(adapter: Path) -> str:
+    """The base checkpoint an adapter was trained on: ivl_finetune.json, else peft's adapter_config.json."""
     record = adapter / TRAINING_CONFIG
-    if record.is_file():
-        return json.loads(record.read_text())["base_model"]
-    cfg = adapter / "adapter_config.json"
-    if not cfg.is_file():
+    file, key = (record, "base_model") if record.is_file() else (adapter / "adapter_config.json",
+                                                                  "base_model_name_or_path")
+    if not file.is_file():
         raise IvlError(f"{adapter}: no adapter_config.json; not a finetune/lora.py output directory")
-    return json.loads(cfg.read_text())["base_model_name_or_path"]
+    data = read_json(file, "adapter record")
+    if not isinstance(data, dict) or not isinstance(data.get(key), str) or not data[key]:
+        raise IvlError(f"{file}: key {key!r}: expected the base checkpoint path; pass --base DIR")
+    return data[key]
 
 
 def merge_adapter(adapter: str | Path, out: str | Path, layout: str = "upstream", base: str | None = None,
@@ -35,11 +36,13 @@ def merge_adapter(adapter: str | Path, out: str | Path, layout: str = "upstream"
     from peft import PeftModel
 
     from ivl_ros.model.checkpoint import load_model
+    from ivl_ros.model.defaults import resolve_model_path
 
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").is_file():
         raise IvlError(f"{adapter}: no adapter_config.json; not a finetune/lora.py output directory")
-    base = base or base_of(adapter)
+    # The base the adapter was trained on (recorded by lora.py), unless --base says otherwise.
+    base = resolve_model_path(base or base_of(adapter), log=lambda msg: print(msg, file=sys.stderr))
     if max_dynamic_patch is None and (adapter / TRAINING_CONFIG).is_file():
         max_dynamic_patch = json.loads((adapter / TRAINING_CONFIG).read_text())["config"]["max_dynamic_patch"]
     loaded = load_model(base, device="cpu", dtype="float32")

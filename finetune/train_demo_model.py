@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 DATA_SEED = 7
 RECORD_ARGS = ["--num-episodes", "240", "--frames-per-episode", "6", "--heldout-episodes", "40"]

@@ -14,7 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ivl_ros.errors import IvlError, OptionError
-from ivl_ros.model.defaults import default_model_path, demo_notice
+from ivl_ros.model.defaults import resolve_model_path
+from ivl_ros.model.options import (
+    DTYPES,
+    UPSTREAM_MAX_TILES,
+    add_generation_options,
+    add_max_tiles_option,
+    add_model_options,
+    generation_settings,
+    int_range,
+)
 
 # Subcommands that live with their feature; each module has add_parser(subparsers) and run(args) -> int.
 PLUGIN_COMMANDS = {"eval-caption": "ivl_ros.eval.command"}
@@ -29,68 +38,43 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _int_range(lo: int, hi: int | None = None):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < lo or (hi is not None and value > hi):
-            bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-            raise argparse.ArgumentTypeError(f"{value} is out of range (expected {bound})")
-        return value
-    return parse
+class IvlArgumentParser(argparse.ArgumentParser):
+    """argparse with the CLI's one error format: the usage, then ``ivl: error: ...``, exit status 2."""
 
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, help="checkpoint directory (upstream or converted layout); "
-                   "default: $IVL_MODEL or the embedded demo model")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--attention", choices=["exact", "eager", "sdpa"],
-                   help="attention kernels (default: exact on CPU float32, sdpa otherwise)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "trt"])
-    p.add_argument("--engines", type=Path, help="exported engines directory (for --backend onnx/trt)")
-
-
-def _add_generation_options(p: argparse.ArgumentParser, caption: bool) -> None:
-    p.add_argument("--image", type=Path, required=caption, help="image file")
-    p.add_argument("--max-tiles", type=_int_range(1, 40), default=6 if caption else None,
-                   help="maximum dynamic tiles (default: 6 for caption, the checkpoint's max_dynamic_patch for ask)")
-    p.add_argument("--max-new-tokens", type=_int_range(1), default=30 if caption else 1024)
-    p.add_argument("--min-new-tokens", type=_int_range(0), default=8 if caption else 0)
-    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=_int_range(0), default=50)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"ivl: error: {self.prog.removeprefix('ivl ')}: {message}\n" if self.prog != "ivl"
+                  else f"ivl: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ivl", description="InternVL2 on the robot: tiling, VQA, captions.")
+    parser = IvlArgumentParser(prog="ivl", description="InternVL2 on the robot: tiling, VQA, captions.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tiles", help="show the dynamic tile grid chosen for image sizes")
-    p.add_argument("--tile-size", type=_int_range(1), default=448)
-    p.add_argument("--max-tiles", type=_int_range(1, 40), default=12)
+    p.add_argument("--tile-size", type=int_range(1), default=448)
+    add_max_tiles_option(p, UPSTREAM_MAX_TILES, str(UPSTREAM_MAX_TILES))
     p.add_argument("--size", type=_size, action="append", required=True, help="WxH (repeatable)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("ask", help="answer a question about an image (or text only)")
-    _add_model_options(p)
-    _add_generation_options(p, caption=False)
+    add_model_options(p)
+    add_generation_options(p, caption=False)
+    p.add_argument("--image", type=Path, help="image file (none: a text-only question)")
     p.add_argument("--question", required=True)
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
     p = sub.add_parser("caption", help="caption an image with the upstream caption-eval prompt and settings")
-    _add_model_options(p)
-    _add_generation_options(p, caption=True)
+    add_model_options(p)
+    add_generation_options(p, caption=True)
+    p.add_argument("--image", type=Path, required=True, help="image file")
     p.add_argument("--prompt", help="override the caption prompt")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
     p = sub.add_parser("convert", help="write a transformers-layout copy of an upstream checkpoint")
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: as stored")
+    p.add_argument("--dtype", choices=DTYPES, help="default: as stored")
 
     p = sub.add_parser("make-tiny", help="write a tiny random InternVL2 checkpoint (upstream layout)")
     p.add_argument("dir", type=Path)
@@ -110,6 +94,10 @@ def _plugin_handler(command: str):
     return module.run
 
 
+def _say(message: str) -> None:
+    print(f"ivl: {message}", file=sys.stderr)
+
+
 def _cmd_tiles(args: argparse.Namespace) -> int:
     from ivl_ros.model.tiling import dynamic_tile_grid
 
@@ -127,17 +115,12 @@ def _cmd_tiles(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from ivl_ros.model.engine import GenerationSettings, VisionLanguageEngine
+    from ivl_ros.model.engine import VisionLanguageEngine
 
     if args.min_new_tokens > args.max_new_tokens:
         raise OptionError(f"--min-new-tokens ({args.min_new_tokens}) exceeds --max-new-tokens ({args.max_new_tokens})")
-    model = args.model or default_model_path()
-    notice = demo_notice(model)
-    if notice and not args.json:
-        print(f"ivl: {notice}", file=sys.stderr)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
-                                  do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p,
-                                  top_k=args.top_k, seed=args.seed)
+    settings = generation_settings(args)
+    model = resolve_model_path(args.model, log=None if args.json else _say)
     engine = VisionLanguageEngine.load(model, backend=args.backend, device=args.device, dtype=args.dtype,
                                        engines_path=args.engines, attention=args.attention)
     if args.command == "caption":

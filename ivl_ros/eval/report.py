@@ -7,10 +7,10 @@ import math
 import re
 from pathlib import Path
 
-from PIL import Image
-
+from ivl_ros.errors import ImageError
 from ivl_ros.eval.coco_data import CaptionDataset
 from ivl_ros.eval.scoring import METRICS, CaptionScores
+from ivl_ros.model.images import load_image
 
 THUMB_SIZE = 224
 
@@ -29,14 +29,13 @@ table.summary td, table.summary th { padding: 2px 10px; text-align: left; }
 def make_thumbnail(src: Path, dst: Path, size: int = THUMB_SIZE) -> bool:
     """Write a JPEG thumbnail; False (and no thumbnail) if the image cannot be read."""
     try:
-        with Image.open(src) as img:
-            img = img.convert("RGB")
-            img.thumbnail((size, size))
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            img.save(dst, "JPEG", quality=85)
-        return True
-    except OSError:
+        img = load_image(src)  # the engine's image rule: over max_pixels is refused from the header
+    except ImageError:
         return False
+    img.thumbnail((size, size))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    img.save(dst, "JPEG", quality=85)
+    return True
 
 
 def _text(value: str) -> str:

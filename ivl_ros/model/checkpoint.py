@@ -25,52 +25,56 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ivl_ros.errors import CheckpointError, OptionError
+from ivl_ros.model import options
 from ivl_ros.model.spec import (
     ModelSpec,
     checkpoint_hash,  # noqa: F401  (re-exported: callers use checkpoint.checkpoint_hash)
-    load_spec,
-    read_config,
+    load_checkpoint_info,
+    stored_dtype_name,
     weight_files,
 )
 from ivl_ros.model.tokenizer import InternLM2Tokenizer
+from ivl_ros.model.validation import check_upstream_config
+from ivl_ros.outdir import check_output_dir, make_output_dir
 
 if TYPE_CHECKING:
-    from transformers import InternVLForConditionalGeneration, PreTrainedConfig
+    from transformers import InternVLForConditionalGeneration
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ATTENTION = ("exact", "eager", "sdpa")
+DTYPES = {name: getattr(torch, name) for name in options.DTYPES}
+ATTENTION = options.ATTENTION_MODES
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 
 
 def hf_config_from_upstream(config: dict, spec: ModelSpec):
-    """Build the transformers InternVLConfig that computes the same function as an upstream config."""
+    """Build the transformers InternVLConfig equivalent to an upstream config (checked, defaults filled in by
+    :func:`~ivl_ros.model.validation.check_upstream_config`, which this calls again: cheap and idempotent)."""
     from transformers import InternVLConfig, InternVLVisionConfig, LlamaConfig
 
+    config = check_upstream_config(config, Path("config.json"))
     vision, llm = config["vision_config"], config["llm_config"]
-    act = vision.get("hidden_act", "gelu")
     vision_cfg = InternVLVisionConfig(
         hidden_size=vision["hidden_size"], num_hidden_layers=vision["num_hidden_layers"],
         num_attention_heads=vision["num_attention_heads"], intermediate_size=vision["intermediate_size"],
         image_size=[spec.tile_size, spec.tile_size], patch_size=[vision["patch_size"]] * 2,
-        num_channels=vision.get("num_channels", 3), attention_bias=bool(vision.get("qkv_bias", True)),
-        use_qk_norm=False, norm_type=vision.get("norm_type", "layer_norm"),
-        layer_norm_eps=vision.get("layer_norm_eps", 1e-6), hidden_act=act,
+        num_channels=vision["num_channels"], attention_bias=vision["qkv_bias"],
+        use_qk_norm=False, norm_type=vision["norm_type"],
+        layer_norm_eps=vision["layer_norm_eps"], hidden_act=vision["hidden_act"],
         # "mean pooling" true means: no final LayerNorm after the last layer, as upstream.
-        use_mean_pooling=True, layer_scale_init_value=vision.get("initializer_factor", 1.0),
+        use_mean_pooling=True, layer_scale_init_value=vision["initializer_factor"],
         attention_dropout=0.0, projection_dropout=0.0, hidden_dropout_prob=0.0,
         drop_path_rate=0.0)  # pyright: ignore[reportCallIssue]  (an extra config attribute, kept as given)
-    rope = llm.get("rope_scaling")
+    rope = llm["rope_scaling"]
     text_cfg = LlamaConfig(
         hidden_size=llm["hidden_size"], num_hidden_layers=llm["num_hidden_layers"],
-        num_attention_heads=llm["num_attention_heads"],
-        num_key_value_heads=llm.get("num_key_value_heads", llm["num_attention_heads"]),
+        num_attention_heads=llm["num_attention_heads"], num_key_value_heads=llm["num_key_value_heads"],
         intermediate_size=llm["intermediate_size"], vocab_size=llm["vocab_size"],
-        max_position_embeddings=llm.get("max_position_embeddings", 32768), rms_norm_eps=llm.get("rms_norm_eps", 1e-6),
+        max_position_embeddings=llm["max_position_embeddings"], rms_norm_eps=llm["rms_norm_eps"],
         # Legacy names, not in the signature: transformers 5 folds them into rope_parameters.
-        rope_theta=llm.get("rope_theta", 10000.0),  # pyright: ignore[reportCallIssue]
+        rope_theta=llm["rope_theta"],  # pyright: ignore[reportCallIssue]
         rope_scaling={"type": rope["type"], "factor": rope["factor"]} if rope else None,  # pyright: ignore[reportCallIssue]
-        hidden_act=llm.get("hidden_act", "silu"), attention_bias=bool(llm.get("bias", False)), mlp_bias=False,
-        tie_word_embeddings=False, bos_token_id=llm.get("bos_token_id", 1), eos_token_id=llm.get("eos_token_id", 2),
-        pad_token_id=llm.get("pad_token_id", 2))
+        hidden_act=llm["hidden_act"], attention_bias=llm["bias"], mlp_bias=False,
+        tie_word_embeddings=False, bos_token_id=llm["bos_token_id"], eos_token_id=llm["eos_token_id"],
+        pad_token_id=llm["pad_token_id"])
     # tie_word_embeddings must be given at the top level too: InternVLConfig defaults it to true.
     return InternVLConfig(
         vision_config=vision_cfg, text_config=text_cfg, image_token_id=spec.image_token_id,
@@ -304,29 +308,26 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "cuda" or device.startswith("cuda:"):
+    options.check_device_name(device)
+    if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise OptionError(f"device {device!r} requested but CUDA is not available on this machine")
-    elif device != "cpu":
-        raise OptionError(f"device {device!r} is not one of ('cpu', 'cuda', 'cuda:N')")
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise OptionError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(device)
 
 
 def load_config_and_spec(path: str | Path):
-    """(layout, hf_config, spec, tokenizer) without loading weights."""
-    path = Path(path)
-    layout, spec, tokenizer = load_spec(path)
-    if layout == "upstream":
-        hf_config = hf_config_from_upstream(read_config(path), spec)
+    """(layout, hf_config, spec, tokenizer) of a checked checkpoint; weights are neither read nor required."""
+    info = load_checkpoint_info(path, weights=False)
+    if info.layout == "upstream":
+        hf_config = hf_config_from_upstream(info.config, info.spec)
     else:
         from transformers import InternVLConfig
 
-        hf_config = InternVLConfig.from_pretrained(path)
-    vocab = cast("PreTrainedConfig", hf_config.text_config).vocab_size
-    if tokenizer.vocab_size > vocab:
-        raise CheckpointError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size "
-                              f"is {vocab}")
-    return layout, hf_config, spec, tokenizer
+        hf_config = InternVLConfig.from_pretrained(info.path)
+    return info.layout, hf_config, info.spec, info.tokenizer
 
 
 def load_model(path: str | Path, device: str = "cpu", dtype: str | torch.dtype = "float32",
@@ -349,6 +350,7 @@ def load_model(path: str | Path, device: str = "cpu", dtype: str | torch.dtype =
         tensors = convert_state_dict(read_tensors(weight_files(path)), hf_config, str(path))
         model = _build_from_state_dict(hf_config, tensors, torch_dtype, torch_device, attn, path)
     else:
+        weight_files(path)  # headers checked: a truncated file is a CheckpointError, not a loader traceback
         with_info = InternVLForConditionalGeneration.from_pretrained(
             path, dtype=torch_dtype, attn_implementation=attn, output_loading_info=True)
         model, info = cast("tuple[InternVLForConditionalGeneration, dict]", with_info)
@@ -397,12 +399,11 @@ def _build_from_state_dict(hf_config, tensors, dtype, device, attn, path: Path):
 def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str | None = None) -> Path:
     """Write a transformers-layout copy of an upstream checkpoint (``ivl convert``)."""
     src, dst = Path(src), Path(dst)
-    loaded = load_model(src, device="cpu", dtype=dtype or stored_dtype(src))
-    if loaded.layout != "upstream":
+    check_output_dir(dst, "destination", must_be_empty=True)  # before the slow load
+    if load_checkpoint_info(src).layout != "upstream":
         raise CheckpointError(f"{src}: already in the converted (transformers) layout")
-    if dst.exists() and any(dst.iterdir()):
-        raise CheckpointError(f"{dst}: exists and is not empty; choose a new directory")
-    dst.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(src, device="cpu", dtype=dtype or stored_dtype(src))
+    make_output_dir(dst, "destination", must_be_empty=True)
     model = loaded.model
     model.config.ivl_ros = loaded.spec.to_json()
     model.config.architectures = ["InternVLForConditionalGeneration"]
@@ -415,9 +416,12 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str | None = Non
 
 
 def stored_dtype(path: str | Path) -> torch.dtype:
-    """The dtype a checkpoint's tensors are stored in (copies written from it keep it)."""
-    with safe_open(str(weight_files(Path(path))[0]), framework="pt") as fh:
-        return fh.get_tensor(next(iter(fh.keys()))).dtype
+    """The dtype a checkpoint's tensors are stored in (copies written from it keep it), from the file header."""
+    name = stored_dtype_name(Path(path))
+    if name not in SAFETENSORS_DTYPES:
+        raise CheckpointError(f"{weight_files(Path(path))[0]}: tensors are stored as {name}; expected a floating "
+                              f"point type ({', '.join(SAFETENSORS_DTYPES)})")
+    return SAFETENSORS_DTYPES[name]
 
 
 def _write_processor_config(dst: Path, spec: ModelSpec) -> None:

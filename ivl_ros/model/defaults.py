@@ -1,8 +1,12 @@
-"""The default model: ``$IVL_MODEL``, else the embedded demo captioner shipped in the repository."""
+"""The default model rule, used by every front end (``ivl``, eval, the node, finetune, merge, export, bench):
+``--model`` when given, else ``$IVL_MODEL``, else the embedded demo captioner shipped in the repository (with a
+log line saying so).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ivl_ros.errors import OptionError
@@ -31,3 +35,12 @@ def is_demo_model(path: str | Path) -> bool:
 def demo_notice(path: str | Path) -> str | None:
     """The line to log when the demo model is in use (None otherwise)."""
     return DEMO_NOTICE.format(path=path) if is_demo_model(path) else None
+
+
+def resolve_model_path(model: str | Path | None, log: Callable[[str], None] | None = print) -> Path:
+    """``model`` if given, else :func:`default_model_path`; ``log`` gets the demo-model line when it is in use."""
+    path = Path(model) if model else default_model_path()
+    notice = demo_notice(path)
+    if notice and log is not None:
+        log(notice)
+    return path

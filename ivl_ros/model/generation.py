@@ -9,6 +9,7 @@ Logits arrive as float32 numpy arrays so that the loop needs no torch (the ONNX 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -16,26 +17,46 @@ from typing import Protocol
 import numpy as np
 
 from ivl_ros.errors import OptionError
+from ivl_ros.model.options import (
+    ASK_MAX_NEW_TOKENS,
+    CAPTION_MAX_NEW_TOKENS,
+    CAPTION_MIN_NEW_TOKENS,
+    SEED_MAX,
+    TOP_K_DEFAULT,
+)
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
     """Decoding options (upstream chat() passes these to generate())."""
 
-    max_new_tokens: int = 1024
+    max_new_tokens: int = ASK_MAX_NEW_TOKENS
     min_new_tokens: int = 0
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 50
+    top_k: int = TOP_K_DEFAULT
     seed: int | None = None
 
     def validated(self) -> GenerationSettings:
+        """Self, or an OptionError naming the first setting of the wrong type or out of its range."""
+        for name in ("max_new_tokens", "min_new_tokens", "top_k"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise OptionError(f"{name} must be an integer, got {value!r}")
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or \
+                    not math.isfinite(value):
+                raise OptionError(f"{name} must be a finite number, got {value!r}")
         if self.max_new_tokens < 1:
             raise OptionError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise OptionError(f"min_new_tokens must be in 0..max_new_tokens ({self.max_new_tokens}), "
                               f"got {self.min_new_tokens}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
+                                      or not 0 <= self.seed <= SEED_MAX):
+            raise OptionError(f"seed must be an integer in 0..{SEED_MAX}, got {self.seed!r}")
         if self.do_sample:
             if self.temperature <= 0:
                 raise OptionError(f"temperature must be > 0 when sampling, got {self.temperature}")
@@ -49,8 +70,8 @@ class GenerationSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-# Upstream caption evaluation: greedy, 8..30 new tokens.
-CAPTION_SETTINGS = GenerationSettings(max_new_tokens=30, min_new_tokens=8)
+# Upstream caption evaluation: greedy, 8..30 new tokens (the numbers live in ivl_ros.model.options).
+CAPTION_SETTINGS = GenerationSettings(max_new_tokens=CAPTION_MAX_NEW_TOKENS, min_new_tokens=CAPTION_MIN_NEW_TOKENS)
 
 
 class DecoderSession(Protocol):

@@ -24,6 +24,22 @@ CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."
 SUPPORTED_TEMPLATES = ("internlm2-chat",)
 
 
+def check_text(text: object, what: str = "the question") -> str:
+    """``text`` if it is a str that encodes as UTF-8; else an OptionError naming the first bad character.
+
+    Bytes that are not UTF-8 reach Python from a command line as lone surrogates (U+DC80..U+DCFF, PEP 383);
+    the message gives the original byte."""
+    if not isinstance(text, str):
+        raise OptionError(f"{what} must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        bad = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise OptionError(f"{what} is not valid UTF-8 text ({bad} at character {exc.start})") from None
+    return text
+
+
 def render_conversation(
     question: str,
     history: Sequence[tuple[str, str]] = (),

@@ -6,18 +6,27 @@ Kept apart from :mod:`ivl_ros.model.checkpoint` so that the ONNX/TensorRT runtim
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ivl_ros.errors import CheckpointError
 from ivl_ros.jsonfile import read_json
-from ivl_ros.model.prompt import INTERNLM2_SYSTEM_MESSAGE, SUPPORTED_TEMPLATES
+from ivl_ros.model.prompt import IMG_CONTEXT, INTERNLM2_SYSTEM_MESSAGE
+from ivl_ros.model.tokenizer import InternLM2Tokenizer
+from ivl_ros.model.validation import (
+    check_converted_config,
+    check_layout_keys,
+    check_shard_index,
+    check_tokenizer_against_config,
+    check_top_object,
+    check_upstream_config,
+    read_safetensors_header,
+)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """InternVL-level settings that the transformers config does not carry."""
+    """InternVL-level settings that the transformers config does not carry (and the LLM's context length)."""
 
     tile_size: int
     tokens_per_tile: int
@@ -30,109 +39,115 @@ class ModelSpec:
     template: str
     system_message: str
     image_token_id: int
+    context_length: int = 32768  # the LLM's max_position_embeddings: the longest prompt the engine accepts
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint directory after every check: its layout, config.json with defaults filled, spec, tokenizer."""
+
+    path: Path
+    layout: str
+    config: dict
+    spec: ModelSpec
+    tokenizer: InternLM2Tokenizer
+
+
 def read_config(path: Path) -> dict:
+    """config.json as a JSON object (not yet checked field by field: see :func:`load_checkpoint_info`)."""
     cfg_file = path / "config.json"
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory; expected a checkpoint directory with config.json")
     if not cfg_file.is_file():
         raise CheckpointError(f"{cfg_file}: missing; a checkpoint directory needs config.json")
-    return read_json(cfg_file, "checkpoint config", CheckpointError)
+    return check_top_object(read_json(cfg_file, "checkpoint config", CheckpointError), cfg_file)
 
 
 def checkpoint_layout(config: dict, cfg_file: Path) -> str:
-    archs = config.get("architectures") or []
-    if "InternVLChatModel" in archs or config.get("model_type") == "internvl_chat":
+    config = check_layout_keys(config, cfg_file)
+    archs = config["architectures"] or []
+    if "InternVLChatModel" in archs or config["model_type"] == "internvl_chat":
         return "upstream"
-    if "InternVLForConditionalGeneration" in archs or config.get("model_type") == "internvl":
+    if "InternVLForConditionalGeneration" in archs or config["model_type"] == "internvl":
         return "converted"
     raise CheckpointError(
-        f"{cfg_file}: unknown architecture {archs or config.get('model_type')!r}; expected InternVLChatModel "
+        f"{cfg_file}: unknown architecture {archs or config['model_type']!r}; expected InternVLChatModel "
         "(upstream InternVL2 layout) or InternVLForConditionalGeneration (converted by `ivl convert`)")
 
 
-def _require(section: dict, key: str, where: str):
-    if key not in section:
-        raise CheckpointError(f"{where}: missing key {key!r}")
-    return section[key]
-
-
 def upstream_spec(config: dict, cfg_file: Path, image_token_id: int) -> ModelSpec:
-    vision = _require(config, "vision_config", str(cfg_file))
-    llm = _require(config, "llm_config", str(cfg_file))
-    llm_type = llm.get("model_type")
-    if llm_type != "internlm2":
-        raise CheckpointError(f"{cfg_file}: llm_config.model_type is {llm_type!r}; only 'internlm2' is supported")
-    if config.get("ps_version", "v1") != "v2":
-        raise CheckpointError(f"{cfg_file}: ps_version {config.get('ps_version')!r} is not supported; expected 'v2'")
-    if config.get("select_layer", -1) != -1:
-        raise CheckpointError(f"{cfg_file}: select_layer {config['select_layer']} is not supported; expected -1")
-    if vision.get("qk_normalization"):
-        raise CheckpointError(f"{cfg_file}: vision_config.qk_normalization true is not supported (InternViT-6B)")
-    template = config.get("template", "internlm2-chat")
-    if template not in SUPPORTED_TEMPLATES:
-        raise CheckpointError(
-            f"{cfg_file}: template {template!r} is not supported; expected one of {SUPPORTED_TEMPLATES}")
-    tile = int(config.get("force_image_size") or _require(vision, "image_size", f"{cfg_file} vision_config"))
-    patch = int(_require(vision, "patch_size", f"{cfg_file} vision_config"))
-    ratio = float(config.get("downsample_ratio", 0.5))
-    if tile % patch:
-        raise CheckpointError(f"{cfg_file}: force_image_size {tile} is not a multiple of patch_size {patch}")
-    tokens = int((tile // patch) ** 2 * ratio**2)
+    """The spec of an upstream config.json (checked here, so callers may pass it raw)."""
+    config = check_upstream_config(config, cfg_file)
+    tile, patch, ratio = config["force_image_size"], config["vision_config"]["patch_size"], config["downsample_ratio"]
     return ModelSpec(
-        tile_size=tile, tokens_per_tile=tokens, max_dynamic_patch=int(config.get("max_dynamic_patch", 12)),
-        min_dynamic_patch=int(config.get("min_dynamic_patch", 1)),
-        use_thumbnail=bool(config.get("use_thumbnail", True)),
-        downsample_ratio=ratio, ps_version="v2", select_layer=-1, template=template,
-        system_message=INTERNLM2_SYSTEM_MESSAGE, image_token_id=image_token_id)
+        tile_size=tile, tokens_per_tile=int((tile // patch) ** 2 * ratio**2),
+        max_dynamic_patch=config["max_dynamic_patch"], min_dynamic_patch=config["min_dynamic_patch"],
+        use_thumbnail=config["use_thumbnail"], downsample_ratio=float(ratio), ps_version="v2", select_layer=-1,
+        template=config["template"], system_message=INTERNLM2_SYSTEM_MESSAGE, image_token_id=image_token_id,
+        context_length=config["llm_config"]["max_position_embeddings"])
 
 
-def load_spec(path: str | Path):
-    """(layout, spec, tokenizer) of a checkpoint directory, without torch or weights."""
-    from ivl_ros.model.prompt import IMG_CONTEXT
-    from ivl_ros.model.tokenizer import InternLM2Tokenizer
-
+def load_checkpoint_info(path: str | Path, weights: bool = True) -> CheckpointInfo:
+    """Check a checkpoint directory (config.json, tokenizer files and, with ``weights``, the shard index and
+    safetensors headers) without torch; every problem is a CheckpointError naming file and key."""
     path = Path(path)
+    cfg_file = path / "config.json"
     config = read_config(path)
-    layout = checkpoint_layout(config, path / "config.json")
+    layout = checkpoint_layout(config, cfg_file)
+    if layout == "upstream":
+        config = check_upstream_config(config, cfg_file)
+    else:
+        config = check_converted_config(config, cfg_file)
     tokenizer = InternLM2Tokenizer.from_dir(path)
     if layout == "upstream":
         if IMG_CONTEXT not in tokenizer.added_tokens:
             raise CheckpointError(f"{path}: the tokenizer has no {IMG_CONTEXT} token (tokenizer_config.json / "
                                   "added_tokens.json); expected the 9 InternVL image/grounding tokens")
-        spec = upstream_spec(config, path / "config.json", tokenizer.added_tokens[IMG_CONTEXT])
+        spec = upstream_spec(config, cfg_file, tokenizer.added_tokens[IMG_CONTEXT])
     else:
-        if "ivl_ros" not in config:
-            raise CheckpointError(f"{path / 'config.json'}: missing key 'ivl_ros' (written by `ivl convert`)")
         spec = ModelSpec(**config["ivl_ros"])
-    return layout, spec, tokenizer
+    check_tokenizer_against_config(tokenizer, config, layout, spec.image_token_id, path)
+    if weights:
+        weight_files(path)
+    return CheckpointInfo(path, layout, config, spec, tokenizer)
+
+
+def load_spec(path: str | Path) -> tuple[str, ModelSpec, InternLM2Tokenizer]:
+    """(layout, spec, tokenizer) of a checked checkpoint directory, without torch or weights."""
+    info = load_checkpoint_info(path)
+    return info.layout, info.spec, info.tokenizer
 
 
 def weight_files(path: Path) -> list[Path]:
+    """The checkpoint's safetensors files (single or sharded), each checked against its header."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise CheckpointError(f"{index}: not a safetensors index ({exc})") from None
+        weight_map = check_shard_index(read_json(index, "safetensors index", CheckpointError), index)
         files = sorted({path / f for f in weight_map.values()})
         missing = [f for f in files if not f.is_file()]
         if missing:
             raise CheckpointError(f"{index}: lists shard {missing[0].name}, which is missing from {path}")
-        return files
-    single = path / "model.safetensors"
-    if single.is_file():
-        return [single]
-    if list(path.glob("*.bin")) or list(path.glob("*.pt")):
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    elif list(path.glob("*.bin")) or list(path.glob("*.pt")):
         raise CheckpointError(f"{path}: only pickle weights (.bin/.pt) found; convert them to safetensors "
                               "(pickle files can execute code and are not loaded)")
-    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    else:
+        raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    for f in files:
+        read_safetensors_header(f)
+    return files
 
 
+def stored_dtype_name(path: Path) -> str:
+    """The safetensors dtype (e.g. ``F32``, ``BF16``) of the checkpoint's first tensor, from its header."""
+    header = read_safetensors_header(weight_files(path)[0])
+    if not header:
+        raise CheckpointError(f"{weight_files(path)[0]}: holds no tensors")
+    return next(iter(header.values()))["dtype"]
 def checkpoint_hash(path: str | Path) -> str:
     """A content hash of the weight files + config (used to match exported engines to a checkpoint)."""
     path = Path(path)

@@ -11,6 +11,7 @@ the exact path is done with sentencepiece directly; it also keeps the ONNX runti
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,7 @@ import sentencepiece as spm
 
 from ivl_ros.errors import CheckpointError
 from ivl_ros.jsonfile import read_json
+from ivl_ros.model.validation import check_added_tokens, check_special_tokens_map, check_tokenizer_config, fail
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json")
 
@@ -75,38 +77,40 @@ class InternLM2Tokenizer:
         proto = model_file.read_bytes()
         if not proto:
             raise CheckpointError(f"{model_file}: file is empty")
-        config = _optional_json(path / "tokenizer_config.json")
-        added: dict[str, int] = {}
-        special: set[str] = set()
-        for idx, entry in (config.get("added_tokens_decoder") or {}).items():
-            added[entry["content"]] = int(idx)
-            if entry.get("special", True):
-                special.add(entry["content"])
+        added, special, names, extra = check_tokenizer_config(
+            _optional_json(path / "tokenizer_config.json"), path / "tokenizer_config.json")
         if (path / "added_tokens.json").is_file():
-            for content, idx in _optional_json(path / "added_tokens.json").items():
-                added.setdefault(content, int(idx))
+            for content, idx in check_added_tokens(_optional_json(path / "added_tokens.json"),
+                                                   path / "added_tokens.json").items():
+                added.setdefault(content, idx)
                 special.add(content)
-        names = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"}
-        stm = _optional_json(path / "special_tokens_map.json")
-        for key in names:
-            value = stm.get(key, config.get(key))
-            if isinstance(value, dict):
-                value = value.get("content")
-            if value:
-                names[key] = value
-        for extra in stm.get("additional_special_tokens", []) + config.get("additional_special_tokens", []):
-            special.add(extra["content"] if isinstance(extra, dict) else extra)
+        map_names, map_extra = check_special_tokens_map(_optional_json(path / "special_tokens_map.json"),
+                                                        path / "special_tokens_map.json")
+        defaults = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"}
+        # special_tokens_map.json wins over tokenizer_config.json, as in transformers.
+        source = {key: "special_tokens_map.json" if map_names[key] else "tokenizer_config.json" for key in defaults}
+        names = {key: map_names[key] or names[key] or default for key, default in defaults.items()}
+        special.update(map_extra, extra)
         try:
             sp = spm.SentencePieceProcessor(model_proto=proto)
         except Exception as exc:  # sentencepiece raises RuntimeError with a terse message
             raise CheckpointError(f"{model_file}: not a sentencepiece model ({exc})") from None
         # The control pieces <unk>/<s>/</s> never match raw text in sentencepiece, but upstream's
         # slow tokenizer splits them out as added tokens: register them the same way.
-        for name in names.values():
+        for key, name in names.items():
             pid = sp.piece_to_id(name)
             if name not in added and sp.id_to_piece(pid) == name:
                 added[name] = pid
+            elif name not in added and pid == sp.unk_id():
+                raise fail(path / source[key], key, "a token of the tokenizer", name)
         return cls(proto, added, special, source=str(path), **names)
+
+    @functools.cached_property
+    def max_piece_chars(self) -> int:
+        """The most characters one token can stand for: text longer than ``n * max_piece_chars`` characters
+        is more than ``n`` tokens, which lets length limits refuse megabytes without tokenizing them."""
+        pieces = (self.sp.id_to_piece(i) for i in range(self.sp_size))
+        return max(1, *(len(p) for p in pieces), *(len(t) for t in self.added_tokens))
 
     # -- ids ---------------------------------------------------------------------------------------
     def token_to_id(self, token: str) -> int:

@@ -9,8 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-BACKENDS = ("torch", "onnx", "trt")
-DTYPES = ("float32", "float16", "bfloat16")
+from ivl_ros.model.options import (
+    BACKENDS,
+    CAPTION_MAX_TILES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_QUESTION_TOKENS,
+    DEVICE_HELP,
+    DTYPES,
+    MAX_PIXELS_LIMIT,
+    MAX_TILES_LIMIT,
+)
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("backend", "torch", "inference backend", choices=BACKENDS, read_only=True),
     ParamSpec("engines_path", "", "exported engines directory for onnx/trt (empty: next to the checkpoint)",
               read_only=True),
-    ParamSpec("device", "cpu", "torch device: cpu, cuda, cuda:N", read_only=True),
+    ParamSpec("device", "cpu", f"torch device: {DEVICE_HELP}", read_only=True),
     ParamSpec("dtype", "float32", "model weights dtype", choices=DTYPES, read_only=True),
     ParamSpec("image_topics", ["/camera/image_raw"], "camera topics; each one's name is the Caption.camera field",
               read_only=True),
@@ -38,7 +46,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               choices=("auto", "best_effort", "reliable"), read_only=True),
     ParamSpec("compressed", False, "subscribe to sensor_msgs/CompressedImage on <topic>/compressed instead of Image",
               read_only=True),
-    ParamSpec("max_tiles", 6, "most 448 px tiles per frame (captions and answers)", low=1, high=40),
+    ParamSpec("max_tiles", CAPTION_MAX_TILES, "most 448 px tiles per frame (captions and answers)", low=1,
+              high=MAX_TILES_LIMIT),
     ParamSpec("prompt", "", "caption prompt (empty: upstream's one-sentence caption prompt)"),
     ParamSpec("caption_rate_hz", 1.0, "captions per second per camera (0: captioning off, services only)",
               low=0.0, high=30.0),
@@ -46,9 +55,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               "capped at this value", low=1, high=4096),
     ParamSpec("request_timeout_s", 600.0, "an Ask/Describe request still running after this many seconds is stopped "
               "(0: no limit); requests whose client went away are stopped at once", low=0.0, high=86400.0),
-    ParamSpec("max_question_tokens", 512, "longest question accepted, in tokens", low=1, high=32768),
-    ParamSpec("max_pixels", 4096 * 4096, "largest frame accepted (width*height); bigger ones are rejected",
-              low=1, high=2**31 - 1),
+    ParamSpec("max_question_tokens", 512, "longest question accepted, in tokens", low=1,
+              high=DEFAULT_MAX_QUESTION_TOKENS),
+    ParamSpec("max_pixels", DEFAULT_MAX_PIXELS, "largest frame accepted (width*height); bigger ones are rejected",
+              low=1, high=MAX_PIXELS_LIMIT),
     ParamSpec("publish_debug_image", False, "publish each captioned frame with its caption on ~/debug_image"),
     ParamSpec("debug_inference_delay_s", 0.0, "testing only: extra seconds added to every model call",
               low=0.0, high=60.0),

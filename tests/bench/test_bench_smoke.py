@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ivl_ros.bench.command import main
+from benchmarks.command import main
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_bench_runs_on_cpu_and_writes_results(tmp_path, capsys):
         assert set(b["vision_ms"]) == {"1", "3"}
         assert b["decode_b1"]["new_tokens"] and b["decode_b2"]["batch"] == 2  # rates: noise on a tiny CPU run
         assert b["caption_ms"]["median"] > 0
-    assert results["command"].startswith("python -m ivl_ros.bench --random-init tiny")
+    assert results["command"].startswith("python -m benchmarks --random-init tiny")
     md = (tmp_path / "smoke.md").read_text()
     assert "| metric | target | hf-baseline | torch | torch-fast |" in md
     assert (tmp_path / "smoke.png").stat().st_size > 1000

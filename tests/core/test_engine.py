@@ -135,3 +135,53 @@ def test_bad_options(tiny_engine, sample_frame, kwargs, error):
 def test_empty_question(tiny_engine, sample_frame):
     with pytest.raises(OptionError, match="empty"):
         tiny_engine.ask(sample_frame, "   ")
+
+
+def test_collate_prompts_pads_on_the_left(tiny_engine, sample_frame):
+    from ivl_ros.model.engine import collate_prompts
+
+    prepared = [tiny_engine.prepare(sample_frame, "What is ahead?", max_tiles=2), tiny_engine.prepare(None, "Hi")]
+    ids, mask, pixels = collate_prompts(prepared, pad_id=-7)
+    long, short = (len(p.prompt_ids) for p in prepared)
+    assert ids.shape == mask.shape == (2, long) and long > short
+    assert ids[1, : long - short].tolist() == [-7] * (long - short) and ids[1, long - short:].tolist() == \
+        prepared[1].prompt_ids
+    assert mask[0].all() and mask[1].tolist() == [0] * (long - short) + [1] * short
+    assert pixels is prepared[0].pixel_values or np.array_equal(pixels, prepared[0].pixel_values)
+
+
+@pytest.mark.parametrize("change,error", [
+    (lambda p: p.pixel_values[:, :, :50], r"shape \(7, 3, 50, 112\).*expected shape \(7, 3, 112, 112\)"),
+    (lambda p: p.pixel_values.astype(np.float64), "dtype float64.*float32"),
+    (lambda p: p.pixel_values[:2], r"shape \(2, 3, 112, 112\).*expected shape \(7, 3, 112, 112\)"),
+    (lambda p: p.pixel_values.tolist(), "must be a numpy array"),
+    (lambda p: None, "image-context tokens but no pixel values"),
+])
+def test_pixel_values_checked_at_the_engine_boundary(tiny_engine, sample_frame, change, error):
+    from dataclasses import replace
+
+    prepared = tiny_engine.prepare(sample_frame, "What is ahead?", max_tiles=6)
+    assert prepared.pixel_values.shape == (7, 3, 112, 112)  # 3x2 grid + thumbnail, 112 px tiles
+    with pytest.raises(OptionError, match=error):
+        tiny_engine.run([replace(prepared, pixel_values=change(prepared))], SHORT)
+
+
+def test_image_tokens_must_match_the_tiles(tiny_engine, sample_frame):
+    from dataclasses import replace
+
+    prepared = tiny_engine.prepare(sample_frame, "What is ahead?", max_tiles=6)
+    with pytest.raises(OptionError, match="7 tiles need 7 \\* 16 = 112"):
+        tiny_engine.run([replace(prepared, prompt_ids=prepared.prompt_ids[:-5] + [tiny_engine.spec.image_token_id]
+                                 + prepared.prompt_ids[-5:])], SHORT)
+
+
+def test_prompt_beyond_the_model_context(tiny_checkpoint, sample_frame):
+    from dataclasses import replace
+
+    from ivl_ros.model.engine import VisionLanguageEngine
+
+    engine = VisionLanguageEngine.load(tiny_checkpoint)
+    engine.spec = replace(engine.spec, context_length=100)
+    with pytest.raises(OptionError, match="over the model's context of 100 tokens"):
+        engine.ask(sample_frame, "Hi", settings=SHORT)
+    assert engine.ask(None, "Hi", settings=SHORT).answer is not None  # the text-only prompt fits (< 100 tokens)

@@ -172,17 +172,19 @@ def test_finetune_data_checker_accepts_it(recorded):
 
 
 def test_lora_trains_on_recorded_data_by_name(recorded, tiny_checkpoint, tmp_path):
-    """The CI path of issue 5: bridge data -> `finetune/lora.py --data habitat` (name resolved by the registry)."""
+    """The CI path of issue 5: bridge data -> `finetune/lora.py --data habitat` (name resolved by the registry),
+    with the base model from the project's default-model rule ($IVL_MODEL; no --model), as on a fresh clone."""
     _, paths, _ = recorded
     registry = tmp_path / "datasets.json"
     registry.write_text(json.dumps({"habitat": str(paths["train_meta"])}))
-    env = dict(os.environ, IVL_DATASETS=str(registry), OMP_NUM_THREADS="1")
+    env = dict(os.environ, IVL_DATASETS=str(registry), OMP_NUM_THREADS="1", IVL_MODEL=str(tiny_checkpoint))
     lora = [sys.executable, "finetune/lora.py", "--data", "habitat"]
     check = subprocess.run([*lora, "--check-data"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
     out = tmp_path / "run"
-    train = subprocess.run([*lora, "--model", str(tiny_checkpoint), "--output-dir", str(out), "--max-steps", "2",
+    train = subprocess.run([*lora, "--output-dir", str(out), "--max-steps", "2",
                             "--lora-r", "8", "--batch-size", "2", "--per-device-batch-size", "2", "--device", "cpu"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    assert json.loads((out / "ivl_finetune.json").read_text())["base_model"] == str(tiny_checkpoint.resolve())

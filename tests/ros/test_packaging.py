@@ -85,7 +85,7 @@ def test_install_layout_is_what_ros2_run_and_launch_need(prefix):
         assert path.stat().st_mode & 0o111, f"{path} is not executable"
         assert f"-m {module} " in path.read_text()
     for package_dir in ("ivl_ros", "ivl_ros/model", "ivl_ros/model/backends", "ivl_ros/node", "ivl_ros/eval",
-                        "ivl_ros/bench", "habitat_sim_bridge", "habitat_sim_bridge/sources"):
+                        "habitat_sim_bridge", "habitat_sim_bridge/sources", "finetune", "export", "benchmarks"):
         assert (site_packages(prefix) / package_dir / "__init__.py").is_file(), package_dir
 
 

@@ -13,8 +13,7 @@ import numpy as np
 
 from ivl_ros.errors import OptionError
 from ivl_ros.model.generation import DecoderSession
-
-BACKENDS = ("torch", "onnx", "trt")
+from ivl_ros.model.options import BACKENDS
 
 
 class Backend(Protocol):

@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from ivl_ros.bench.suite import test_frame
-from ivl_ros.bench.timing import stats
+from benchmarks.suite import test_frame
+from benchmarks.timing import stats
 
 
 def stream_latency(engine, seconds: float = 10.0, rate_hz: float = 30.0, max_tiles: int = 6) -> dict:

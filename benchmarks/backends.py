@@ -14,21 +14,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ivl_ros.model.engine import CAPTION_PROMPT, GenerationSettings, PreparedPrompt, VisionLanguageEngine
+from ivl_ros.model.engine import (
+    CAPTION_PROMPT,
+    GenerationSettings,
+    PreparedPrompt,
+    VisionLanguageEngine,
+    collate_prompts,
+)
 from ivl_ros.model.generation import cut_at_stop
+from ivl_ros.model.options import CAPTION_MAX_TILES
 from ivl_ros.model.prompt import cut_response
-
-
-def batch_inputs(prepared: Sequence[PreparedPrompt], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Left-padded ids, mask and stacked tiles, as the engine builds them."""
-    longest = max(len(p.prompt_ids) for p in prepared)
-    ids = np.full((len(prepared), longest), pad_id, dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for row, p in enumerate(prepared):
-        ids[row, longest - len(p.prompt_ids):] = p.prompt_ids
-        mask[row, longest - len(p.prompt_ids):] = 1
-    tiles = [p.pixel_values for p in prepared if p.pixel_values is not None]
-    return ids, mask, (np.concatenate(tiles) if tiles else None)
 
 
 class EngineBench:
@@ -50,7 +45,7 @@ class EngineBench:
         return [a.token_ids for a in self.engine.run(prepared, settings)]
 
     def caption(self, frame: np.ndarray, settings: GenerationSettings) -> str:
-        return self.engine.caption(frame, max_tiles=6, settings=settings).answer
+        return self.engine.caption(frame, max_tiles=CAPTION_MAX_TILES, settings=settings).answer
 
     def prepare(self, frame: np.ndarray, max_tiles: int) -> PreparedPrompt:
         return self.engine.prepare(frame, CAPTION_PROMPT, max_tiles=max_tiles)
@@ -76,7 +71,7 @@ class HFBaseline:
     @torch.inference_mode()
     def generate(self, prepared: Sequence[PreparedPrompt], settings: GenerationSettings) -> list[list[int]]:
         tok = self.engine.tokenizer
-        ids, mask, pv = batch_inputs(prepared, tok.pad_id)
+        ids, mask, pv = collate_prompts(prepared, tok.pad_id)
         kwargs = {}
         if pv is not None:
             kwargs["pixel_values"] = torch.from_numpy(pv).to(self.device, self.dtype)

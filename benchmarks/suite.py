@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ivl_ros.bench.timing import device_ms, stats, wall_ms
+from benchmarks.timing import device_ms, stats, wall_ms
 from ivl_ros.model.engine import CAPTION_PROMPT, CAPTION_SETTINGS, GenerationSettings, PreparedPrompt
 
 log = logging.getLogger(__name__)

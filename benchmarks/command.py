@@ -1,4 +1,4 @@
-"""``python -m ivl_ros.bench``: every backend measured in one process, results to benchmarks/results/."""
+"""``python -m benchmarks``: every backend measured in one process, results to benchmarks/results/."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from pathlib import Path
 
 import torch
 
-from ivl_ros.bench import report
-from ivl_ros.bench.backends import EngineBench, HFBaseline
-from ivl_ros.bench.suite import SuiteConfig, make_workload, run_suite, token_identity
+from benchmarks import report
+from benchmarks.backends import EngineBench, HFBaseline
+from benchmarks.suite import SuiteConfig, make_workload, run_suite, token_identity
+from ivl_ros.model.defaults import resolve_model_path
+from ivl_ros.model.options import DEVICE_HELP, DTYPES, device_name, int_range
 
-log = logging.getLogger("ivl_ros.bench")
+log = logging.getLogger("benchmarks")
 
 BACKENDS = ("hf-baseline", "torch", "torch-fast", "onnx")
 # Datasheet memory bandwidth (bytes/s) by a substring of torch.cuda.get_device_name().
@@ -24,21 +26,23 @@ DATASHEET_BW = {"H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ivl_ros.bench", description=__doc__)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="checkpoint directory (upstream or converted layout)")
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", type=Path, help="checkpoint directory (upstream or converted layout); default: "
+                     "$IVL_MODEL or the embedded demo model")
     src.add_argument("--random-init", choices=("internvl2-2b", "tiny"),
                      help="build this architecture with random weights on the device (no download)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default=None, help="default bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help=DEVICE_HELP)
+    p.add_argument("--dtype", default=None, choices=DTYPES, help="default bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma list from {BACKENDS}")
     p.add_argument("--engines", type=Path, help="exported engines directory for the onnx backend")
     p.add_argument("--tiles", default="1,3,7,13", help="tile counts for the vision+projector timing")
-    p.add_argument("--decode-tokens", type=int, default=128)
-    p.add_argument("--decode-batch", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--slow-reps", type=int, default=3, help="repetitions of multi-second eager decodes")
+    p.add_argument("--decode-tokens", type=int_range(1), default=128)
+    p.add_argument("--decode-batch", type=int_range(1), default=4)
+    p.add_argument("--warmup", type=int_range(0), default=3)
+    p.add_argument("--reps", type=int_range(1), default=10)
+    p.add_argument("--slow-reps", type=int_range(1), default=3, help="repetitions of multi-second eager decodes")
     p.add_argument("--no-compile", action="store_true", help="torch-fast: CUDA graphs without torch.compile")
     p.add_argument("--node-stream", type=float, default=0.0, metavar="SECONDS",
                    help="after the suite, run the node's frame slot + inference thread on a 30 Hz stream with the "
@@ -46,6 +50,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--tag", default=None, help="file name stem (default: derived from model and device)")
     args = p.parse_args(argv)
+    if args.random_init is None:
+        args.model = resolve_model_path(args.model, log=log.info)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     args.backend_list = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = sorted(set(args.backend_list) - set(BACKENDS))
@@ -98,7 +104,7 @@ def guard_kernel_table(res: dict, fast, prompt_tokens: int, ceiling: dict) -> No
     states = [st for (batch, _), st in fast._states.items() if batch == 1 and st.fused is not None]
     if not states or not ceiling.get("measured_tb_s"):
         return
-    from ivl_ros.bench.kernels import kernel_table
+    from benchmarks.kernels import kernel_table
 
     st = states[-1]
     try:
@@ -112,7 +118,7 @@ def guard_kernel_table(res: dict, fast, prompt_tokens: int, ceiling: dict) -> No
 
 def _load(args: argparse.Namespace, workdir: Path):
     if args.random_init:
-        from ivl_ros.bench.random_model import random_model
+        from benchmarks.random_model import random_model
 
         return random_model(args.random_init, workdir, device=args.device, dtype=args.dtype)
     from ivl_ros.model.checkpoint import load_model
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "model": model_name, "dtype": args.dtype,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "command": "python -m ivl_ros.bench " + " ".join(shlex.quote(a) for a in argv),
+        "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in argv),
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "config": {**cfg.__dict__, "tile_counts": list(cfg.tile_counts)},
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         report.write(results, args.out, tag)  # after each backend, so that a cut-off run still leaves numbers
     results["token_identity_vs_torch"] = token_identity(results["backends"])
     if args.node_stream > 0:
-        from ivl_ros.bench.node_latency import stream_latency
+        from benchmarks.node_latency import stream_latency
 
         chosen = fast_engine if "torch-fast" in args.backend_list else plain
         log.info("node stream for %.0f s", args.node_stream)

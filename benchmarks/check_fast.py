@@ -1,4 +1,4 @@
-"""A GPU check of the fast path against the plain path (not timing): ``python -m ivl_ros.bench.check_fast``.
+"""A GPU check of the fast path against the plain path (not timing): ``python -m benchmarks.check_fast``.
 
 Full-size random InternVL2-2B in bf16 on CUDA. Prints, and fails on:
 
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ivl_ros.bench.random_model import random_model
-from ivl_ros.bench.suite import test_frame
+from benchmarks.random_model import random_model
+from benchmarks.suite import test_frame
 from ivl_ros.model.backends.torch_backend import TorchBackend
 from ivl_ros.model.backends.torch_fast import FastTorchBackend, cache_length
 from ivl_ros.model.engine import CAPTION_PROMPT, CAPTION_SETTINGS, VisionLanguageEngine

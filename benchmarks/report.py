@@ -84,7 +84,7 @@ def speedups(results: dict) -> list[str]:
 
 
 def kernel_lines(backend: dict) -> list[str]:
-    """The per-kernel table of a backend's fused decode step (ivl_ros/bench/kernels.py), if it has one."""
+    """The per-kernel table of a backend's fused decode step (benchmarks/kernels.py), if it has one."""
     k = backend.get("decode_kernels")
     if not k:
         return []
@@ -159,7 +159,7 @@ def markdown(results: dict) -> str:
                   f"{node['histogram_total_ms']['counts']}. Target for frame-in -> caption-out: {TARGETS['node']}."]
     for b in results["backends"]:
         lines += kernel_lines(b)
-    lines += ["", "Definitions: see `ivl_ros/bench/suite.py`. Raw numbers: the JSON file beside this one.", ""]
+    lines += ["", "Definitions: see `benchmarks/suite.py`. Raw numbers: the JSON file beside this one.", ""]
     return "\n".join(lines)
 
 

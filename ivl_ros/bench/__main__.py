@@ -1,3 +1,0 @@
-from ivl_ros.bench.command import main
-
-raise SystemExit(main())
