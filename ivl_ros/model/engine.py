@@ -70,8 +70,8 @@ def _concat_tiles(tiles: list):
 def collate_prompts(prepared: Sequence[PreparedPrompt], pad_id: int
                     ) -> tuple[np.ndarray, np.ndarray, Any]:
     """The batch a backend session takes, as upstream ``batch_chat()`` builds it: prompt ids left-padded with
-    ``pad_id`` (attention mask 0 there), and every row's tiles concatenated in row order (a numpy array, or a torch tensor from a device tiler;
-    None: no images)."""
+    ``pad_id`` (attention mask 0 there), and every row's tiles concatenated in row order (a numpy array, or a torch
+    tensor from a device tiler; None: no images)."""
     longest = max(len(p.prompt_ids) for p in prepared)
     ids = np.full((len(prepared), longest), pad_id, dtype=np.int64)
     mask = np.zeros_like(ids)

@@ -154,7 +154,7 @@ def test_collate_prompts_pads_on_the_left(tiny_engine, sample_frame):
     (lambda p: p.pixel_values[:, :, :50], r"shape \(7, 3, 50, 112\).*expected shape \(7, 3, 112, 112\)"),
     (lambda p: p.pixel_values.astype(np.float64), "dtype float64.*float32"),
     (lambda p: p.pixel_values[:2], r"shape \(2, 3, 112, 112\).*expected shape \(7, 3, 112, 112\)"),
-    (lambda p: p.pixel_values.tolist(), "must be a numpy array"),
+    (lambda p: p.pixel_values.tolist(), "must be an array of shape"),
     (lambda p: None, "image-context tokens but no pixel values"),
 ])
 def test_pixel_values_checked_at_the_engine_boundary(tiny_engine, sample_frame, change, error):
