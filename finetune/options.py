@@ -61,7 +61,12 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     attention: str = "auto"
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: str = "auto"  # auto (from measured free memory) | on | off
+    packing: bool = True  # padding-free packed forwards (False: the padded layout, one micro-batch per forward)
+    forward_micro_batches: int = 0  # micro-batches of a step packed into one forward pass (0: auto)
+    min_num_frames: int = 8  # video samples: frames drawn per build, uniformly in [min, max] (upstream's)
+    max_num_frames: int = 32
+    video_sampling: str = "rand"  # rand | middle (one frame per equal interval)
     num_workers: int = 4
     save_steps: int = 200
     save_total_limit: int = 2
@@ -121,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
                    help="plain shuffle instead of length-grouped batches")
     g.add_argument("--num-workers", type=int, default=None, help="data loader workers (default 4 on GPU, 0 on CPU)")
+    g.add_argument("--min-num-frames", type=int, default=8, help="video: fewest frames drawn per sample (default 8)")
+    g.add_argument("--max-num-frames", type=int, default=32, help="video: most frames drawn per sample (default 32)")
+    g.add_argument("--video-sampling", default="rand", choices=["rand", "middle"],
+                   help="video: a random or the middle frame of each equal interval (default rand)")
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
@@ -140,7 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="base weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
     g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "eager", "exact"])
-    g.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
+    g.add_argument("--gradient-checkpointing", default="auto", choices=["auto", "on", "off"],
+                   help="activation checkpointing: auto (only the layers memory needs, measured on the GPU; off on "
+                   "CPU), on (every layer), off")
+    g.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_const", const="off")
+    g.add_argument("--no-packing", dest="packing", action="store_false",
+                   help="pad each micro-batch to its longest sample instead of packing samples end to end")
+    g.add_argument("--forward-micro-batches", type=int, default=0,
+                   help="micro-batches of a step packed into one forward pass (0: as many as the GPU's free "
+                   "memory holds; on CPU all of them)")
 
     g = p.add_argument_group("optimisation (upstream lora.sh defaults)")
     g.add_argument("--learning-rate", type=float, default=4e-5)
@@ -168,9 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     gpus, batch, per_device, acc = resolve_batch(args.gpus, args.batch_size, args.per_device_batch_size,
                                                  args.gradient_acc)
-    for name in ("lora_r", "max_dynamic_patch", "max_seq_length", "save_steps", "save_total_limit"):
+    for name in ("lora_r", "max_dynamic_patch", "max_seq_length", "save_steps", "save_total_limit", "min_num_frames"):
         if getattr(args, name) < 1:
             raise OptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_num_frames < args.min_num_frames or args.forward_micro_batches < 0:
+        raise OptionError("--max-num-frames must be >= --min-num-frames and --forward-micro-batches >= 0")
     if args.unfreeze_backbone and not args.full:
         raise OptionError("--unfreeze-backbone goes with --full (for LoRA on the ViT use --vision-lora-r)")
     name = args.data if "/" not in args.data and not args.data.endswith(".json") else \
@@ -185,7 +204,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, max_steps=args.max_steps, max_dynamic_patch=args.max_dynamic_patch,
         max_seq_length=args.max_seq_length, group_by_length=args.group_by_length, gpus=gpus, batch_size=batch,
         per_device_batch_size=per_device, gradient_acc=acc, seed=args.seed, device=args.device, dtype=args.dtype,
-        attention=args.attention, gradient_checkpointing=args.gradient_checkpointing,
+        attention=args.attention, gradient_checkpointing=args.gradient_checkpointing, packing=args.packing,
+        forward_micro_batches=args.forward_micro_batches, min_num_frames=args.min_num_frames,
+        max_num_frames=args.max_num_frames, video_sampling=args.video_sampling,
         num_workers=args.num_workers if args.num_workers is not None else -1, save_steps=args.save_steps,
         save_total_limit=args.save_total_limit, resume=args.resume, skip_bad_samples=args.skip_bad_samples,
         logging_steps=args.logging_steps)
