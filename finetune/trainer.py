@@ -130,9 +130,11 @@ class ForwardSet(torch.utils.data.Dataset):
     """
 
     def __init__(self, forwards: list[tuple[list[list[int]], int]], samples: list[Sample], build, pad_id: int,
-                 seed: int, epoch: int, skip_bad: bool = False, packed: bool = False) -> None:
+                 seed: int, epoch: int, skip_bad: bool = False, packed: bool = False,
+                 pixel_dtype: torch.dtype | None = None) -> None:
         self.forwards, self.samples, self.build, self.pad_id = forwards, samples, build, pad_id
         self.seed, self.epoch, self.skip_bad, self.packed = seed, epoch, skip_bad, packed
+        self.pixel_dtype = pixel_dtype
 
     def __len__(self) -> int:
         return len(self.forwards)
@@ -160,7 +162,7 @@ class ForwardSet(torch.utils.data.Dataset):
                 return {"error": "no sample of the training data can be read", "skipped": skipped}
             built.append(examples)
         if self.packed:
-            return {**pack(built, n_micro), "skipped": skipped}
+            return {**pack(built, n_micro, self.pixel_dtype), "skipped": skipped}
         if len(built) != 1:
             raise ValueError("the padded layout runs one micro-batch per forward")
         return {**collate(built[0], self.pad_id), "skipped": skipped}
@@ -360,7 +362,7 @@ class Trainer:
         steps = self.epoch_steps(self.epoch)
         first = steps[min(self.skip, len(steps) - 1)][0]
         probe = ForwardSet([([first], 1)], self.samples, self.build, self.tok.pad_id, cfg.seed, self.epoch,
-                           cfg.skip_bad_samples, packed=True)[0]
+                           cfg.skip_bad_samples, packed=True, pixel_dtype=self.pv_dtype)[0]
         if "error" in probe:
             return ForwardPlan(1, self.n_layers if forced_layers is None else forced_layers,
                                "no probe batch could be built; planning conservatively")
@@ -542,10 +544,11 @@ class Trainer:
         # Padded: each forward is one micro-batch's mean, averaged here; packed: already the step's share.
         scale = len(micro) if not self.layout.packed else 1
         loss_sum = torch.zeros((), device=dev)
-        n_seen = 0
+        n_seen = n_tokens = 0
         for f in range(len(forwards)):
             batch = self.next_batch(batches)
             n_seen += batch["num_samples"]
+            n_tokens += int(batch["input_ids"].numel() if self.layout.packed else batch["attention_mask"].sum())
             sync = f == len(forwards) - 1 or d.world == 1
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx, self._autocast():
@@ -567,13 +570,13 @@ class Trainer:
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0
         return {"loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                "samples_per_s": n_seen * d.world / dt, "step_time_s": dt}
+                "samples_per_s": n_seen * d.world / dt, "tokens_per_s": n_tokens * d.world / dt, "step_time_s": dt}
 
     def _loader(self, forwards: list[tuple[list[list[int]], int]], epoch: int):
         cfg = self.cfg
         return torch.utils.data.DataLoader(
             ForwardSet(forwards, self.samples, self.build, self.tok.pad_id, cfg.seed, epoch, cfg.skip_bad_samples,
-                       packed=self.layout.packed),
+                       packed=self.layout.packed, pixel_dtype=self.pv_dtype),
             batch_size=None, shuffle=False, num_workers=self.workers,
             generator=torch.Generator().manual_seed(cfg.seed + epoch), persistent_workers=False,
             prefetch_factor=2 if self.workers else None,
@@ -672,6 +675,8 @@ class Trainer:
         if d.main:
             stats = _run_stats(self.runlog.rows, self.dev, self.n_train, d.world, self.cfg)
             stats["skipped_samples"] = skipped
+            stats["layout"] = {**self.layout.to_json(), "checkpointed_layers": self.plan.checkpointed_layers,
+                               "llm_layers": self.n_layers, "plan": self.plan.note}
             (out / "run_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
             _write_outputs(self.cfg, out, self.vlm, self.peft_model, self.loaded, self.runlog)
         _finish(d)
@@ -707,12 +712,18 @@ def _run_stats(rows: list[dict], dev: torch.device, n_train: int, world: int, cf
              "samples_per_step": cfg.per_device_batch_size * cfg.gradient_acc * world,
              "mean_step_time_s": sum(step_times) / len(step_times) if step_times else None,
              "mean_samples_per_s": (sum(float(r["samples_per_s"]) for r in timed) / len(timed)) if timed else None,
+             "mean_tokens_per_s": _mean(timed, "tokens_per_s"),
              "first_step_time_s": float(rows[0]["step_time_s"]) if rows else None}
     if dev.type == "cuda":
         stats["peak_gpu_memory_allocated_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         stats["peak_gpu_memory_reserved_gib"] = torch.cuda.max_memory_reserved(dev) / 2**30
         stats["gpu"] = torch.cuda.get_device_name(dev)
     return stats
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+    return sum(values) / len(values) if values else None
 
 
 def _finish(d: Dist) -> None:
