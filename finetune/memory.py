@@ -39,24 +39,32 @@ def even_split(total: int, most: int) -> int:
 
 
 def choose_plan(available: float, per_token_full: float, per_token_checkpointed: float, fixed: float,
-                layers: int, tokens_per_micro: int, micro_per_step: int) -> ForwardPlan:
-    """Fewest checkpointed layers that fit one micro-batch of ``tokens_per_micro`` tokens, then the most
-    micro-batches per forward that still fit with that many.
+                layers: int, tokens_per_micro: int, micro_per_step: int, checkpointed: int | None = None
+                ) -> ForwardPlan:
+    """Fewest checkpointed layers that fit one micro-batch of ``tokens_per_micro`` tokens (or ``checkpointed``
+    when it is forced), then the most micro-batches per forward that still fit with that many.
 
-    ``per_token_*``: measured activation bytes per token with none / all of the ``layers`` checkpointed;
-    ``fixed``: bytes that do not grow with the tokens (gradients of the trainable weights).
+    ``per_token_*``: measured activation bytes per token with none / all of the ``layers`` checkpointed (only
+    the one a forced count uses needs to be finite); ``fixed``: bytes that do not grow with the tokens
+    (gradients of the trainable weights).
     """
-    saved_per_layer = max(0.0, per_token_full - per_token_checkpointed) / layers
+    if checkpointed == 0:
+        per_token_checkpointed = per_token_full
+    elif checkpointed == layers:
+        per_token_full = per_token_checkpointed
+    saved_per_layer = max(0.0, per_token_full - per_token_checkpointed) / max(1, layers)
 
     def need(k: int, c: int) -> float:
         return fixed + k * tokens_per_micro * (per_token_full - c * saved_per_layer)
 
-    for c in range(layers + 1):
+    candidates = range(layers + 1) if checkpointed is None else [checkpointed]
+    for c in candidates:
         if need(1, c) <= available:
             break
     else:
-        return ForwardPlan(1, layers, f"one micro-batch of up to {tokens_per_micro} tokens may not fit: "
-                                      f"{need(1, layers) / GIB:.1f} GiB needed, {available / GIB:.1f} GiB free")
+        c = candidates[-1]
+        return ForwardPlan(1, c, f"one micro-batch of up to {tokens_per_micro} tokens may not fit: "
+                                 f"{need(1, c) / GIB:.1f} GiB needed, {available / GIB:.1f} GiB free")
     k = 1
     while k < micro_per_step and need(k + 1, c) <= available:
         k += 1

@@ -208,16 +208,18 @@ def _segmented(base: str):
     def attention(module, query, key, value, attention_mask, ivl_segments=None, **kwargs):
         if ivl_segments is None:
             raise RuntimeError("packed attention without segments: the packed layout passes ivl_segments")
+        lengths = [end - start for start, end in ivl_segments]
+        if sum(lengths) != query.shape[2] or any(n < 1 for n in lengths):
+            raise ValueError(f"segments {ivl_segments} do not tile the {query.shape[2]} packed positions")
+        # split (not one slice per sample): its backward is a single concatenation of the gradients
         outs = []
-        for start, end in ivl_segments:
-            n = end - start
+        for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2), strict=True):
             mask = None
             if needs_mask:
-                mask = torch.full((n, n), torch.finfo(query.dtype).min, dtype=query.dtype, device=query.device)
-                mask = mask.triu_(1)[None, None]
-            out, _ = inner(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], mask,
-                           **kwargs)
-            outs.append(out)
+                n = q.shape[2]
+                mask = torch.full((n, n), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device).triu_(1)
+                mask = mask[None, None]
+            outs.append(inner(module, q, k, v, mask, **kwargs)[0])
         return torch.cat(outs, dim=1), None
 
     return attention

@@ -287,11 +287,8 @@ class Trainer:
     def _build_schedule(self) -> None:
         cfg = self.cfg
         self.sampling = FrameSampling(cfg.min_num_frames, cfg.max_num_frames, cfg.video_sampling)
-        self.token_counts = None
-        if cfg.group_by_length or self._plans_memory():
-            self.token_counts = sample_token_counts(self.samples, self.tok, self.spec, cfg.max_dynamic_patch,
-                                                    self.sampling)
-        self.lengths = [c.estimate for c in self.token_counts] if cfg.group_by_length else None
+        self._token_counts = None
+        self.lengths = [c.estimate for c in self.token_counts()] if cfg.group_by_length else None
         self.steps_per_epoch = len(self.epoch_steps(0))
         self.total = cfg.max_steps or math.ceil(cfg.epochs * self.steps_per_epoch)
         self.optimizer = optimizer_for(self.loss_module, cfg)
@@ -318,11 +315,12 @@ class Trainer:
                              self.sampling)
 
     # -- layout ------------------------------------------------------------------------------------------
-    def _plans_memory(self) -> bool:
-        """Whether the forward plan is measured (packed layout on a GPU with something left on auto)."""
-        cfg = self.cfg
-        return self.dev.type == "cuda" and cfg.packing and \
-            (cfg.gradient_checkpointing == "auto" or cfg.forward_micro_batches == 0)
+    def token_counts(self) -> list:
+        """Per sample: upstream's length estimate and an upper bound of its tokens (tokenizes once, on demand)."""
+        if self._token_counts is None:
+            self._token_counts = sample_token_counts(self.samples, self.tok, self.spec, self.cfg.max_dynamic_patch,
+                                                     self.sampling)
+        return self._token_counts
 
     def set_layout(self) -> None:
         """Decide the layout (a resumed run keeps its checkpoint's) and the checkpointed layers, then wrap DDP."""
@@ -367,29 +365,25 @@ class Trainer:
             return ForwardPlan(1, self.n_layers if forced_layers is None else forced_layers,
                                "no probe batch could be built; planning conservatively")
         tokens = probe["input_ids"].numel()
-        full = self._probe_peak(probe, 0) if forced_layers in (None, 0) else math.inf
-        ckpt = self._probe_peak(probe, self.n_layers) if forced_layers in (None, self.n_layers) else full
+        full = self._probe_peak(probe, 0) if forced_layers != self.n_layers else math.inf
+        ckpt = self._probe_peak(probe, self.n_layers) if forced_layers != 0 else math.inf
         grads = 4 * self.n_train
         free, total = torch.cuda.mem_get_info(dev)
         cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
         optimizer_states = 8 * self.n_train  # AdamW's exp_avg and exp_avg_sq in fp32, created at the first step
-        available = free + cached - optimizer_states - max(2 * GIB, 0.05 * total)
-        bound = min(cfg.max_seq_length, max(c.bound for c in self.token_counts))
-        per_full = (full - grads) / tokens if math.isfinite(full) else math.inf
-        per_ckpt = (ckpt - grads) / tokens if math.isfinite(ckpt) else math.inf
-        layers = self.n_layers if forced_layers is None else forced_layers
-        if forced_layers is not None:  # only the micro-batches per forward are planned
-            per_full = per_ckpt = per_full if forced_layers == 0 else per_ckpt
-        plan = choose_plan(available, per_full, per_ckpt, grads, layers, cfg.per_device_batch_size * bound,
-                           cfg.gradient_acc)
-        if forced_layers is not None:
-            plan = ForwardPlan(plan.micro_batches_per_forward, forced_layers, plan.note)
-        if cfg.forward_micro_batches:
-            plan = ForwardPlan(even_split(cfg.gradient_acc, cfg.forward_micro_batches), plan.checkpointed_layers,
-                               plan.note)
-        measured = (f"measured {per_full / 2**20:.2f} MiB/token without and {per_ckpt / 2**20:.2f} MiB/token with "
-                    f"checkpointing on a {tokens}-token micro-batch; samples up to {bound} tokens")
-        return ForwardPlan(plan.micro_batches_per_forward, plan.checkpointed_layers, f"{measured}; {plan.note}")
+        # a tenth of the GPU stays unplanned: allocator fragmentation, the data loader's pinned copies, cuBLAS
+        available = free + cached - optimizer_states - max(2 * GIB, 0.10 * total)
+        bound = min(cfg.max_seq_length, max(c.bound for c in self.token_counts()))
+        per_full, per_ckpt = ((peak - grads) / tokens for peak in (full, ckpt))
+        plan = choose_plan(available, per_full, per_ckpt, grads, self.n_layers, cfg.per_device_batch_size * bound,
+                           cfg.gradient_acc, checkpointed=forced_layers)
+        k = even_split(cfg.gradient_acc, cfg.forward_micro_batches) if cfg.forward_micro_batches else \
+            plan.micro_batches_per_forward
+        measured = ", ".join(f"{v / 2**20:.2f} MiB/token {what}" for v, what in
+                             ((per_full, "without"), (per_ckpt, "with")) if math.isfinite(v))
+        note = (f"measured {measured} checkpointing on a {tokens}-token micro-batch; samples up to {bound} tokens; "
+                f"{plan.note}")
+        return ForwardPlan(k, plan.checkpointed_layers, note)
 
     def _probe_peak(self, batch: dict, checkpointed: int) -> float:
         """Peak bytes one forward + backward of ``batch`` adds (inf if it does not fit); changes nothing."""
@@ -678,6 +672,7 @@ class Trainer:
             stats["layout"] = {**self.layout.to_json(), "checkpointed_layers": self.plan.checkpointed_layers,
                                "llm_layers": self.n_layers, "plan": self.plan.note}
             (out / "run_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+            use_packed_attention(self.vlm, False)  # outputs carry the model's own attention implementation
             _write_outputs(self.cfg, out, self.vlm, self.peft_model, self.loaded, self.runlog)
         _finish(d)
         return 0
