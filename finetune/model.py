@@ -119,7 +119,7 @@ class CausalLoss(nn.Module):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         grad = contextlib.nullcontext() if self.vision_trains else torch.no_grad()
-        with grad:
+        with grad, packed_sdpa_backends():
             out = self.vlm.model.get_image_features(pixel_values=pixel_values, return_dict=True)
         return out.pooler_output if hasattr(out, "pooler_output") else out
 
@@ -191,6 +191,20 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 # ------------------------------------------------------------------------------------------------
 # Packed attention: the model's own attention kernel, run once per sample of the packed row
 # ------------------------------------------------------------------------------------------------
+def packed_sdpa_backends():
+    """SDPA kernels for the packed layout: FlashAttention-2 (then memory-efficient, then math), never cuDNN's.
+
+    On Hopper, torch 2.11 prefers cuDNN attention, which builds and compiles an execution plan for every new
+    sequence length (and batch) it meets (pytorch PRs 155958, 161434); each packed sample has its own length, so
+    the first steps would spend most of their time building plans. Flash attention has no per-shape plans and
+    takes ``enable_gqa`` natively. The context is entered inside the attention function, so an activation
+    checkpoint's recompute uses the same kernels as the forward.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def _base_attention(name: str):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -213,13 +227,15 @@ def _segmented(base: str):
             raise ValueError(f"segments {ivl_segments} do not tile the {query.shape[2]} packed positions")
         # split (not one slice per sample): its backward is a single concatenation of the gradients
         outs = []
-        for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2), strict=True):
-            mask = None
-            if needs_mask:
-                n = q.shape[2]
-                mask = torch.full((n, n), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device).triu_(1)
-                mask = mask[None, None]
-            outs.append(inner(module, q, k, v, mask, **kwargs)[0])
+        with packed_sdpa_backends():
+            for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2),
+                               strict=True):
+                mask = None
+                if needs_mask:
+                    n = q.shape[2]
+                    mask = torch.full((n, n), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device).triu_(1)
+                    mask = mask[None, None]
+                outs.append(inner(module, q, k, v, mask, **kwargs)[0])
         return torch.cat(outs, dim=1), None
 
     return attention

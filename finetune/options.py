@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-seq-length", type=int, default=4096, help="truncate samples to this many tokens")
     g.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
                    help="plain shuffle instead of length-grouped batches")
-    g.add_argument("--num-workers", type=int, default=None, help="data loader workers (default 4 on GPU, 0 on CPU)")
+    g.add_argument("--num-workers", type=int, default=None,
+                   help="data loader workers (default: up to 8 on GPU, 0 on CPU)")
     g.add_argument("--min-num-frames", type=int, default=8, help="video: fewest frames drawn per sample (default 8)")
     g.add_argument("--max-num-frames", type=int, default=32, help="video: most frames drawn per sample (default 32)")
     g.add_argument("--video-sampling", default="rand", choices=["rand", "middle"],

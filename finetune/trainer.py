@@ -298,7 +298,10 @@ class Trainer:
                                                          self.total)
         self.trainable = [p for p in self.loss_module.parameters() if p.requires_grad]
         self.names = list(trainable_state(self.vlm))
-        self.workers = cfg.num_workers if cfg.num_workers >= 0 else (4 if self.dev.type == "cuda" else 0)
+        # Auto: on a GPU up to 8 workers (leaving two cores): each tiles and normalises whole samples on the CPU,
+        # and a packed forward of 16 seven-tile samples needs them at GPU speed.
+        auto = min(8, max(1, (os.cpu_count() or 4) - 2)) if self.dev.type == "cuda" else 0
+        self.workers = cfg.num_workers if cfg.num_workers >= 0 else auto
 
     def epoch_steps(self, epoch: int) -> list[list[list[int]]]:
         """This rank's steps of ``epoch``: each a list of micro-batches (lists of sample indices)."""
