@@ -1,4 +1,4 @@
-"""Length-grouped sample order, per-rank micro-batches and the padding collator."""
+"""Length-grouped sample order, per-rank micro-batches, and the two batch layouts: padded and packed."""
 
 from __future__ import annotations
 
@@ -59,4 +59,46 @@ def collate(examples: list[Example], pad_id: int) -> dict:
         # Pure-text samples bring no tiles (hf_native pitfall 8): a batch of only text has no pixel_values.
         "pixel_values": torch.from_numpy(np.concatenate(tiles)) if tiles else None,
         "num_samples": len(examples),
+    }
+
+
+def pack(micro_batches: list[list[Example]], n_micro: int, pixel_dtype: torch.dtype | None = None) -> dict:
+    """Several micro-batches' samples end to end in one row, without padding (the packed layout).
+
+    ``segments`` are the (start, end) token ranges of the samples; ``position_ids`` restart at 0 in each, so
+    each sample sees exactly what it would alone. ``targets[t]`` is the label of token t + 1 of the same
+    sample (ignored at each sample's last token). ``weights`` reproduce the padded layout's loss, the mean over
+    the step's ``n_micro`` micro-batches of each micro-batch's mean token loss: a supervised token of
+    micro-batch m weighs 1 / (n_micro * supervised tokens of m), so the weighted sum over every forward of a
+    step equals that loss (and a micro-batch with nothing supervised adds nothing, as before).
+    ``pixel_dtype``: the vision tower's dtype, so that the cast it does anyway happens here (half the bytes
+    through shared memory and to the GPU for bf16; the values are the same).
+    """
+    ids: list[int] = []
+    targets: list[int] = []
+    weights: list[float] = []
+    positions: list[int] = []
+    segments: list[tuple[int, int]] = []
+    tiles = []
+    for examples in micro_batches:
+        shifted = [list(e.labels[1:]) + [IGNORE_INDEX] for e in examples]
+        supervised = sum(sum(t != IGNORE_INDEX for t in row) for row in shifted)
+        weight = 1.0 / (n_micro * supervised) if supervised else 0.0
+        for e, row in zip(examples, shifted, strict=True):
+            start = len(ids)
+            ids.extend(e.input_ids)
+            positions.extend(range(len(e.input_ids)))
+            targets.extend(row)
+            weights.extend(weight if t != IGNORE_INDEX else 0.0 for t in row)
+            segments.append((start, len(ids)))
+            if e.pixel_values is not None:
+                tiles.append(e.pixel_values)
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "targets": torch.tensor(targets, dtype=torch.long),
+        "weights": torch.tensor(weights, dtype=torch.float32),
+        "segments": tuple(segments),
+        "pixel_values": torch.from_numpy(np.concatenate(tiles)).to(pixel_dtype) if tiles else None,
+        "num_samples": sum(len(m) for m in micro_batches),
     }

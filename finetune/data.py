@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.recording import missing_dataset_message
+from finetune.video import opencv_problem, probe_video
 from ivl_ros.errors import IvlError
 
 IMAGE_TAG = "<image>"
@@ -71,6 +72,8 @@ class Sample:
     file: str
     line: int
     length: int | None = None  # the optional per-line ``length`` (tokens) used for length grouping
+    video_file: Path | None = None  # a video file: frames are decoded and sampled when the sample is built
+    frames_listed: bool = False  # video given as a list of frame files: used as listed, never sampled
 
     @property
     def where(self) -> str:
@@ -234,7 +237,8 @@ def sample_kind(item: dict) -> str:
 
 
 def _media_type_problem(item: dict) -> str | None:
-    for key, what in (("image", "a string or a list of strings"), ("video", "a frame folder or a list of frame files")):
+    for key, what in (("image", "a string or a list of strings"),
+                      ("video", "a video file, a frame folder or a list of frame files")):
         value = item.get(key)
         if value is None or isinstance(value, str):
             continue
@@ -278,22 +282,27 @@ def _frames(video: Path) -> list[Path]:
     return sorted(p for p in video.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _file_problem(path: Path, shown: str) -> str | None:
-    """Refuse what is not a regular image-sized file without opening it (devices, FIFOs, /proc, /sys)."""
+def _file_problem(path: Path, shown: str, what: str = "image") -> str | None:
+    """Refuse what is not a regular, non-empty file without opening it (devices, FIFOs, /proc, /sys)."""
     try:
         resolved = path.resolve()
         st = os.stat(resolved)
     except (OSError, RuntimeError):  # RuntimeError: a symlink loop
-        return f"missing image: {shown}"
+        return f"missing {what}: {shown}"
     if any(resolved == t or resolved.is_relative_to(t) for t in SYSTEM_TREES):
-        return f"not an image file: {shown} is a system pseudo-file ({resolved}); refused without reading it"
+        return f"not {_article(what)} file: {shown} is a system pseudo-file ({resolved}); refused without reading it"
     if stat.S_ISDIR(st.st_mode):
-        return f"missing image: {shown} is a folder"
+        return f"missing {what}: {shown} is a folder"
     if not stat.S_ISREG(st.st_mode):
-        return f"not an image file: {shown} is not a regular file (device, FIFO or socket); refused without reading it"
+        return f"not {_article(what)} file: {shown} is not a regular file (device, FIFO or socket); refused without " \
+               "reading it"
     if st.st_size == 0:
-        return f"image file is empty (0 bytes): {shown}"
+        return f"{what} file is empty (0 bytes): {shown}"
     return None
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
 def _image_problem(path: Path, shown: str, decode: bool) -> str | None:
@@ -348,15 +357,20 @@ def check_item(item, ds: Dataset, decode: bool = False) -> tuple[Sample | None, 
         video = item["video"]
         if isinstance(video, list):  # extension: an explicit list of frame files
             images = [ds.root / x for x in video]
-        elif isinstance(video, str) and (ds.root / video).is_dir():
+        elif (ds.root / video).is_dir():
             images = _frames(ds.root / video)
             if not images:
                 return None, f"video folder has no frames: {video}"
-        elif isinstance(video, str) and (ds.root / video).exists():
-            return None, f"video file {video}: only frame folders (or lists of frame files) are supported; " \
-                         "extract the frames into a folder"
         else:
-            return None, f"missing video: {video}"
+            if n_tags:
+                return None, f"<image> count != images: {n_tags} <image> tags in a video-file sample (the frames " \
+                             "are sampled when it is built; write <video> or nothing)"
+            path = ds.root / video
+            problem = _file_problem(path, video, what="video") or opencv_problem() or \
+                (probe_video(path, video) if decode else None)
+            if problem is not None:
+                return None, problem
+            return Sample(kind, conv, [], ds, "", 0, item.get("length"), video_file=path), None
         if n_tags not in (0, len(images)):
             return None, f"<image> count != images: {n_tags} <image> tags for {len(images)} video frames"
     else:
@@ -367,13 +381,15 @@ def check_item(item, ds: Dataset, decode: bool = False) -> tuple[Sample | None, 
                                  decode)
         if problem:
             return None, problem
-    return Sample(kind, conv, images, ds, "", 0, item.get("length")), None
+    return Sample(kind, conv, images, ds, "", 0, item.get("length"),
+                  frames_listed=kind == "video" and isinstance(item["video"], list)), None
 
 
 def outside_root(sample: Sample) -> Path | None:
     """The first image of ``sample`` that resolves outside its dataset root (upstream allows it; we warn)."""
     root = sample.dataset.root.resolve()
-    return next((p for p in sample.images if not p.resolve().is_relative_to(root)), None)
+    media = [*sample.images, *([sample.video_file] if sample.video_file else [])]
+    return next((p for p in media if not p.resolve().is_relative_to(root)), None)
 
 
 def read_annotation(ds: Dataset, report: DataReport, decode: bool = False) -> list[Sample]:

@@ -77,7 +77,12 @@ class TrainConfig:
     max_dynamic_patch: int = option(6, "max tiles per image", DATA, type=int_range(1, MAX_TILES_LIMIT))
     max_seq_length: int = option(4096, "truncate samples to this many tokens", DATA, type=int_range(1))
     group_by_length: bool = option(True, "plain shuffle instead of length-grouped batches", DATA)
-    num_workers: int = option(-1, "data loader workers (-1: 4 on GPU, 0 on CPU)", DATA, type=int_range(-1))
+    num_workers: int = option(-1, "data loader workers (-1: up to 8 on GPU, 0 on CPU)", DATA, type=int_range(-1))
+    min_num_frames: int = option(8, "video: fewest frames drawn per sample (upstream's bounds)", DATA,
+                                 type=int_range(1))
+    max_num_frames: int = option(32, "video: most frames drawn per sample", DATA, type=int_range(1))
+    video_sampling: str = option("rand", "video: a random or the middle frame of each equal interval", DATA,
+                                 choices=("rand", "middle"))
 
     model: str = option("", "base checkpoint, upstream or converted layout (default: $IVL_MODEL or the embedded "
                         "demo model)", MODEL)
@@ -97,7 +102,13 @@ class TrainConfig:
                         choices=("auto", *(d for d in DTYPES if d != "float16")))
     attention: str = option("auto", "attention kernels (auto: the loader's default)", MODEL,
                             choices=("auto", *ATTENTION_MODES))
-    gradient_checkpointing: bool = option(True, "no gradient checkpointing (faster, more memory)", MODEL)
+    gradient_checkpointing: str = option("auto", "activation checkpointing: auto (only the layers memory needs, "
+                                         "measured on the GPU; off on CPU), on (every layer), off", MODEL,
+                                         choices=("auto", "on", "off"))
+    packing: bool = option(True, "pad each micro-batch to its longest sample instead of packing samples end to end "
+                           "(the reference layout)", MODEL)
+    forward_micro_batches: int = option(0, "micro-batches of a step packed into one forward pass (0: as many as the "
+                                        "GPU's free memory allows, measured)", MODEL, type=int_range(0))
 
     learning_rate: float = option(4e-5, "peak learning rate (cosine schedule)", OPTIM,
                                   type=float_range(0.0, lo_open=True))
@@ -198,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="only validate every meta/jsonl entry, print file:line: problem, exit 1 if any")
     for f in fields(TrainConfig):
         _add_field(groups[f.metadata["group"]], f)
+    groups[MODEL].add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_const",
+                               const="off", help="same as --gradient-checkpointing off")
     return p
 
 
@@ -207,6 +220,9 @@ def config_from_args(args: argparse.Namespace, log=print) -> TrainConfig:
 
     gpus, batch, per_device, acc = resolve_batch(args.gpus, args.batch_size, args.per_device_batch_size,
                                                  args.gradient_acc or None)
+    if args.max_num_frames < args.min_num_frames:
+        raise OptionError(f"--max-num-frames ({args.max_num_frames}) must be >= --min-num-frames "
+                          f"({args.min_num_frames})")
     if args.unfreeze_backbone and not args.full:
         raise OptionError("--unfreeze-backbone goes with --full (for LoRA on the ViT use --vision-lora-r)")
     name = args.data if "/" not in args.data and not args.data.endswith(".json") else \

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from finetune.data import IMAGE_TAG, VIDEO_TAG, Sample
+from finetune.video import FrameSampling, read_video_frames, sample_frame_files
 from ivl_ros.errors import IvlError
 from ivl_ros.model.images import load_image
 from ivl_ros.model.prompt import IM_END, IM_START, IMG_START, expand_image_placeholders, render_conversation
@@ -97,7 +98,7 @@ def _pixels(image: Image.Image, spec: ModelSpec, max_tiles: int, rng: random.Ran
     return np.stack([normalize_tile(_jpeg_degrade(t, rng.choice(JPEG_QUALITIES)), spec.tile_size) for t in tiles])
 
 
-def _first_turn_with_media(sample: Sample) -> list[dict]:
+def _first_turn_with_media(sample: Sample, n_frames: int) -> list[dict]:
     conv = [dict(t) for t in sample.conversations]
     first = conv[0]["value"]
     if sample.kind == "image" and IMAGE_TAG not in first:
@@ -106,7 +107,7 @@ def _first_turn_with_media(sample: Sample) -> list[dict]:
         if VIDEO_TAG not in first:
             first = VIDEO_TAG + "\n" + first
         # Upstream replaces "<video>\n" by the frame lines without a trailing newline; kept as is.
-        frames = "\n".join(f"Frame{i + 1}: {IMAGE_TAG}" for i in range(len(sample.images)))
+        frames = "\n".join(f"Frame{i + 1}: {IMAGE_TAG}" for i in range(n_frames))
         conv[0]["value"] = first.replace(VIDEO_TAG + "\n", frames)
     return conv
 
@@ -132,9 +133,23 @@ def _truncate_images(ids: list[int], tiles: list[int], tokens_per_tile: int, sta
     return (starts[images] if images < len(starts) else len(ids)), images
 
 
+def video_frames(sample: Sample, sampling: FrameSampling, rng: random.Random | None) -> list[Image.Image]:
+    """The frames of a video sample for one build: decoded from a video file, or read from a frame folder, and
+    sampled as upstream does; an explicit list of frame files is used as listed."""
+    if sample.video_file is not None:
+        return read_video_frames(sample.video_file, sampling, rng)
+    files = sample.images if sample.frames_listed else sample_frame_files(sample.images, sampling, rng)
+    return [load_image(p) for p in files]
+
+
 def build_example(sample: Sample, tokenizer: InternLM2Tokenizer, spec: ModelSpec, max_dynamic_patch: int,
-                  max_seq_length: int, rng: random.Random | None = None) -> Example:
-    """Tile the images, render and tokenize the conversation, mask the labels, truncate."""
+                  max_seq_length: int, rng: random.Random | None = None,
+                  sampling: FrameSampling = FrameSampling()) -> Example:
+    """Tile the images, render and tokenize the conversation, mask the labels, truncate.
+
+    ``rng`` drives the random parts (JPEG augmentation where the dataset asks for it, video frame sampling);
+    without it video frames are taken from the middle of their intervals, ``sampling.max_frames`` of them.
+    """
     mdp = sample.dataset.max_dynamic_patch or max_dynamic_patch
     aug = rng if sample.dataset.data_augment else None
     pixel_list: list[np.ndarray] = []
@@ -144,9 +159,9 @@ def build_example(sample: Sample, tokenizer: InternLM2Tokenizer, spec: ModelSpec
         per_image = max(1, mdp // len(sample.images))
         pixel_list = [_pixels(load_image(p), spec, per_image, aug) for p in sample.images]
     elif sample.kind == "video":
-        pixel_list = [_pixels(load_image(p), spec, 1, aug) for p in sample.images]
+        pixel_list = [_pixels(frame, spec, 1, aug) for frame in video_frames(sample, sampling, rng)]
     tiles = [int(p.shape[0]) for p in pixel_list]
-    conv = _first_turn_with_media(sample)
+    conv = _first_turn_with_media(sample, len(pixel_list))
     text = render_training_conversation(conv, spec)
     if tiles:
         text = expand_image_placeholders(text, tiles, spec.tokens_per_tile)
@@ -165,9 +180,59 @@ def build_example(sample: Sample, tokenizer: InternLM2Tokenizer, spec: ModelSpec
 
 def estimated_length(sample: Sample, tokenizer: InternLM2Tokenizer, spec: ModelSpec, max_dynamic_patch: int) -> int:
     """Upstream's group_by_length estimate: the line's ``length``, else the conversation's token count plus
-    the image-token budget ``tokens_per_tile * (max_dynamic_patch + use_thumbnail)``."""
+    the image-token budget ``tokens_per_tile * (max_dynamic_patch + use_thumbnail)`` (videos included, as
+    upstream; this only orders the data)."""
     if sample.length is not None:
         return sample.length
-    text = "\n".join(t["value"] for t in sample.conversations)
-    mdp = sample.dataset.max_dynamic_patch or max_dynamic_patch
-    return len(tokenizer.encode(text)) + spec.tokens_per_tile * (mdp + int(spec.use_thumbnail))
+    return _text_tokens(sample, tokenizer) + spec.tokens_per_tile * _tile_budget(sample, max_dynamic_patch, spec)
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    estimate: int  # upstream's group_by_length estimate (orders the data)
+    bound: int  # an upper bound of the built sample's length before truncation (plans memory)
+
+
+def sample_token_counts(samples: list[Sample], tokenizer: InternLM2Tokenizer, spec: ModelSpec,
+                        max_dynamic_patch: int, sampling: FrameSampling) -> list[TokenCount]:
+    """Both counts for every sample, tokenizing each conversation once."""
+    overhead = len(tokenizer.encode(render_training_conversation(
+        [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], spec), add_bos=True))
+    counts = []
+    for sample in samples:
+        text = _text_tokens(sample, tokenizer)
+        budget = _tile_budget(sample, max_dynamic_patch, spec)
+        estimate = sample.length if sample.length is not None else text + spec.tokens_per_tile * budget
+        # the template once, role markers per turn (8 is generous), and per tile its context tokens plus
+        # <img></img> and, for video frames, the "FrameN: " line (8 is generous)
+        bound = text + overhead + 8 * len(sample.conversations) + \
+            (spec.tokens_per_tile + 8) * _most_tiles(sample, max_dynamic_patch, spec, sampling)
+        counts.append(TokenCount(estimate, bound))
+    return counts
+
+
+def _most_tiles(sample: Sample, max_dynamic_patch: int, spec: ModelSpec, sampling: FrameSampling) -> int:
+    if sample.kind == "video":
+        if sample.frames_listed:
+            return len(sample.images)
+        if sample.video_file is not None:
+            return sampling.max_frames
+        return min(len(sample.images), sampling.max_frames)
+    if sample.kind == "multi_image":
+        per_image = max(1, _max_tiles(sample, max_dynamic_patch) // len(sample.images))
+        return len(sample.images) * (per_image + int(spec.use_thumbnail and per_image > 1))
+    if sample.kind == "text":
+        return 0
+    return _tile_budget(sample, max_dynamic_patch, spec)
+
+
+def _max_tiles(sample: Sample, max_dynamic_patch: int) -> int:
+    return sample.dataset.max_dynamic_patch or max_dynamic_patch
+
+
+def _tile_budget(sample: Sample, max_dynamic_patch: int, spec: ModelSpec) -> int:
+    return _max_tiles(sample, max_dynamic_patch) + int(spec.use_thumbnail)
+
+
+def _text_tokens(sample: Sample, tokenizer: InternLM2Tokenizer) -> int:
+    return len(tokenizer.encode("\n".join(t["value"] for t in sample.conversations)))

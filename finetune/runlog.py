@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "step_time_s", "elapsed_s")
+FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "step_time_s", "elapsed_s")
 
 
 class RunLog:

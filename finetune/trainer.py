@@ -9,6 +9,12 @@ over all tokens of the accumulated batch instead; hf_native pitfall 8).
 ``step`` runs one optimizer step over its micro-batches (``forward`` is the one place that turns a collated
 batch into a loss), ``save`` writes a checkpoint. An error while training saves a checkpoint before it
 propagates, so at most the failing step is lost.
+
+Micro-batches (PER_DEVICE_BATCH_SIZE samples) are the unit the loss is averaged over, as upstream. How they
+run is the *layout*: padded (one micro-batch per forward, each row padded to the longest) or packed (the
+default: several micro-batches of a step end to end in one forward, no padding; finetune/memory.py sizes it
+from the GPU's free memory and checkpoints only the layers that memory needs). The layout is recorded in
+each checkpoint and kept on resume (it decides the order dropout draws its masks in).
 """
 
 from __future__ import annotations
@@ -27,20 +33,25 @@ import torch
 import torch.distributed as dist
 
 from finetune import checkpoints
-from finetune.batching import collate, length_grouped_order, micro_batches, shuffled_order
+from finetune.batching import collate, length_grouped_order, micro_batches, pack, shuffled_order
 from finetune.checkpoints import CheckpointDamaged
 from finetune.data import DataError, Sample, check_data, resolve_data, training_samples
+from finetune.memory import GIB, ForwardPlan, choose_plan, even_split
 from finetune.model import (
     CausalLoss,
     apply_lora,
     load_for_training,
+    lora_inputs_in_compute_dtype,
+    set_checkpointed_layers,
     trainable_state,
     trainable_to_float32,
     unfreeze_full,
+    use_packed_attention,
 )
 from finetune.options import TrainConfig
-from finetune.preprocess import SAMPLE_FAILURES, build_example, estimated_length
+from finetune.preprocess import SAMPLE_FAILURES, build_example, sample_token_counts
 from finetune.runlog import RunLog
+from finetune.video import FrameSampling
 
 TRAINING_CONFIG = "ivl_finetune.json"
 BAD_SAMPLES = "bad_samples.txt"
@@ -87,8 +98,30 @@ class StopFlag:
         return int(t.item())
 
 
-class MicroBatchSet(torch.utils.data.Dataset):
-    """Item k = the collated micro-batch ``batches[k]`` (so workers build whole batches).
+@dataclass(frozen=True)
+class Layout:
+    """How micro-batches run: ``packed`` end to end (``per_forward`` of a step in one forward) or padded (one)."""
+
+    packed: bool
+    per_forward: int = 1
+
+    def to_json(self) -> dict:
+        return {"packed": self.packed, "micro_batches_per_forward": self.per_forward}
+
+    @classmethod
+    def from_json(cls, raw: dict | None) -> Layout:
+        if raw is None:  # checkpoints of the padded-only trainer
+            return cls(False, 1)
+        return cls(bool(raw["packed"]), int(raw["micro_batches_per_forward"]))
+
+    def forwards(self, micro: list[list[int]]) -> list[list[list[int]]]:
+        """The forward passes of one step: groups of its micro-batches."""
+        return [micro[i:i + self.per_forward] for i in range(0, len(micro), self.per_forward)]
+
+
+class ForwardSet(torch.utils.data.Dataset):
+    """Item k = the input of forward pass k: ``forwards[k] = (micro-batches, micro-batches in its step)``,
+    collated padded (one micro-batch) or packed (so workers build whole batches).
 
     A sample whose image cannot be read is never raised inside a worker (the DataLoader would wrap it in a
     traceback): with ``skip_bad`` it is left out and listed in the batch's ``skipped``, otherwise the batch
@@ -96,33 +129,43 @@ class MicroBatchSet(torch.utils.data.Dataset):
     good sample instead, so every rank still runs every micro-batch of every step.
     """
 
-    def __init__(self, batches: list[list[int]], samples: list[Sample], build, pad_id: int, seed: int,
-                 epoch: int, skip_bad: bool = False) -> None:
-        self.batches, self.samples, self.build, self.pad_id = batches, samples, build, pad_id
-        self.seed, self.epoch, self.skip_bad = seed, epoch, skip_bad
+    def __init__(self, forwards: list[tuple[list[list[int]], int]], samples: list[Sample], build, pad_id: int,
+                 seed: int, epoch: int, skip_bad: bool = False, packed: bool = False,
+                 pixel_dtype: torch.dtype | None = None) -> None:
+        self.forwards, self.samples, self.build, self.pad_id = forwards, samples, build, pad_id
+        self.seed, self.epoch, self.skip_bad, self.packed = seed, epoch, skip_bad, packed
+        self.pixel_dtype = pixel_dtype
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.forwards)
 
     def _example(self, i: int):
-        # Augmentation randomness is a function of (seed, epoch, sample), never of the global RNG:
-        # the same batch gets the same pixels whether or not the run was resumed.
+        # Randomness (augmentation, video frames) is a function of (seed, epoch, sample), never of the global
+        # RNG: the same batch gets the same pixels whether or not the run was resumed.
         return self.build(self.samples[i], rng=random.Random(f"{self.seed}-{self.epoch}-{i}"))
 
     def __getitem__(self, k: int) -> dict:
-        examples, skipped = [], []
-        for i in self.batches[k]:
-            try:
-                examples.append(self._example(i))
-            except SAMPLE_FAILURES as exc:
-                if not self.skip_bad:
-                    return {"error": f"{self.samples[i].where}: {exc}"}
-                skipped.append(f"{self.samples[i].where}: {exc}")
-        if not examples:
-            examples = self._stand_in(self.batches[k][-1], skipped)
-        if not examples:
-            return {"error": "no sample of the training data can be read", "skipped": skipped}
-        return {**collate(examples, self.pad_id), "skipped": skipped}
+        micro, n_micro = self.forwards[k]
+        built, skipped = [], []
+        for batch in micro:
+            examples = []
+            for i in batch:
+                try:
+                    examples.append(self._example(i))
+                except SAMPLE_FAILURES as exc:
+                    if not self.skip_bad:
+                        return {"error": f"{self.samples[i].where}: {exc}"}
+                    skipped.append(f"{self.samples[i].where}: {exc}")
+            if not examples:
+                examples = self._stand_in(batch[-1], skipped)
+            if not examples:
+                return {"error": "no sample of the training data can be read", "skipped": skipped}
+            built.append(examples)
+        if self.packed:
+            return {**pack(built, n_micro, self.pixel_dtype), "skipped": skipped}
+        if len(built) != 1:
+            raise ValueError("the padded layout runs one micro-batch per forward")
+        return {**collate(built[0], self.pad_id), "skipped": skipped}
 
     def _stand_in(self, after: int, skipped: list[str]) -> list:
         """The first sample after ``after`` (wrapping around) that builds, for a micro-batch left empty."""
@@ -207,10 +250,10 @@ class Trainer:
 
     # -- set-up ------------------------------------------------------------------------------------------
     def _build_model(self) -> None:
-        cfg, d, dev = self.cfg, self.d, self.dev
+        cfg, dev = self.cfg, self.dev
         self.dtype = _dtype(cfg, dev)
         attention = None if cfg.attention == "auto" else cfg.attention
-        self.loaded = load_for_training(cfg.model, str(dev), self.dtype, attention, cfg.gradient_checkpointing)
+        self.loaded = load_for_training(cfg.model, str(dev), self.dtype, attention)
         vlm, self.tok, self.spec = self.loaded.model, self.loaded.tokenizer, self.loaded.spec
         vlm.config.name_or_path = str(Path(cfg.model).resolve())
         self.peft_model = None
@@ -226,19 +269,26 @@ class Trainer:
         vlm.train()
         self.vlm = vlm
         self.loss_module = CausalLoss(vlm)
-        self.model = self.loss_module
+        self.model = self.loss_module  # wrapped in DDP by _wrap_ddp once the layout is set
+        self.use_autocast = dev.type == "cuda" and self.dtype == "bfloat16"
+        self.pv_dtype = next(vlm.model.vision_tower.parameters()).dtype
+        self.n_layers = len(vlm.model.language_model.layers)
+        self.layout = Layout(cfg.packing, 1)
+        self.resumed_layout: Layout | None = None
+
+    def _wrap_ddp(self) -> None:
+        cfg, d, dev = self.cfg, self.d, self.dev
         if d.world > 1:
             unused = bool(cfg.full or cfg.vision_lora_r or cfg.unfreeze_mlp)  # text-only batches skip ViT/MLP
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=[dev.index] if dev.type == "cuda" else None,
                 find_unused_parameters=unused)
-        self.use_autocast = dev.type == "cuda" and self.dtype == "bfloat16"
-        self.pv_dtype = next(vlm.model.vision_tower.parameters()).dtype
 
     def _build_schedule(self) -> None:
         cfg = self.cfg
-        self.lengths = [estimated_length(s, self.tok, self.spec, cfg.max_dynamic_patch) for s in self.samples] \
-            if cfg.group_by_length else None
+        self.sampling = FrameSampling(cfg.min_num_frames, cfg.max_num_frames, cfg.video_sampling)
+        self._token_counts = None
+        self.lengths = [c.estimate for c in self.token_counts()] if cfg.group_by_length else None
         self.steps_per_epoch = len(self.epoch_steps(0))
         self.total = cfg.max_steps or math.ceil(cfg.epochs * self.steps_per_epoch)
         self.optimizer = optimizer_for(self.loss_module, cfg)
@@ -248,7 +298,10 @@ class Trainer:
                                                          self.total)
         self.trainable = [p for p in self.loss_module.parameters() if p.requires_grad]
         self.names = list(trainable_state(self.vlm))
-        self.workers = cfg.num_workers if cfg.num_workers >= 0 else (4 if self.dev.type == "cuda" else 0)
+        # Auto: on a GPU up to 8 workers (leaving two cores): each tiles and normalises whole samples on the CPU,
+        # and a packed forward of 16 seven-tile samples needs them at GPU speed.
+        auto = min(8, max(1, (os.cpu_count() or 4) - 2)) if self.dev.type == "cuda" else 0
+        self.workers = cfg.num_workers if cfg.num_workers >= 0 else auto
 
     def epoch_steps(self, epoch: int) -> list[list[list[int]]]:
         """This rank's steps of ``epoch``: each a list of micro-batches (lists of sample indices)."""
@@ -261,7 +314,102 @@ class Trainer:
         return [mbs[i:i + cfg.gradient_acc] for i in range(0, len(mbs), cfg.gradient_acc)]
 
     def build(self, sample: Sample, rng: random.Random):
-        return build_example(sample, self.tok, self.spec, self.cfg.max_dynamic_patch, self.cfg.max_seq_length, rng)
+        return build_example(sample, self.tok, self.spec, self.cfg.max_dynamic_patch, self.cfg.max_seq_length, rng,
+                             self.sampling)
+
+    # -- layout ------------------------------------------------------------------------------------------
+    def token_counts(self) -> list:
+        """Per sample: upstream's length estimate and an upper bound of its tokens (tokenizes once, on demand)."""
+        if self._token_counts is None:
+            self._token_counts = sample_token_counts(self.samples, self.tok, self.spec, self.cfg.max_dynamic_patch,
+                                                     self.sampling)
+        return self._token_counts
+
+    def set_layout(self) -> None:
+        """Decide the layout (a resumed run keeps its checkpoint's) and the checkpointed layers, then wrap DDP."""
+        cfg, acc = self.cfg, self.cfg.gradient_acc
+        if self.resumed_layout is not None:
+            self.layout = self.resumed_layout
+            if self.layout != Layout(cfg.packing, self.layout.per_forward):
+                self.log(f"resuming with the checkpoint's batch layout ({self.layout.to_json()})")
+        layers = {"on": self.n_layers, "off": 0}.get(cfg.gradient_checkpointing)
+        if not self.layout.packed:
+            plan = ForwardPlan(1, self.n_layers if layers is None else layers, "padded layout")
+        elif self.resumed_layout is not None and (layers is not None or self.dev.type != "cuda"):
+            plan = ForwardPlan(self.layout.per_forward, layers or 0)
+        elif self.dev.type != "cuda" or (layers is not None and cfg.forward_micro_batches):
+            plan = ForwardPlan(even_split(acc, cfg.forward_micro_batches or acc), layers or 0)
+        else:
+            plan = self._measured_plan(layers)
+            if self.resumed_layout is not None:
+                plan = ForwardPlan(self.layout.per_forward, plan.checkpointed_layers, plan.note)
+        if self.d.world > 1:  # every rank runs the same forwards; the most checkpointing any rank needs
+            t = torch.tensor([plan.micro_batches_per_forward, -plan.checkpointed_layers], device=self.dev)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            plan = ForwardPlan(int(t[0]), -int(t[1]), plan.note)
+        self.layout = Layout(self.layout.packed, plan.micro_batches_per_forward)
+        self.plan = plan
+        use_packed_attention(self.vlm, self.layout.packed)
+        if self.layout.packed and self.use_autocast:
+            lora_inputs_in_compute_dtype(self.vlm)
+        set_checkpointed_layers(self.vlm, plan.checkpointed_layers)
+        kind = "packed" if self.layout.packed else "padded"
+        self.log(f"batch layout: {kind}, {plan.describe(self.n_layers, cfg.per_device_batch_size)}")
+        self._wrap_ddp()
+
+    def _measured_plan(self, forced_layers: int | None) -> ForwardPlan:
+        """Measure activation memory on one real micro-batch and plan from the GPU's free memory."""
+        cfg, dev = self.cfg, self.dev
+        steps = self.epoch_steps(self.epoch)
+        first = steps[min(self.skip, len(steps) - 1)][0]
+        probe = ForwardSet([([first], 1)], self.samples, self.build, self.tok.pad_id, cfg.seed, self.epoch,
+                           cfg.skip_bad_samples, packed=True, pixel_dtype=self.pv_dtype)[0]
+        if "error" in probe:
+            return ForwardPlan(1, self.n_layers if forced_layers is None else forced_layers,
+                               "no probe batch could be built; planning conservatively")
+        tokens = probe["input_ids"].numel()
+        full = self._probe_peak(probe, 0) if forced_layers != self.n_layers else math.inf
+        ckpt = self._probe_peak(probe, self.n_layers) if forced_layers != 0 else math.inf
+        grads = 4 * self.n_train
+        free, total = torch.cuda.mem_get_info(dev)
+        cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        optimizer_states = 8 * self.n_train  # AdamW's exp_avg and exp_avg_sq in fp32, created at the first step
+        # a tenth of the GPU stays unplanned: allocator fragmentation, the data loader's pinned copies, cuBLAS
+        available = free + cached - optimizer_states - max(2 * GIB, 0.10 * total)
+        bound = min(cfg.max_seq_length, max(c.bound for c in self.token_counts()))
+        per_full, per_ckpt = ((peak - grads) / tokens for peak in (full, ckpt))
+        plan = choose_plan(available, per_full, per_ckpt, grads, self.n_layers, cfg.per_device_batch_size * bound,
+                           cfg.gradient_acc, checkpointed=forced_layers)
+        k = even_split(cfg.gradient_acc, cfg.forward_micro_batches) if cfg.forward_micro_batches else \
+            plan.micro_batches_per_forward
+        measured = ", ".join(f"{v / 2**20:.2f} MiB/token {what}" for v, what in
+                             ((per_full, "without"), (per_ckpt, "with")) if math.isfinite(v))
+        note = (f"measured {measured} checkpointing on a {tokens}-token micro-batch; samples up to {bound} tokens; "
+                f"{plan.note}")
+        return ForwardPlan(k, plan.checkpointed_layers, note)
+
+    def _probe_peak(self, batch: dict, checkpointed: int) -> float:
+        """Peak bytes one forward + backward of ``batch`` adds (inf if it does not fit); changes nothing."""
+        dev = self.dev
+        set_checkpointed_layers(self.vlm, checkpointed)
+        use_packed_attention(self.vlm, True)
+        if self.use_autocast:
+            lora_inputs_in_compute_dtype(self.vlm)
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        try:
+            with torch.random.fork_rng(devices=[dev]), self._autocast():
+                self.loss_module(**self._inputs(batch)).backward()
+            torch.cuda.synchronize(dev)
+            peak = float(torch.cuda.max_memory_allocated(dev) - base)
+        except torch.cuda.OutOfMemoryError:
+            peak = math.inf
+        for p in self.trainable:
+            p.grad = None
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        return peak
 
     def _note_bad(self, bad: list[str], headline: str, mode: str = "a") -> None:
         """Write (``w``) or append (``a``) problems to bad_samples.txt and log the first few (rank 0)."""
@@ -295,6 +443,7 @@ class Trainer:
                 continue
             st = ck.state
             self.global_step, self.epoch, self.skip = st["global_step"], st["epoch"], st["step_in_epoch"]
+            self.resumed_layout = Layout.from_json(st.get("layout"))
             older = " (newer checkpoints are damaged, see above)" if damaged else ""
             self.log(f"resumed from {path} at step {self.global_step}{older}")
             return
@@ -338,7 +487,7 @@ class Trainer:
             state = {"global_step": self.global_step, "epoch": epoch, "step_in_epoch": step_in_epoch,
                      "total_steps": self.total, "batch": [d.world, self.cfg.per_device_batch_size,
                                                           self.cfg.gradient_acc],
-                     "seed": self.cfg.seed, "num_samples": len(self.samples)}
+                     "seed": self.cfg.seed, "num_samples": len(self.samples), "layout": self.layout.to_json()}
             path = checkpoints.save_checkpoint(self.out, self.global_step, trainable_state(self.vlm), self.optimizer,
                                                self.scheduler, rng_all, state, self.cfg.save_total_limit)
         if d.world > 1:
@@ -347,11 +496,26 @@ class Trainer:
         return path
 
     # -- training ----------------------------------------------------------------------------------------
+    PADDED_INPUTS = ("input_ids", "attention_mask", "labels", "pixel_values")
+    PACKED_INPUTS = ("input_ids", "position_ids", "targets", "weights", "segments", "pixel_values")
+
+    def _inputs(self, batch: dict) -> dict:
+        names = self.PACKED_INPUTS if "segments" in batch else self.PADDED_INPUTS
+        out = {}
+        for name in names:
+            value = batch[name]
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.dev, self.pv_dtype if name == "pixel_values" else None, non_blocking=True)
+            out[name] = value
+        return out
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_autocast else contextlib.nullcontext()
+
     def forward(self, batch: dict) -> torch.Tensor:
-        """A collated micro-batch -> its mean loss (the model call every throughput change goes through)."""
-        pv = batch["pixel_values"]
-        return self.model(batch["input_ids"].to(self.dev), batch["attention_mask"].to(self.dev),
-                          batch["labels"].to(self.dev), pv.to(self.dev, self.pv_dtype) if pv is not None else None)
+        """A collated forward batch -> its loss (the model call every throughput change goes through): the mean
+        over a padded micro-batch, or a packed batch's share of its step's loss."""
+        return self.model(**self._inputs(batch))
 
     def next_batch(self, batches) -> dict:
         """The next micro-batch; a sample that cannot be read stops every rank together (so all can save)."""
@@ -371,29 +535,31 @@ class Trainer:
 
     def step(self, micro: list[list[int]], batches) -> dict:
         """One optimizer step over this rank's ``micro`` batches; returns the logged numbers."""
-        cfg, d, dev = self.cfg, self.d, self.dev
+        d, dev = self.d, self.dev
         t0 = time.perf_counter()
-        n_micro = len(micro)
+        forwards = self.layout.forwards(micro)
+        # Padded: each forward is one micro-batch's mean, averaged here; packed: already the step's share.
+        scale = len(micro) if not self.layout.packed else 1
         loss_sum = torch.zeros((), device=dev)
-        n_seen = 0
-        for m in range(n_micro):
+        n_seen = n_tokens = 0
+        for f in range(len(forwards)):
             batch = self.next_batch(batches)
             n_seen += batch["num_samples"]
-            sync = m == n_micro - 1 or d.world == 1
+            n_tokens += int(batch["input_ids"].numel() if self.layout.packed else batch["attention_mask"].sum())
+            sync = f == len(forwards) - 1 or d.world == 1
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
-            amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_autocast else contextlib.nullcontext()
-            with ctx, amp:
+            with ctx, self._autocast():
                 loss = self.forward(batch)
-                (loss / n_micro).backward()
+                (loss / scale).backward()
             loss_sum += loss.detach().float()
         self.updating = True  # from here until the step is counted, a save would record half an update
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         self.updating = False
-        mean_loss = loss_sum / n_micro
+        mean_loss = loss_sum / scale
         if d.world > 1:
             dist.all_reduce(mean_loss)
             mean_loss /= d.world
@@ -401,15 +567,17 @@ class Trainer:
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0
         return {"loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                "samples_per_s": n_seen * d.world / dt, "step_time_s": dt}
+                "samples_per_s": n_seen * d.world / dt, "tokens_per_s": n_tokens * d.world / dt, "step_time_s": dt}
 
-    def _loader(self, flat: list[list[int]], epoch: int):
+    def _loader(self, forwards: list[tuple[list[list[int]], int]], epoch: int):
         cfg = self.cfg
         return torch.utils.data.DataLoader(
-            MicroBatchSet(flat, self.samples, self.build, self.tok.pad_id, cfg.seed, epoch, cfg.skip_bad_samples),
+            ForwardSet(forwards, self.samples, self.build, self.tok.pad_id, cfg.seed, epoch, cfg.skip_bad_samples,
+                       packed=self.layout.packed, pixel_dtype=self.pv_dtype),
             batch_size=None, shuffle=False, num_workers=self.workers,
             generator=torch.Generator().manual_seed(cfg.seed + epoch), persistent_workers=False,
-            prefetch_factor=2 if self.workers else None)
+            prefetch_factor=2 if self.workers else None,
+            pin_memory=self.dev.type == "cuda" and self.layout.packed)
 
     def _epochs(self) -> int:
         """Run steps from the current position until done or stopped; returns the agreed signal (0: none)."""
@@ -420,8 +588,8 @@ class Trainer:
             if skip >= len(steps):
                 self.epoch, self.skip = epoch + 1, 0
                 continue
-            flat = [mb for step in steps[skip:] for mb in step]
-            batches = iter(self._loader(flat, epoch))
+            forwards = [(group, len(step)) for step in steps[skip:] for group in self.layout.forwards(step)]
+            batches = iter(self._loader(forwards, epoch))
             for step_in_epoch in range(skip, len(steps)):
                 self.rng_at_step = checkpoints.rng_state()
                 row = self.step(steps[step_in_epoch], batches)
@@ -464,6 +632,7 @@ class Trainer:
         """Train; returns the process exit code (0 done, 128+signal when interrupted after saving)."""
         cfg, d = self.cfg, self.d
         self.resume()
+        self.set_layout()
         self.runlog = RunLog(self.out, self.total, self.global_step, enabled=d.main)
         if d.main:
             record = _training_record(cfg, self.spec, self.n_train, d.world)
@@ -503,7 +672,10 @@ class Trainer:
         if d.main:
             stats = _run_stats(self.runlog.rows, self.dev, self.n_train, d.world, self.cfg)
             stats["skipped_samples"] = skipped
+            stats["layout"] = {**self.layout.to_json(), "checkpointed_layers": self.plan.checkpointed_layers,
+                               "llm_layers": self.n_layers, "plan": self.plan.note}
             (out / "run_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+            use_packed_attention(self.vlm, False)  # outputs carry the model's own attention implementation
             _write_outputs(self.cfg, out, self.vlm, self.peft_model, self.loaded, self.runlog)
         _finish(d)
         return 0
@@ -538,12 +710,18 @@ def _run_stats(rows: list[dict], dev: torch.device, n_train: int, world: int, cf
              "samples_per_step": cfg.per_device_batch_size * cfg.gradient_acc * world,
              "mean_step_time_s": sum(step_times) / len(step_times) if step_times else None,
              "mean_samples_per_s": (sum(float(r["samples_per_s"]) for r in timed) / len(timed)) if timed else None,
+             "mean_tokens_per_s": _mean(timed, "tokens_per_s"),
              "first_step_time_s": float(rows[0]["step_time_s"]) if rows else None}
     if dev.type == "cuda":
         stats["peak_gpu_memory_allocated_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         stats["peak_gpu_memory_reserved_gib"] = torch.cuda.max_memory_reserved(dev) / 2**30
         stats["gpu"] = torch.cuda.get_device_name(dev)
     return stats
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+    return sum(values) / len(values) if values else None
 
 
 def _finish(d: Dist) -> None:

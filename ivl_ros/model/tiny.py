@@ -128,8 +128,10 @@ def tiny_config(sp_vocab: int, geometry: dict | None = None) -> dict:
     }
 
 
-def random_upstream_tensors(config: dict, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Random weights, scaled so that activations keep their size and logits are not flat."""
+def random_upstream_tensors(config: dict, seed: int = 0, dtype: torch.dtype = torch.float32,
+                            device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Random weights, scaled so that activations keep their size and logits are not flat (drawn on ``device``,
+    e.g. a GPU for the full-size geometry, and returned on the CPU; each device draws its own numbers)."""
     from ivl_ros.model.checkpoint import hf_config_from_upstream
     from ivl_ros.model.spec import upstream_spec
 
@@ -141,8 +143,8 @@ def random_upstream_tensors(config: dict, seed: int = 0, dtype: torch.dtype = to
 
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in InternVLForConditionalGeneration(hf_config).state_dict().items()}
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {name: random_tensor(name, shape, gen).to(dtype) for name, shape in shapes.items()}
+    gen = torch.Generator(device=device).manual_seed(seed)
+    tensors = {name: random_tensor(name, shape, gen).to(dtype=dtype, device="cpu") for name, shape in shapes.items()}
     return unconvert_state_dict(tensors, hf_config)
 
 

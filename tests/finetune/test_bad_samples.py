@@ -108,7 +108,7 @@ def test_a_micro_batch_of_only_bad_samples_takes_the_next_good_one(tiny_checkpoi
     from finetune.data import check_data
     from finetune.preprocess import build_example
     from finetune.synthetic import make_caption_dataset
-    from finetune.trainer import MicroBatchSet
+    from finetune.trainer import ForwardSet
     from ivl_ros.model.spec import load_spec
 
     meta = make_caption_dataset(tmp_path / "d", 4, seed=2)["meta"]
@@ -120,9 +120,14 @@ def test_a_micro_batch_of_only_bad_samples_takes_the_next_good_one(tiny_checkpoi
     def build(sample, rng):
         return build_example(sample, tok, spec, 6, 4096, rng)
 
-    skip = MicroBatchSet([[0, 1], [2, 3]], samples, build, tok.pad_id, 0, 0, skip_bad=True)
+    skip = ForwardSet([([[0, 1]], 2), ([[2, 3]], 2)], samples, build, tok.pad_id, 0, 0, skip_bad=True)
     first = skip[0]
     assert first["num_samples"] == 1 and len(first["skipped"]) == 2  # sample 2 stood in
     assert skip[1]["num_samples"] == 2 and not skip[1]["skipped"]
-    strict = MicroBatchSet([[0, 1]], samples, build, tok.pad_id, 0, 0, skip_bad=False)
+    # Packed: both micro-batches in one forward; the stand-in keeps the first micro-batch's share of the loss.
+    packed = ForwardSet([([[0, 1], [2, 3]], 2)], samples, build, tok.pad_id, 0, 0, skip_bad=True, packed=True)[0]
+    assert packed["num_samples"] == 3 and len(packed["skipped"]) == 2 and len(packed["segments"]) == 3
+    first_share = packed["weights"][: packed["segments"][0][1]].sum()
+    assert abs(float(first_share) - 0.5) < 1e-6 and abs(float(packed["weights"].sum()) - 1.0) < 1e-6
+    strict = ForwardSet([([[0, 1]], 1)], samples, build, tok.pad_id, 0, 0, skip_bad=False)
     assert strict[0]["error"].startswith(f"{samples[0].where}: ")
