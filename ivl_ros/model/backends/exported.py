@@ -31,6 +31,17 @@ def decoder_path(manifest: dict, engines_dir: Path) -> Path:
     return stage_file(manifest, engines_dir, STAGE_DECODER)
 
 
+def open_decoder(path: Path, providers: list[str], device: str, info: dict):
+    """The runtime for a decoder ONNX: the fused graph (static in-place cache) or the traced one.
+
+    ``info`` is the manifest's decoder stage, which says which graph the build wrote."""
+    if info.get("graph") == "fused":
+        from ivl_ros.model.backends.ort_fused import FusedDecoder
+
+        return FusedDecoder(path, providers, device, max_positions=info.get("max_positions"))
+    return OrtDecoder(path, providers, device)
+
+
 def load_exported_backend(backend: str, model_path: str | Path, engines_path: str | Path | None,
                           device: str = "cpu") -> tuple[ExportedBackend, InternLM2Tokenizer, ModelSpec]:
     model_path = Path(model_path)
@@ -49,6 +60,7 @@ def load_exported_backend(backend: str, model_path: str | Path, engines_path: st
         vision = TrtVision(engine, manifest["stages"][STAGE_TENSORRT], high, device)
     else:
         raise EngineError(f"backend {backend!r} does not use exported engines")
-    decoder = OrtDecoder(decoder_path(manifest, engines_dir), providers, device)
+    decoder = open_decoder(decoder_path(manifest, engines_dir), providers, device,
+                           manifest["stages"].get(STAGE_DECODER, {}))
     embedding = np.load(stage_file(manifest, engines_dir, STAGE_EMBEDDING), mmap_mode="r")
     return ExportedBackend(backend, spec, vision, decoder, embedding, (low, high)), tokenizer, spec
