@@ -35,6 +35,7 @@ from ivl_ros.model.backends.engines import (  # noqa: E402
     TensorRTUnavailableError,
     checkpoint_fingerprint,
     default_engines_dir,
+    stage_file,
 )
 
 VISION_FILE, ENGINE_FILE, CACHE_FILE = "vision.onnx", "vision.engine", "timing.cache"
@@ -133,21 +134,28 @@ class Builder:
         return self.manifest.data
 
     def stage_vision(self, ckpt: str) -> str:
-        from export.vision import VISION_INPUT, VISION_OUTPUT
-
         attention = "plain" if self.fp32 else "fused"
+        # The fused graph has ONNX Runtime's MultiHeadAttention, which TensorRT cannot parse: when TensorRT may be
+        # used, this stage also writes the plain graph in the same precision (TensorRT fuses attention itself).
+        # Made here, not in the TensorRT stage, so that a Jetson builds its engine from copied ONNX files alone.
+        trt_graph = not self.fp32 and self.args.trt != "off"
         key = stage_key(stage=STAGE_VISION, ckpt=ckpt, precision=self.args.precision, tiles=self.tile_profile[2],
-                        attention=attention)
+                        attention=attention, trt_graph=trt_graph)
         with self.progress.stage(f"vision ONNX (ViT + pixel shuffle + projector, {attention} attention)") as note:
             if self.manifest.is_fresh(STAGE_VISION, key):
                 note["result"] = "unchanged, skipped"
                 return key
-            from export.vision import compare_vision, export_vision
+            from export.vision import VISION_INPUT, VISION_OUTPUT, compare_vision, export_vision
 
             path = self.out / VISION_FILE
             t0 = time.perf_counter()
             info = export_vision(self.loaded.model, self.spec.tile_size, self.tile_profile[2], self.args.precision,
                                  path, attention=attention)
+            files = {"file": VISION_FILE}
+            if trt_graph:
+                export_vision(self.loaded.model, self.spec.tile_size, self.tile_profile[2], self.args.precision,
+                              self.out / TRT_VISION_FILE, attention="plain")
+                files["trt_onnx"] = TRT_VISION_FILE
             export_s = time.perf_counter() - t0
             counts = sorted({1, min(3, self.tile_profile[2])})
             providers = self.providers()
@@ -156,15 +164,13 @@ class Builder:
                                                          "checked on CUDA (build with --device cuda) or by TensorRT"}
             else:
                 check = compare_vision(self.loaded.model, path, self.spec.tile_size, counts, providers)
-            self.manifest.record(STAGE_VISION, key, "done", {"file": VISION_FILE}, export_seconds=round(export_s, 2),
+            self.manifest.record(STAGE_VISION, key, "done", files, export_seconds=round(export_s, 2),
                                  input=VISION_INPUT, output=VISION_OUTPUT, check=check, **info)
             diff = check["max_abs_diff"]
             note["detail"] = f"max abs diff vs torch {diff:.2e}" if diff is not None else check["reason"]
         return key
 
     def stage_tensorrt(self, vision_key: str) -> None:
-        from export.vision import VISION_INPUT, VISION_OUTPUT
-
         with self.progress.stage(f"TensorRT engine (--trt {self.args.trt})") as note:
             if self.args.trt == "off":
                 self.manifest.record(STAGE_TENSORRT, "", "skipped", reason="--trt off")
@@ -187,20 +193,12 @@ class Builder:
                 return
             from export.tensorrt_build import build_vision_engine
 
-            files = {"file": ENGINE_FILE, "timing_cache": CACHE_FILE}
-            source = self.out / VISION_FILE
-            if not self.fp32:
-                # vision.onnx has ONNX Runtime's MultiHeadAttention, which TensorRT cannot parse: TensorRT gets the
-                # plain graph in the same precision and fuses attention itself.
-                from export.vision import export_vision
-
-                source = self.out / TRT_VISION_FILE
-                export_vision(self.loaded.model, self.spec.tile_size, self.tile_profile[2], self.args.precision,
-                              source, attention="plain")
-                files["onnx"] = TRT_VISION_FILE
+            vision = self.manifest.stage(STAGE_VISION)
+            source = stage_file(self.manifest.data, self.out, STAGE_VISION, "file" if self.fp32 else "trt_onnx")
             info = build_vision_engine(source, self.out / ENGINE_FILE, self.out / CACHE_FILE, module_name,
-                                       self.tile_profile, self.spec.tile_size, VISION_INPUT, VISION_OUTPUT)
-            self.manifest.record(STAGE_TENSORRT, key, "done", files, **info)
+                                       self.tile_profile, self.spec.tile_size, vision["input"], vision["output"])
+            self.manifest.record(STAGE_TENSORRT, key, "done", {"file": ENGINE_FILE, "timing_cache": CACHE_FILE,
+                                                               "onnx": source.name}, **info)
             note["detail"] = (f"{module_name} {trt.__version__}, targets {','.join(info['compute_capabilities'])}, "
                               f"{info['engine_bytes'] / 1e6:.1f} MB")
 

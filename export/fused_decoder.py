@@ -46,17 +46,14 @@ def _onnx_types() -> dict:
     return {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 
 
-def tensor_proto(name: str, value: torch.Tensor, precision: str):
-    """A TensorProto of ``value`` in ``precision`` (bf16 through torch: numpy has no bfloat16)."""
-    from onnx import TensorProto, numpy_helper
-
-    value = value.detach().cpu().contiguous()
+def raw_bytes(value: torch.Tensor, precision: str) -> bytes:
+    """``value`` in ``precision`` as little-endian bytes (converted on its own device; bf16 through an int16 view,
+    since numpy has no bfloat16)."""
+    value = value.detach()
     if precision == "bf16":
-        proto = TensorProto(name=name, data_type=TensorProto.BFLOAT16, dims=list(value.shape))
-        proto.raw_data = value.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
-        return proto
-    dtype = {"fp32": np.float32, "fp16": np.float16}[precision]
-    return numpy_helper.from_array(value.to(torch.float32).numpy().astype(dtype), name)
+        return value.to(torch.bfloat16).contiguous().view(torch.int16).cpu().numpy().tobytes()
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
+    return value.to(dtype).contiguous().cpu().numpy().tobytes()
 
 
 def rope_tables(model: torch.nn.Module, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,15 +69,35 @@ def rope_tables(model: torch.nn.Module, positions: int) -> tuple[torch.Tensor, t
 
 
 class _Graph:
-    """Nodes and initializers collected while building (one place for names)."""
+    """Nodes and initializers collected while building. Weights go straight into the external data file as they
+    are converted, so the peak memory is the model plus one matrix (not the model plus a copy of the graph)."""
 
-    def __init__(self, precision: str) -> None:
+    ALIGN = 4096  # offsets on page boundaries, so ONNX Runtime can memory-map the weights
+
+    def __init__(self, precision: str, data_path: Path) -> None:
         self.precision = precision
         self.nodes: list = []
         self.initializers: list = []
+        self.data_name = data_path.name
+        self.data = open(data_path, "wb")  # noqa: SIM115 (closed by build_fused_decoder)
+        self.offset = 0
 
     def weight(self, name: str, value: torch.Tensor, precision: str | None = None) -> str:
-        self.initializers.append(tensor_proto(name, value, precision or self.precision))
+        from onnx import TensorProto
+
+        precision = precision or self.precision
+        raw = raw_bytes(value, precision)
+        pad = -self.offset % self.ALIGN
+        self.data.write(b"\0" * pad)
+        self.offset += pad
+        self.data.write(raw)
+        proto = TensorProto(name=name, data_type=_onnx_types()[precision], dims=list(value.shape))
+        proto.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.data_name), ("offset", self.offset), ("length", len(raw))):
+            entry = proto.external_data.add()
+            entry.key, entry.value = key, str(value)
+        self.offset += len(raw)
+        self.initializers.append(proto)
         return name
 
     def constant(self, name: str, array: np.ndarray) -> str:
@@ -96,29 +113,21 @@ class _Graph:
         return outputs
 
 
-def build_fused_decoder(model: torch.nn.Module, out_path: Path, precision: str,
-                        max_positions: int | None = None) -> dict:
-    """Write the decoder ONNX (weights in ``<out_path>.data``); returns what the manifest records."""
-    import onnx
-    from onnx import TensorProto, helper
+def _add_layers(g: _Graph, model: torch.nn.Module, positions: int) -> None:
+    """Every node and weight: embeddings in, logits and the top-2 token ids out."""
+    from onnx import TensorProto
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
-    geo = text_geometry(model)
     cfg = model.config.text_config
     lm = model.model.language_model
-    positions = int(max_positions or cfg.max_position_embeddings)
+    geo = text_geometry(model)
     eps = float(cfg.rms_norm_eps)
-    heads, kv_heads, head_dim = geo["heads"], geo["kv_heads"], geo["head_dim"]
-    g = _Graph(precision)
     ms = "com.microsoft"
-
     cos, sin = rope_tables(model, positions)
     g.weight("rope.cos", cos)
     g.weight("rope.sin", sin)
     x = "inputs_embeds"
-    if precision != "fp32":
-        x = g.node("Cast", ["inputs_embeds"], ["embeds_cast"], "cast_in", to=_onnx_types()[precision])[0]
+    if g.precision != "fp32":
+        x = g.node("Cast", ["inputs_embeds"], ["embeds_cast"], "cast_in", to=_onnx_types()[g.precision])[0]
     layers = list(lm.layers)
     hidden = g.node("SimplifiedLayerNormalization",
                     [x, g.weight("layers.0.input_norm", layers[0].input_layernorm.weight)], ["l0.norm_in"],
@@ -134,7 +143,7 @@ def build_fused_decoder(model: torch.nn.Module, out_path: Path, precision: str,
                       [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
                        "total_sequence_length", "rope.cos", "rope.sin"],
                       [f"l{i}.attn", f"present.{i}.key", f"present.{i}.value"], f"l{i}.gqa", domain=ms,
-                      num_heads=heads, kv_num_heads=kv_heads, do_rotary=1, rotary_interleaved=0,
+                      num_heads=geo["heads"], kv_num_heads=geo["kv_heads"], do_rotary=1, rotary_interleaved=0,
                       scale=float(att.scaling))[0]
         o = g.node("MatMul", [attn, g.weight(f"layers.{i}.o.weight", att.o_proj.weight.T)], [f"l{i}.o"],
                    f"l{i}.o")[0]
@@ -157,35 +166,49 @@ def build_fused_decoder(model: torch.nn.Module, out_path: Path, precision: str,
             "SkipSimplifiedLayerNormalization", [down, residual, g.weight(norm_name, norm_w)],
             [f"l{i}.out", "", "", f"l{i}.resid_mlp"], f"l{i}.norm_out", domain=ms, epsilon=eps)
     picked = g.node("GatherND", [hidden, "logits_index"], ["last_hidden"], "pick_last", batch_dims=1)[0]
-    head = "logits" if precision == "fp32" else "logits_t"
+    head = "logits" if g.precision == "fp32" else "logits_t"
     g.node("MatMul", [picked, g.weight("lm_head.weight", model.lm_head.weight.T)], [head], "lm_head")
-    if precision != "fp32":
+    if g.precision != "fp32":
         g.node("Cast", [head], ["logits"], "cast_logits", to=TensorProto.FLOAT)
     g.node("TopK", ["logits", g.constant("top_k", np.array([2], np.int64))], ["top_values", "top_ids"], "top2",
            axis=-1, largest=1, sorted=1)
 
+
+def build_fused_decoder(model: torch.nn.Module, out_path: Path, precision: str,
+                        max_positions: int | None = None) -> dict:
+    """Write the decoder ONNX (weights in ``<out_path>.data``); returns what the manifest records."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    geo = text_geometry(model)
+    positions = int(max_positions or model.config.text_config.max_position_embeddings)
+    out_path = Path(out_path)
+    g = _Graph(precision, out_path.with_name(out_path.name + ".data"))
+    try:
+        with torch.no_grad():
+            _add_layers(g, model, positions)
+    finally:
+        g.data.close()
     elem = _onnx_types()[precision]
-    kv_shape = ["batch", kv_heads, "capacity", head_dim]
+    kv_shape = ["batch", geo["kv_heads"], "capacity", geo["head_dim"]]
     inputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "seq", geo["hidden"]]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
               helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
               helper.make_tensor_value_info("logits_index", TensorProto.INT64, ["batch", 1])]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", geo["vocab"]]),
                helper.make_tensor_value_info("top_ids", TensorProto.INT64, ["batch", 2])]
-    for i in range(len(layers)):
+    for i in range(geo["layers"]):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", elem, kv_shape))
             outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", elem, kv_shape))
     graph = helper.make_graph(g.nodes, "ivl_fused_decoder", inputs, outputs, g.initializers)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(ms, 1)],
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("com.microsoft", 1)],
                               producer_name="ivl_ros export/fused_decoder.py")
     proto.ir_version = IR_VERSION
-    out_path = Path(out_path)
-    data = out_path.with_name(out_path.name + ".data")
-    if data.exists():
-        data.unlink()  # external data is appended to, never truncated
-    onnx.save_model(proto, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
+    onnx.save_model(proto, str(out_path))  # the weights are already in the .data file
     ops: dict[str, int] = {}
     for n in g.nodes:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1

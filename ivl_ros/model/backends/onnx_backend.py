@@ -38,11 +38,19 @@ def ort_providers(device: str) -> list[str]:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise EngineError(f"device {device!r}: this onnxruntime ({ort.__version__}) has no CUDA provider; "
                               "install onnxruntime-gpu instead of onnxruntime")
-        if hasattr(ort, "preload_dlls"):
-            # CUDA/cuDNN from the nvidia-* wheels when they are installed (a no-op with system CUDA or JetPack).
-            ort.preload_dlls()
+        _preload_cuda_libraries(ort)
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     raise OptionError(f"device {device!r} is not one of ('cpu', 'cuda', 'cuda:N')")
+
+
+_PRELOADED: list[bool] = []
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """CUDA/cuDNN from the nvidia-* wheels when they are installed (nothing to do with system CUDA or JetPack)."""
+    if not _PRELOADED and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    _PRELOADED.append(True)
 
 
 def device_id(device: str) -> int:

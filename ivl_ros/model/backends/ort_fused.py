@@ -72,8 +72,18 @@ class FusedDecoder:
         self.on_cuda = providers[0] == "CUDAExecutionProvider"
         self.device_type = "cuda" if self.on_cuda else "cpu"
         self.device_id = device_id(device) if self.on_cuda else 0
+        self.path, self.providers, self.device = path, providers, device
         want_graphs = self.on_cuda and (cuda_graphs_wanted() if cuda_graphs is None else cuda_graphs)
-        self.session = make_session(path, providers, device, cuda_graph=want_graphs)
+        self.graph_note = "" if want_graphs else "off"
+        try:
+            self.session = make_session(path, providers, device, cuda_graph=want_graphs)
+        except Exception as exc:  # e.g. a node ONNX Runtime would put on the CPU: graphs impossible, plain runs work
+            if not want_graphs:
+                raise
+            log.warning("CUDA graphs refused for %s (%s); decoding without them", path, exc)
+            self.graph_note = f"refused at session creation: {exc}"
+            want_graphs = False
+            self.session = make_session(path, providers, device)
         self.cuda_graphs = want_graphs
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
@@ -128,16 +138,19 @@ class FusedDecoder:
                         logits=self._device_value(np.zeros((batch, self.vocab), np.float32)),
                         top=self._device_value(np.zeros((batch, 2), np.int64)),
                         binding=self.session.io_binding())
+        self._bind_step(st)
+        if graph and self.cuda_graphs:
+            self._graph_ids += 1
+            st.graph_id = self._graph_ids
+        return st
+
+    def _bind_step(self, st: CacheState) -> None:
         b = st.binding
         b.bind_ortvalue_input("inputs_embeds", st.embeds)
         b.bind_ortvalue_input("seqlens_k", st.seqlens)
         b.bind_ortvalue_input("total_sequence_length", st.total)
         b.bind_ortvalue_input("logits_index", st.index)
         self._bind_cache_and_outputs(b, st)
-        if graph and self.cuda_graphs:
-            self._graph_ids += 1
-            st.graph_id = self._graph_ids
-        return st
 
     def _bind_cache_and_outputs(self, binding, st: CacheState) -> None:
         binding.bind_ortvalue_output("logits", st.logits)
@@ -183,7 +196,29 @@ class FusedDecoder:
         if st.graph_id is None:
             # Without graphs the attention bound is the real longest row; a graph keeps the capacity it captured.
             st.total.update_inplace(np.array(int(st.lengths.max()), np.int32))
-        self.session.run_with_iobinding(st.binding, self._options(st))
+        try:
+            self.session.run_with_iobinding(st.binding, self._options(st))
+        except Exception as exc:
+            if st.graph_id is None:
+                raise
+            # A capture or replay that fails: the same step again without graphs (it is idempotent).
+            self._drop_graphs(f"{type(exc).__name__}: {exc}")
+            st.total.update_inplace(np.array(int(st.lengths.max()), np.int32))
+            self.session.run_with_iobinding(st.binding)
+
+    def _drop_graphs(self, reason: str) -> None:
+        """A new session without CUDA graphs; every state keeps its device buffers (they are not the session's)."""
+        log.warning("CUDA graph capture/replay failed (%s); decoding without graphs from now on", reason)
+        self.graph_note = f"failed at run time: {reason}"
+        self.cuda_graphs = False
+        self.session = make_session(self.path, self.providers, self.device)
+        import onnxruntime as ort
+
+        self._prompt_options = ort.RunOptions()
+        for st in self.states.values():
+            st.graph_id = None
+            st.binding = self.session.io_binding()
+            self._bind_step(st)
 
     def greedy(self, embeds: np.ndarray, table: np.ndarray, new_tokens: int) -> tuple[list[int], np.ndarray]:
         """A bare greedy loop for one unpadded row (quantisation measurements): tokens and first logits."""
