@@ -67,17 +67,26 @@ def make_checkpoint(path: Path, tiny: bool) -> Path:
     return path
 
 
-def run_build(ckpt: Path, out: Path, device: str, *extra: str) -> dict:
-    """build_engines.py in a subprocess (its GPU memory is freed when it exits); its stage lines and manifest."""
+def start_build(ckpt: Path, out: Path, device: str, *extra: str) -> tuple:
+    """build_engines.py in a subprocess (its GPU memory is freed when it exits)."""
     cmd = [sys.executable, str(REPO / "export" / "build_engines.py"), "--model", str(ckpt), "--out", str(out),
            "--max-tiles", "12", "--device", device, "--trt", "off", *extra]
-    t0 = time.perf_counter()
-    run = subprocess.run(cmd, capture_output=True, text=True)
+    log = out.with_name(out.name + ".build.log").open("w")  # a file, not a pipe: builds run side by side
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    return cmd, proc, time.perf_counter(), log
+
+
+def finish_build(started: tuple, out: Path) -> dict:
+    """Wait for a build; its stage lines and manifest (raises with the log's end when it failed)."""
+    cmd, proc, t0, log = started
+    proc.wait()
+    log.close()
     seconds = time.perf_counter() - t0
-    lines = [ln for ln in run.stderr.splitlines() if ln.startswith(("[", "checkpoint", "engines", "error", "    "))]
+    stderr = out.with_name(out.name + ".build.log").read_text()
+    lines = [ln for ln in stderr.splitlines() if ln.startswith(("[", "checkpoint", "engines", "error", "    "))]
     print("\n".join(lines), flush=True)
-    if run.returncode:
-        raise RuntimeError(f"build failed ({' '.join(cmd[1:])}):\n{run.stderr[-4000:]}")
+    if proc.returncode:
+        raise RuntimeError(f"build failed ({' '.join(cmd[1:])}):\n{stderr[-4000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
     return {"command": " ".join(["python", *cmd[1:]]), "seconds": round(seconds, 1), "log": lines,
             "stages": {k: {kk: vv for kk, vv in v.items() if kk not in ("inputs", "outputs", "sizes")}
@@ -272,14 +281,18 @@ def main() -> int:
             make_checkpoint(ckpt, args.tiny)
         build["make_checkpoint_s"] = round(time.perf_counter() - t0, 1)
         print(f"checkpoint in {build['make_checkpoint_s']}s", flush=True)
-        build["fp16"] = run_build(ckpt, engines["fp16"], args.device, "--precision", "fp16")
+        build["fp16"] = finish_build(start_build(ckpt, engines["fp16"], args.device, "--precision", "fp16"),
+                                     engines["fp16"])
         save()
-        for mode in modes:
+        running = {}
+        for mode in modes:  # the quantisations run side by side (CPU work on separate copies)
             path = args.work / f"engines-{mode}"
             if not path.exists():
                 link_copy(engines["fp16"], path)
+            running[mode] = (path, start_build(ckpt, path, args.device, "--precision", "fp16", "--llm-quant", mode))
+        for mode, (path, started_build) in running.items():
             try:
-                build[mode] = run_build(ckpt, path, args.device, "--precision", "fp16", "--llm-quant", mode)
+                build[mode] = finish_build(started_build, path)
             except RuntimeError as exc:
                 build[mode] = {"error": str(exc)[-3000:]}
             save()
