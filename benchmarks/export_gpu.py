@@ -171,9 +171,38 @@ def weight_bytes(manifest_stages: dict, engines: Path) -> int:
     return (engines / f"{name}.data").stat().st_size
 
 
-def export_markdown(build: dict) -> str:
+def goals(results: dict) -> list[str]:
+    """Issue 15's goals, each with the measured numbers and a verdict."""
+    by = {b["name"]: b for b in results["backends"]}
+
+    def get(name: str, *path):
+        d = by.get(name, {})
+        for k in path:
+            d = d.get(k, {}) if isinstance(d, dict) else {}
+        return d if isinstance(d, (int, float)) else None
+
+    lines = ["", "## Goals (issue 15)", ""]
+    ref_v, v = get("torch-fast", "vision_ms", "7", "median"), get("onnx fp16", "vision_ms", "7", "median")
+    if ref_v and v:
+        lines.append(f"- vision+projector, 7 tiles: onnx fp16 {v:.1f} ms = {v / ref_v:.2f}x torch-fast's "
+                     f"{ref_v:.1f} ms (goal <= 2x): {'met' if v <= 2 * ref_v else 'missed'}.")
+    ref_d, d = get("torch-fast", "decode_b1", "tokens_per_s"), get("onnx fp16", "decode_b1", "tokens_per_s")
+    if ref_d and d:
+        lines.append(f"- decode batch 1: onnx fp16 {d:.0f} tok/s = {100 * d / ref_d:.0f}% of torch-fast's {ref_d:.0f} "
+                     f"(goal >= 50%): {'met' if d >= 0.5 * ref_d else 'missed'}.")
+    for mode in ("int4", "int8"):
+        q = get(f"onnx {mode}", "decode_b1", "tokens_per_s")
+        if q and d and ref_d:
+            lines.append(f"- decode batch 1, {mode}: {q:.0f} tok/s = {q / d:.2f}x onnx fp16 and {100 * q / ref_d:.0f}% "
+                         f"of torch-fast" + (" (goal: faster than fp16): " + ("met" if q > d else "missed")
+                                             if mode == "int4" else "") + ".")
+    return lines
+
+
+def export_markdown(build: dict, results: dict | None = None) -> str:
     """The export-specific section appended to the benchmark's markdown: builds, checks, quantisation, breakdown."""
-    lines = ["", "## Export: builds, checks, quantisation, breakdown", "",
+    lines = goals(results) if results else []
+    lines += ["", "## Export: builds, checks, quantisation, breakdown", "",
              f"onnxruntime {build.get('onnxruntime')} ({', '.join(build.get('ort_providers', []))}), torch "
              f"{build.get('torch')}, GPU {build.get('gpu', 'none')}. Build and bench driver: `{build.get('command')}`.",
              ""]
@@ -236,7 +265,7 @@ def export_markdown(build: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--work", type=Path, help="where the checkpoint and engines are written (not for --render)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tag", default="h200-export")
     ap.add_argument("--quant", default="int4,int8", help="comma list of int4/int8 ('' for none)")
@@ -247,7 +276,16 @@ def main() -> int:
                     help="build: checkpoint and engines only; bench: reuse them (e.g. after tests ran in parallel)")
     ap.add_argument("--deadline", type=float, default=0.0,
                     help="seconds after which the optional steps (quantised suites, breakdowns) are skipped")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite TAG.md from TAG.json and TAG-build.json in --out (no GPU needed)")
     args = ap.parse_args()
+    if args.render:
+        from ivl_ros.bench import report
+
+        results = json.loads((args.out / f"{args.tag}.json").read_text())
+        build = json.loads((args.out / f"{args.tag}-build.json").read_text())
+        (args.out / f"{args.tag}.md").write_text(report.markdown(results) + export_markdown(build, results))
+        return 0
     import onnxruntime as ort
     import torch
 
@@ -370,10 +408,10 @@ def main() -> int:
                          "note": "onnx peak GPU memory is not in peak_gb (torch's allocator only sees torch)"}
     report.write(results, args.out, args.tag)
     with open(args.out / f"{args.tag}.md", "a") as md:
-        md.write(export_markdown(build))
+        md.write(export_markdown(build, results))
     build["total_s"] = round(time.perf_counter() - started, 1)
     save()
-    print(report.markdown(results) + export_markdown(build), flush=True)
+    print(report.markdown(results) + export_markdown(build, results), flush=True)
     return 0
 
 

@@ -99,6 +99,23 @@ def _without_language_model(model: torch.nn.Module):
         model.model.language_model, model.lm_head = lm, head
 
 
+class Float32Conv(torch.nn.Module):
+    """A convolution computed in float32 and returned in the surrounding dtype: ONNX Conv has no bfloat16 before
+    opset 22, and the patch embedding is 0.1% of the ViT's work."""
+
+    def __init__(self, conv: torch.nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv.float()
+        self.dtype = torch.bfloat16
+
+    @property
+    def weight(self) -> torch.Tensor:  # the patch embedding casts its input to ``projection.weight.dtype``
+        return self.conv.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.float()).to(self.dtype)
+
+
 def vision_copy(model: torch.nn.Module, precision: str, attention: str) -> torch.nn.Module:
     """The model itself (fp32, plain) or a copy of its vision half in ``precision`` with ``attention``."""
     if precision == "fp32" and attention == "plain":
@@ -107,6 +124,9 @@ def vision_copy(model: torch.nn.Module, precision: str, attention: str) -> torch
 
     with _without_language_model(model):
         copied = copy.deepcopy(model).to(TORCH_DTYPES[precision])
+    if precision == "bf16":
+        patches = copied.model.vision_tower.embeddings.patch_embeddings
+        patches.projection = Float32Conv(patches.projection)
     if attention == "fused":
         AttentionInterface.register(FUSED_ATTENTION, _fused_attention)
         copied.model.vision_tower.config._attn_implementation = FUSED_ATTENTION

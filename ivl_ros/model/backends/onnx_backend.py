@@ -70,15 +70,16 @@ def make_session(path: Path, providers: list[str], device: str = "cpu", cuda_gra
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # keep ORT's per-node placement warnings out of user output
+    provider_list: list = list(providers)
     if not cpu_fallback:
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    provider_list: list = list(providers)
+        provider_list = [p for p in provider_list if p != "CPUExecutionProvider"]  # ORT refuses both at once
     if providers[0] == "CUDAExecutionProvider":
         # TF32 off: fp32 graphs then compute in fp32 as torch does by default, which greedy parity relies on.
         cuda_options = {"device_id": device_id(device), "use_tf32": 0}
         if cuda_graph:
             cuda_options["enable_cuda_graph"] = 1
-        provider_list = [("CUDAExecutionProvider", cuda_options), *providers[1:]]
+        provider_list = [("CUDAExecutionProvider", cuda_options), *provider_list[1:]]
     return ort.InferenceSession(str(path), sess_options=options, providers=provider_list)
 
 
@@ -234,7 +235,8 @@ class ExportedBackend:
                     f"with --max-tiles {tiles - 1}")
 
     def embed_prompt(self, input_ids: np.ndarray, pixel_values: np.ndarray | None) -> np.ndarray:
-        embeds = self.embedding[input_ids].astype(np.float32)  # fancy indexing copies out of the memory map
+        # Fancy indexing copies the rows out of the memory map; no second copy when the table is float32 already.
+        embeds = np.asarray(self.embedding[input_ids], dtype=np.float32)
 
         def features(pv: np.ndarray) -> np.ndarray:
             self._check_tiles(input_ids)

@@ -258,6 +258,8 @@ class FusedSession:
     def _right_padded_embeds(self) -> np.ndarray:
         left = self.backend.embed_prompt(self.input_ids, self.pixel_values)
         width = left.shape[1]
+        if (self.lengths == width).all():  # no padding (every batch-1 request): left is right
+            return left
         right = np.zeros_like(left)
         for row, length in enumerate(self.lengths.tolist()):
             right[row, :length] = left[row, width - length:]
