@@ -68,3 +68,23 @@ def fused_fp32_engines_dir(tiny_checkpoint, engines_dir, tmp_path_factory) -> Pa
     stage["sizes"] = {name: (out / name).stat().st_size for name in ("decoder.onnx", "decoder.onnx.data")}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
+
+
+AGREEMENT_QUESTIONS = ("What is in front of the robot?", "Describe the room.", "Hi")
+
+
+def token_agreement(engine, ref_engine, sample_frame, settings) -> tuple[int, int, int, int]:
+    """(identical sequences, cases, tokens in common prefixes, reference tokens) over 4 images x 3 questions.
+
+    For engines whose rounding differs (fp16/bf16/quantised vs fp32): exact equality is not the claim there."""
+    same = prefix = total = cases = 0
+    for image in (sample_frame, sample_frame[:100, :250], sample_frame[::-1, ::-1], None):
+        for question in AGREEMENT_QUESTIONS:
+            got = engine.ask(image, question, settings=settings).token_ids
+            ref = ref_engine.ask(image, question, settings=settings).token_ids
+            same += got == ref
+            agree = [a == b for a, b in zip(got, ref, strict=False)] + [False]
+            prefix += agree.index(False)
+            total += len(ref)
+            cases += 1
+    return same, cases, prefix, total

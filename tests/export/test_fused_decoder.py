@@ -15,6 +15,7 @@ import pytest
 
 from ivl_ros.errors import OptionError
 from ivl_ros.model.engine import GenerationSettings, VisionLanguageEngine
+from tests.export.conftest import token_agreement
 
 SETTINGS = GenerationSettings(max_new_tokens=24)
 QUESTIONS = ["What is in front of the robot?", "Describe the room.", "Hi"]
@@ -119,15 +120,6 @@ def test_fp16_engines_agree_with_torch_fp32(tiny_checkpoint, tiny_engine, fp16_e
     """fp16 rounding may flip a near-tied argmax of this random model, so agreement is measured; a wrong graph
     (rope, norm, cache slot) gives next to none, far below the floor."""
     engine = VisionLanguageEngine.load(tiny_checkpoint, backend="onnx", engines_path=fp16_engines_dir)
-    same, prefix, total, cases = 0, 0, 0, 0
-    for image in frames(sample_frame):
-        for question in QUESTIONS:
-            got = engine.ask(image, question, settings=SETTINGS).token_ids
-            ref = tiny_engine.ask(image, question, settings=SETTINGS).token_ids
-            same += got == ref
-            agree = [a == b for a, b in zip(got, ref, strict=False)] + [False]
-            prefix += agree.index(False)
-            total += len(ref)
-            cases += 1
+    same, cases, prefix, total = token_agreement(engine, tiny_engine, sample_frame, SETTINGS)
     print(f"fp16 engines vs torch fp32: {same}/{cases} identical, common prefix {prefix}/{total} tokens")
     assert same >= cases // 2 and prefix >= 0.6 * total

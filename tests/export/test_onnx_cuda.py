@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from ivl_ros.model.engine import GenerationSettings, VisionLanguageEngine
-from tests.export.conftest import build, copy_engines
+from tests.export.conftest import AGREEMENT_QUESTIONS, build, copy_engines, token_agreement
 
 pytestmark = pytest.mark.gpu
 SETTINGS = GenerationSettings(max_new_tokens=24)
-QUESTIONS = ["What is in front of the robot?", "Describe the room.", "Hi"]
 
 
 def _require_cuda() -> None:
@@ -44,21 +43,12 @@ def _engine(checkpoint, engines):
 
 def _cases(sample_frame):
     for image in (sample_frame, sample_frame[:100, :250], sample_frame[::-1, ::-1], None):
-        for question in QUESTIONS:
+        for question in AGREEMENT_QUESTIONS:
             yield image, question
 
 
 def _agreement(engine, ref_engine, sample_frame) -> tuple[int, int, int, int]:
-    same = prefix = total = cases = 0
-    for image, question in _cases(sample_frame):
-        got = engine.ask(image, question, settings=SETTINGS).token_ids
-        ref = ref_engine.ask(image, question, settings=SETTINGS).token_ids
-        same += got == ref
-        agree = [a == b for a, b in zip(got, ref, strict=False)] + [False]
-        prefix += agree.index(False)
-        total += len(ref)
-        cases += 1
-    return same, cases, prefix, total
+    return token_agreement(engine, ref_engine, sample_frame, SETTINGS)
 
 
 def test_cuda_build_checks_and_every_node_on_cuda(cuda_engines):
