@@ -123,3 +123,25 @@ def test_fp16_engines_agree_with_torch_fp32(tiny_checkpoint, tiny_engine, fp16_e
     same, cases, prefix, total = token_agreement(engine, tiny_engine, sample_frame, SETTINGS)
     print(f"fp16 engines vs torch fp32: {same}/{cases} identical, common prefix {prefix}/{total} tokens")
     assert same >= cases // 2 and prefix >= 0.6 * total
+
+
+def test_a_rebuild_with_unchanged_inputs_needs_no_torch(tiny_checkpoint, fp16_engines_dir, tmp_path):
+    """The Jetson recipe: ONNX files built elsewhere, the build rerun on the robot, where only new stages run."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import REPO
+    from tests.export.conftest import MAX_TILES, copy_engines
+
+    out = copy_engines(fp16_engines_dir, tmp_path / "copied")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any import of torch now fails
+        from export.build_engines import main
+        sys.exit(main(["--model", {str(tiny_checkpoint)!r}, "--out", {str(out)!r}, "--max-tiles", "{MAX_TILES}",
+                       "--precision", "fp16", "--trt", "auto"]))
+    """)
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr.count("unchanged, skipped") >= 3  # vision, embedding, decoder (TensorRT too when built)

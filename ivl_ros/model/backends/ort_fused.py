@@ -250,6 +250,8 @@ class FusedSession:
                                   f"{length} tokens) with at least one token")
         self.pixel_values = pixel_values
         self.state: CacheState | None = None
+        self._prompt: np.ndarray | None = None  # right-padded prompt embeddings (kept to re-prefill when growing)
+        self._fed: list[np.ndarray] = []        # token ids fed after the prompt, one (batch,) array per step
 
     @property
     def batch(self) -> int:
@@ -275,7 +277,7 @@ class FusedSession:
         # A one-off state (streaming) must not evict a state that another request captured a graph for.
         st = self.decoder.state(self.batch, capacity) if reused else self.decoder.allocate(self.batch, capacity)
         self._prompt = self._right_padded_embeds()
-        self._fed: list[np.ndarray] = []
+        self._fed = []
         self.decoder.prefill(st, self._prompt, self.lengths)
         return st
 
