@@ -6,6 +6,11 @@
 Stages (each skipped on a re-run when its inputs are unchanged, by hash): vision ONNX (checked against
 torch), TensorRT engine, embedding table, decoder ONNX (checked against torch), decoder quantisation
 (its accuracy cost measured). Everything is recorded in OUT/manifest.json.
+
+--precision fp32 (default) is the CPU export: traced graphs that ONNX Runtime's CPU provider runs and
+that match torch fp32 to ~1e-6. fp16/bf16 is the GPU export: the vision graph in half precision with
+fused attention (MultiHeadAttention), and a decoder built from ONNX Runtime's fused ops with a static,
+in-place KV cache (export/fused_decoder.py), which the onnx backend runs with CUDA graphs.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from ivl_ros.model.backends.engines import (
     TensorRTUnavailableError,
     checkpoint_fingerprint,
     default_engines_dir,
+    stage_file,
 )
 from ivl_ros.model.defaults import resolve_model_path
 from ivl_ros.model.options import UPSTREAM_MAX_TILES, add_max_tiles_option, device_name
 from ivl_ros.outdir import check_output_dir, make_output_dir
 
 VISION_FILE, ENGINE_FILE, CACHE_FILE = "vision.onnx", "vision.engine", "timing.cache"
+TRT_VISION_FILE = "vision_trt.onnx"  # the plain-attention graph TensorRT parses when vision.onnx is fused
 EMBED_FILE, DECODER_FILE = "embed_tokens.npy", "decoder.onnx"
 QUANT_FILES = {"int8": "decoder_int8.onnx", "int4": "decoder_int4.onnx"}
 QUANT_QUESTIONS = ["What is in front of the robot?", "Describe the room.", "Is there a chair?",
@@ -46,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "the checkpoint, where the onnx/trt backends look when no engines path is given)")
     add_max_tiles_option(p, UPSTREAM_MAX_TILES, f"{UPSTREAM_MAX_TILES}; the largest max_tiles the engines serve, "
                          "+1 thumbnail")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="vision graph precision")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="fp32: the CPU export; fp16/bf16: the GPU export (fused attention, static KV cache)")
     p.add_argument("--trt", choices=["auto", "tensorrt", "tensorrt_rtx", "off"], default="auto")
     p.add_argument("--llm-quant", choices=["none", "int8", "int4"], default="none")
     p.add_argument("--device", type=device_name, default="cpu",
@@ -62,6 +70,8 @@ class Builder:
         self.out = check_output_dir(args.out or default_engines_dir(self.model_path), "--out")
         self.progress = Progress(total=5)
         self._loaded = None
+        # fp32: traced graphs for ONNX Runtime's CPU provider (and TensorRT); fp16/bf16: fused graphs for GPUs.
+        self.fp32 = args.precision == "fp32"
 
     # -- shared inputs -----------------------------------------------------------------------------
     @property
@@ -91,11 +101,13 @@ class Builder:
         m = self.manifest.data
         m["source"] = {"path": str(self.model_path), "checkpoint_hash": ckpt_hash, "layout": layout}
         m["spec"] = spec.to_json()
-        m["precision"] = {"vision": self.args.precision, "decoder": "fp32", "decoder_quant": self.args.llm_quant}
+        m["precision"] = {"vision": self.args.precision, "decoder": self.args.precision,
+                          "decoder_quant": self.args.llm_quant}
         m["max_tiles"] = self.args.max_tiles
         m["tools"] = tool_versions()
         m["vision"] = {"tile_profile": dict(zip(("min", "opt", "max"), self.tile_profile, strict=True))}
-        m["decoder"] = {"runtime_stage": STAGE_QUANTIZE if self.args.llm_quant != "none" else STAGE_DECODER}
+        m["decoder"] = {"runtime_stage": STAGE_QUANTIZE if self.args.llm_quant != "none" else STAGE_DECODER,
+                        "graph": "traced" if self.fp32 else "fused"}
         self.manifest.save()
 
     # -- stages ---------------------------------------------------------------------------------------
@@ -120,33 +132,43 @@ class Builder:
         return self.manifest.data
 
     def stage_vision(self, ckpt: str) -> str:
-        from export.vision import VISION_INPUT, VISION_OUTPUT
-
-        key = stage_key(stage=STAGE_VISION, ckpt=ckpt, precision=self.args.precision, tiles=self.tile_profile[2])
-        with self.progress.stage("vision ONNX (ViT + pixel shuffle + projector)") as note:
+        attention = "plain" if self.fp32 else "fused"
+        # The fused graph has ONNX Runtime's MultiHeadAttention, which TensorRT cannot parse: when TensorRT may be
+        # used, this stage also writes the plain graph in the same precision (TensorRT fuses attention itself).
+        # Made here, not in the TensorRT stage, so that a Jetson builds its engine from copied ONNX files alone.
+        trt_graph = not self.fp32 and self.args.trt != "off"
+        key = stage_key(stage=STAGE_VISION, ckpt=ckpt, precision=self.args.precision, tiles=self.tile_profile[2],
+                        attention=attention, trt_graph=trt_graph)
+        with self.progress.stage(f"vision ONNX (ViT + pixel shuffle + projector, {attention} attention)") as note:
             if self.manifest.is_fresh(STAGE_VISION, key):
                 note["result"] = "unchanged, skipped"
                 return key
-            from export.vision import compare_vision, export_vision
+            from export.vision import VISION_INPUT, VISION_OUTPUT, compare_vision, export_vision
 
             path = self.out / VISION_FILE
             t0 = time.perf_counter()
             info = export_vision(self.loaded.model, self.spec.tile_size, self.tile_profile[2], self.args.precision,
-                                 path)
+                                 path, attention=attention)
+            files = {"file": VISION_FILE}
+            if trt_graph:
+                export_vision(self.loaded.model, self.spec.tile_size, self.tile_profile[2], self.args.precision,
+                              self.out / TRT_VISION_FILE, attention="plain")
+                files["trt_onnx"] = TRT_VISION_FILE
             export_s = time.perf_counter() - t0
             counts = sorted({1, min(3, self.tile_profile[2])})
-            if self.args.precision == "bf16":
-                check = {"max_abs_diff": None, "reason": "ONNX Runtime cannot run bf16 Conv; checked by TensorRT only"}
+            providers = self.providers()
+            if self.args.precision == "bf16" and providers[0] == "CPUExecutionProvider":
+                check = {"max_abs_diff": None, "reason": "ONNX Runtime's CPU provider cannot run bf16 Conv; "
+                                                         "checked on CUDA (build with --device cuda) or by TensorRT"}
             else:
-                check = compare_vision(self.loaded.model, path, self.spec.tile_size, counts, self.providers())
-            self.manifest.record(STAGE_VISION, key, "done", {"file": VISION_FILE}, export_seconds=round(export_s, 2),
+                check = compare_vision(self.loaded.model, path, self.spec.tile_size, counts, providers)
+            self.manifest.record(STAGE_VISION, key, "done", files, export_seconds=round(export_s, 2),
                                  input=VISION_INPUT, output=VISION_OUTPUT, check=check, **info)
-            note["detail"] = f"max abs diff vs torch {check['max_abs_diff']}"
+            diff = check["max_abs_diff"]
+            note["detail"] = f"max abs diff vs torch {diff:.2e}" if diff is not None else check["reason"]
         return key
 
     def stage_tensorrt(self, vision_key: str) -> None:
-        from export.vision import VISION_INPUT, VISION_OUTPUT
-
         with self.progress.stage(f"TensorRT engine (--trt {self.args.trt})") as note:
             if self.args.trt == "off":
                 self.manifest.record(STAGE_TENSORRT, "", "skipped", reason="--trt off")
@@ -169,11 +191,12 @@ class Builder:
                 return
             from export.tensorrt_build import build_vision_engine
 
-            info = build_vision_engine(self.out / VISION_FILE, self.out / ENGINE_FILE, self.out / CACHE_FILE,
-                                       module_name, self.tile_profile, self.spec.tile_size, VISION_INPUT,
-                                       VISION_OUTPUT)
-            self.manifest.record(STAGE_TENSORRT, key, "done", {"file": ENGINE_FILE, "timing_cache": CACHE_FILE},
-                                 **info)
+            vision = self.manifest.stage(STAGE_VISION)
+            source = stage_file(self.manifest.data, self.out, STAGE_VISION, "file" if self.fp32 else "trt_onnx")
+            info = build_vision_engine(source, self.out / ENGINE_FILE, self.out / CACHE_FILE, module_name,
+                                       self.tile_profile, self.spec.tile_size, vision["input"], vision["output"])
+            self.manifest.record(STAGE_TENSORRT, key, "done", {"file": ENGINE_FILE, "timing_cache": CACHE_FILE,
+                                                               "onnx": source.name}, **info)
             note["detail"] = (f"{module_name} {trt.__version__}, targets {','.join(info['compute_capabilities'])}, "
                               f"{info['engine_bytes'] / 1e6:.1f} MB")
 
@@ -190,20 +213,31 @@ class Builder:
             note["detail"] = f"{info['shape']}"
 
     def stage_decoder(self, ckpt: str) -> str:
-        key = stage_key(stage=STAGE_DECODER, ckpt=ckpt)
-        with self.progress.stage("decoder ONNX (KV cache)") as note:
+        graph = "traced" if self.fp32 else "fused"
+        key = stage_key(stage=STAGE_DECODER, ckpt=ckpt, precision=self.args.precision, graph=graph)
+        with self.progress.stage(f"decoder ONNX ({graph}, {self.args.precision}, KV cache)") as note:
             if self.manifest.is_fresh(STAGE_DECODER, key):
                 note["result"] = "unchanged, skipped"
                 return key
-            from export.decoder import compare_decoder, export_decoder
-
+            path = self.out / DECODER_FILE
             t0 = time.perf_counter()
-            info = export_decoder(self.loaded.model, self.out / DECODER_FILE)
-            export_s = time.perf_counter() - t0
-            check = compare_decoder(self.loaded.model, self.out / DECODER_FILE, self.providers())
+            if self.fp32:
+                from export.decoder import compare_decoder, export_decoder
+
+                info = export_decoder(self.loaded.model, path)
+                export_s = time.perf_counter() - t0
+                check = compare_decoder(self.loaded.model, path, self.providers())
+            else:
+                from export.fused_decoder import build_fused_decoder, compare_fused_decoder
+
+                info = build_fused_decoder(self.loaded.model, path, self.args.precision)
+                export_s = time.perf_counter() - t0
+                check = compare_fused_decoder(self.loaded.model, path, self.providers(), self.args.precision,
+                                              self.args.device)
             self.manifest.record(STAGE_DECODER, key, "done", {"file": DECODER_FILE}, export_seconds=round(export_s, 2),
                                  check=check, **info)
-            note["detail"] = f"logits max abs diff vs torch {check['logits_max_abs_diff']:.2e}"
+            diff = check.get("logits_max_abs_diff")
+            note["detail"] = f"logits max abs diff vs torch {diff:.2e}" if diff is not None else check["reason"]
         return key
 
     def stage_quantize(self, decoder_key: str) -> None:
@@ -229,9 +263,13 @@ class Builder:
             prompts = [self.tokenizer.encode(chat_prompt(q, None, self.spec.tokens_per_tile, (),
                                                          self.spec.system_message, self.spec.template)[1])
                        for q in QUANT_QUESTIONS]
-            accuracy = measure_quantization(src, dst, table, prompts, new_tokens=16, providers=self.providers())
-            sizes = {"fp32_bytes": onnx_size(src), "quant_bytes": onnx_size(dst)}
-            sizes["ratio"] = round(sizes["quant_bytes"] / sizes["fp32_bytes"], 4)
+            accuracy = measure_quantization(src, dst, table, prompts, new_tokens=16, providers=self.providers(),
+                                            decoder_info=self.manifest.stage(STAGE_DECODER), device=self.args.device)
+            sizes = {"source_precision": self.args.precision, "float_bytes": onnx_size(src),
+                     "quant_bytes": onnx_size(dst)}
+            sizes["ratio"] = round(sizes["quant_bytes"] / sizes["float_bytes"], 4)
+            if self.fp32:
+                sizes["fp32_bytes"] = sizes["float_bytes"]  # the name older manifests and tests read
             self.manifest.record(STAGE_QUANTIZE, key, "done", {"file": QUANT_FILES[mode]}, mode=mode,
                                  quantize_seconds=round(quant_s, 2), accuracy=accuracy, size=sizes, **info)
             note["detail"] = (f"size x{sizes['ratio']:.2f}, identical greedy {accuracy['identical_sequences']}/"

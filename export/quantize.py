@@ -41,21 +41,20 @@ def onnx_size(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
-def measure_quantization(fp32_path: Path, quant_path: Path, embedding: np.ndarray, prompts: list[list[int]],
-                         new_tokens: int, providers: list[str]) -> dict:
-    """Logit drift of the first step and greedy-token agreement of the quantised decoder vs fp32."""
-    from ivl_ros.model.backends.onnx_backend import OrtDecoder, greedy_tokens
+def measure_quantization(float_path: Path, quant_path: Path, embedding: np.ndarray, prompts: list[list[int]],
+                         new_tokens: int, providers: list[str], decoder_info: dict | None = None,
+                         device: str = "cpu") -> dict:
+    """Logit drift of the first step and greedy-token agreement of the quantised decoder vs the float one."""
+    from ivl_ros.model.backends.exported import open_decoder
 
-    ref = OrtDecoder(fp32_path, providers)
-    quant = OrtDecoder(quant_path, providers)
+    ref = open_decoder(float_path, providers, device, decoder_info or {})
+    quant = open_decoder(quant_path, providers, device, decoder_info or {})
     drift, identical, agree, total, prefix = 0.0, 0, 0, 0, 0
     logit_scale = 0.0
     for ids in prompts:
-        ids_np = np.asarray([ids], dtype=np.int64)
-        mask = np.ones_like(ids_np)
-        emb = embedding[ids_np]
-        ref_tokens, ref_first = greedy_tokens(ref, emb, mask, embedding, new_tokens)
-        q_tokens, q_first = greedy_tokens(quant, emb, mask, embedding, new_tokens)
+        emb = embedding[np.asarray([ids], dtype=np.int64)]
+        ref_tokens, ref_first = ref.greedy(emb, embedding, new_tokens)
+        q_tokens, q_first = quant.greedy(emb, embedding, new_tokens)
         drift = max(drift, float(np.abs(ref_first - q_first).max()))
         logit_scale = max(logit_scale, float(ref_first.std()))
         identical += int(ref_tokens == q_tokens)

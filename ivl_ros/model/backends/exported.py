@@ -103,6 +103,17 @@ def _load_embedding(path: Path, tokenizer: InternLM2Tokenizer, hidden: set[int],
     return table
 
 
+def open_decoder(path: Path, providers: list[str], device: str, info: dict):
+    """The runtime for a decoder ONNX: the fused graph (static in-place cache) or the traced one.
+
+    ``info`` is the manifest's decoder stage, which says which graph the build wrote."""
+    if info.get("graph") == "fused":
+        from ivl_ros.model.backends.ort_fused import FusedDecoder
+
+        return FusedDecoder(path, providers, device, max_positions=info.get("max_positions"))
+    return OrtDecoder(path, providers, device)
+
+
 def load_exported_backend(backend: str, model_path: str | Path, engines_path: str | Path | None,
                           device: str = "cpu") -> tuple[ExportedBackend, InternLM2Tokenizer, ModelSpec]:
     model_path = Path(model_path)
@@ -127,8 +138,12 @@ def load_exported_backend(backend: str, model_path: str | Path, engines_path: st
     else:
         raise EngineError(f"backend {backend!r} does not use exported engines")
     path = decoder_path(manifest, engines_dir)
-    decoder = _open(lambda: OrtDecoder(path, providers, device), path, hint)
-    hidden.add(_check_decoder(decoder, path, hint))
+    info = manifest["stages"].get(STAGE_DECODER, {})
+    decoder = _open(lambda: open_decoder(path, providers, device, info), path, hint)
+    if info.get("graph") == "fused":
+        hidden.add(getattr(decoder, "hidden", None))  # its inputs are its own (in-place cache): checked on load
+    else:
+        hidden.add(_check_decoder(decoder, path, hint))
     hidden.discard(None)
     if len(hidden) > 1:
         raise EngineError(f"{engines_dir}: the vision and decoder graphs disagree on the hidden size "

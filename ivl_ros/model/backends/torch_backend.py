@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import torch
 
-from ivl_ros.errors import OptionError
 from ivl_ros.model.checkpoint import LoadedModel
 from ivl_ros.model.compat import cache_kwargs
 from ivl_ros.model.generation import upstream_position_ids
+from ivl_ros.model.splice import splice_image_features
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig
@@ -78,21 +78,9 @@ class TorchBackend:
 
     def embed_prompt(self, input_ids: torch.Tensor, pixel_values: np.ndarray | None) -> torch.Tensor:
         """Token embeddings with every image-context position replaced, in order, by image features."""
-        embeds = self.language_model.embed_tokens(input_ids)
-        slots = input_ids == self.image_token_id
-        n_slots = int(slots.sum())
-        if pixel_values is None:
-            if n_slots:
-                raise OptionError(f"the prompt has {n_slots} image-context tokens but no image was given")
-            return embeds
-        features = self.image_features(pixel_values)
-        features = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
-        if features.shape[0] != n_slots:
-            raise OptionError(f"image features ({features.shape[0]} tokens) do not match the prompt's "
-                              f"{n_slots} image-context tokens")
-        embeds = embeds.clone()
-        embeds[slots] = features
-        return embeds
+        embeds = self.language_model.embed_tokens(input_ids).clone()
+        return splice_image_features(embeds, input_ids, self.image_token_id, pixel_values,
+                                     lambda pv: self.image_features(pv).to(embeds.dtype))
 
     def session(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                 pixel_values: np.ndarray | None) -> TorchSession:
