@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(REPO))
 
 REGRESSION = REPO / "tests" / "data" / "caption_regression"
 VARIANTS = ("fp16", "int8", "int4")

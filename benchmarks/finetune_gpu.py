@@ -10,7 +10,7 @@ Both settings train with the upstream recipe (LoRA r 128, bf16, PER_DEVICE_BATCH
   old  --no-packing --gradient-checkpointing on --num-workers 4
                                                    (the trainer as it was: one padded micro-batch per forward,
                                                     every layer checkpointed, 4 data-loader workers)
-  new  defaults                                    (packed micro-batches, forward size and checkpointed layers
+  new  --packing on                                (packed micro-batches, forward size and checkpointed layers
                                                     planned from the measured free memory, up to 8 workers)
 First a parity check on the GPU (tiny model, dropout 0): the loss sequences of the two settings. After each
 setting's timed steps, one more step runs under torch.profiler: GPU time by kernel class and the idle share.
@@ -46,7 +46,8 @@ MEASURED_BF16_TFLOPS = 788.0  # H200, 8192^3 bf16 torch.matmul on random data (d
 DATASHEET_BF16_TFLOPS = 989.0
 RECIPE = ["--lora-r", "128", "--per-device-batch-size", "4", "--batch-size", "16", "--gpus", "1",
           "--max-dynamic-patch", "6", "--save-steps", "100000", "--dtype", "bfloat16"]
-SETTINGS = {"old": ["--no-packing", "--gradient-checkpointing", "on", "--num-workers", "4"], "new": []}
+SETTINGS = {"old": ["--no-packing", "--gradient-checkpointing", "on", "--num-workers", "4"],
+            "new": ["--packing", "on"]}
 TILES_PER_SAMPLE = 7
 
 

@@ -105,8 +105,10 @@ class TrainConfig:
     gradient_checkpointing: str = option("auto", "activation checkpointing: auto (only the layers memory needs, "
                                          "measured on the GPU; off on CPU), on (every layer), off", MODEL,
                                          choices=("auto", "on", "off"))
-    packing: bool = option(True, "pad each micro-batch to its longest sample instead of packing samples end to end "
-                           "(the reference layout)", MODEL)
+    packing: str = option("auto", "pack a step's samples end to end, padding-free: on | off (pad each micro-batch, "
+                          "the reference layout) | auto (on for CPU, where it is checked equal to the reference; off "
+                          "on CUDA until measured there: two H200 runs did not finish its first step in the time "
+                          "they had)", MODEL, choices=("auto", "on", "off"))
     forward_micro_batches: int = option(0, "micro-batches of a step packed into one forward pass (0: as many as the "
                                         "GPU's free memory allows, measured)", MODEL, type=int_range(0))
 
@@ -211,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_field(groups[f.metadata["group"]], f)
     groups[MODEL].add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_const",
                                const="off", help="same as --gradient-checkpointing off")
+    groups[MODEL].add_argument("--no-packing", dest="packing", action="store_const", const="off",
+                               help="same as --packing off")
     return p
 
 

@@ -18,13 +18,14 @@ from typing import Any
 
 import rclpy
 from builtin_interfaces.msg import Time
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException, InvalidTopicNameException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.expand_topic_name import expand_topic_name
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 from rclpy.task import Future
 from rclpy.validate_full_topic_name import validate_full_topic_name
@@ -36,6 +37,7 @@ from ivl_interfaces.srv import Ask
 from ivl_ros.errors import IvlError
 from ivl_ros.model.defaults import default_model_path, demo_notice
 from ivl_ros.model.generation import CAPTION_SETTINGS, GenerationSettings
+from ivl_ros.model.options import MAX_PIXELS_LIMIT
 from ivl_ros.node import diagnostics
 from ivl_ros.node.cameras import CameraSubscriptions
 from ivl_ros.node.debug_image import annotate
@@ -51,6 +53,7 @@ ASK_SERVICE = "/ivl/ask"
 DESCRIBE_ACTION = "/ivl/describe"
 DESCRIBE_FEEDBACK_TOPIC = f"{DESCRIBE_ACTION}/_action/feedback"  # every action client subscribes to it
 LIVENESS_CHECK_S = 0.25  # how often a running request looks whether its client is still there
+PROMPT_CHARS_PER_TOKEN_BOUND = 64  # no tokenizer piece is longer (InternLM2's longest is 16 characters)
 MAX_REQUEST_TOKENS = 4096
 LOG_REPEAT_S = 5.0  # the same bad-frame message per camera is logged at most this often
 
@@ -121,6 +124,7 @@ class CaptionNode(Node):
 
         self.worker = InferenceWorker(self._caption_due, self._caption, self._on_worker_error)
         self.model = ModelHolder(self._load_engine, self._on_model_ready, self._on_model_failed)
+        self.add_on_set_parameters_callback(self._validate_params)
         self.add_post_set_parameters_callback(self._on_params_set)
         p = self.p
         self.get_logger().info(
@@ -168,6 +172,30 @@ class CaptionNode(Node):
             return self._topic_problem(topic.rstrip("/") + "/compressed")
         return None
 
+    def _prompt_problem(self, prompt: str, max_tokens: int) -> str | None:
+        """Why the caption ``prompt`` parameter cannot be used (None: it can). The engine's prompt rule once the
+        model is loaded; before that, only what needs no tokenizer (a megabyte prompt is refused either way)."""
+        engine = self.model.engine
+        try:
+            if engine is not None:
+                engine.check_prompt_length(prompt, max_tokens=max_tokens)
+            elif len(prompt) > max_tokens * PROMPT_CHARS_PER_TOKEN_BOUND:
+                return f"{len(prompt)} characters is more than max_question_tokens={max_tokens} tokens can hold"
+        except IvlError as exc:
+            return str(exc).replace("the question", "the prompt")
+        return None
+
+    def _validate_params(self, params: list) -> SetParametersResult:
+        """Refuse a caption prompt over the prompt-length rule when it is set, instead of failing every caption."""
+        values = {p.name: p.value for p in params}
+        if "prompt" in values or "max_question_tokens" in values:
+            prompt = str(values.get("prompt", self.p("prompt")))
+            limit = int(values.get("max_question_tokens", self.p("max_question_tokens")))
+            problem = self._prompt_problem(prompt, limit) if prompt else None
+            if problem:
+                return SetParametersResult(successful=False, reason=f"parameter prompt: {problem}")
+        return SetParametersResult(successful=True)
+
     def _on_params_set(self, params: list) -> None:
         for param in params:
             self.get_logger().info(f"parameter {param.name} set to {param.value!r}")
@@ -183,12 +211,21 @@ class CaptionNode(Node):
             raise IvlError(f"model_path {model_path} does not exist")
         from ivl_ros.model.engine import VisionLanguageEngine  # deferred: torch import takes seconds
 
+        # The node checks frames against its own (run-time) max_pixels parameter before the engine sees them.
         engine = VisionLanguageEngine.load(model_path, backend=self.p("backend"), device=self.p("device"),
-                                           dtype=self.p("dtype"), engines_path=self.p("engines_path") or None)
+                                           dtype=self.p("dtype"), engines_path=self.p("engines_path") or None,
+                                           max_pixels=MAX_PIXELS_LIMIT)
         return DelayedEngine(engine, lambda: float(self.p("debug_inference_delay_s")))
 
     def _on_model_ready(self, engine: Any, seconds: float) -> None:
         self.get_logger().info(f"model {engine.model_id} loaded in {seconds:.1f} s; ready")
+        # The prompt from the YAML/command line was only checked without a tokenizer: check it now.
+        prompt = self.p("prompt")
+        problem = self._prompt_problem(prompt, int(self.p("max_question_tokens"))) if prompt else None
+        if problem:
+            self.last_error = f"parameter prompt: {problem}; using upstream's caption prompt"
+            self.get_logger().error(self.last_error)
+            self.set_parameters([Parameter("prompt", value="")])
         self.worker.wake()
 
     def _on_model_failed(self, message: str) -> None:
@@ -281,13 +318,8 @@ class CaptionNode(Node):
         question = question.strip()
         if not question:
             raise IvlError("the question is empty")
-        limit = int(self.p("max_question_tokens"))
-        # Cheap guard first: tokenizing megabytes of text would itself stall the node.
-        if len(question) > limit * 32:
-            raise IvlError(f"the question is {len(question)} characters; the limit is max_question_tokens={limit}")
-        tokens = len(self.model.engine.tokenizer.encode(question, add_bos=False))
-        if tokens > limit:
-            raise IvlError(f"the question is {tokens} tokens; the limit is max_question_tokens={limit}")
+        # The engine's prompt-length rule (megabytes are refused by their length before any tokenizing).
+        self.model.engine.check_prompt_length(question, max_tokens=int(self.p("max_question_tokens")))
         if not 0 <= max_new_tokens <= MAX_REQUEST_TOKENS:
             raise IvlError(f"max_new_tokens must be 0 (node default) .. {MAX_REQUEST_TOKENS}, got {max_new_tokens}")
         settings = GenerationSettings(max_new_tokens=max_new_tokens or int(self.p("max_new_tokens")))

@@ -57,6 +57,7 @@ def fused_fp32_engines_dir(tiny_checkpoint, engines_dir, tmp_path_factory) -> Pa
     import json
 
     from export.fused_decoder import build_fused_decoder
+    from ivl_ros.model.backends.engines import HASHES, file_sha256
     from ivl_ros.model.checkpoint import load_model
 
     out = copy_engines(engines_dir, tmp_path_factory.mktemp("engines") / "fused32")
@@ -66,6 +67,8 @@ def fused_fp32_engines_dir(tiny_checkpoint, engines_dir, tmp_path_factory) -> Pa
     stage = manifest["stages"]["decoder_onnx"]
     stage.update(graph="fused", max_positions=info["max_positions"])
     stage["sizes"] = {name: (out / name).stat().st_size for name in ("decoder.onnx", "decoder.onnx.data")}
+    # The new files' content hashes, as a build records them (the loader refuses files whose hash differs).
+    stage[HASHES] = {name: file_sha256(out / name) for name in ("decoder.onnx", "decoder.onnx.data")}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 

@@ -99,7 +99,10 @@ def test_scripts_run_from_any_directory(script, tmp_path):
 
 
 def test_no_sys_path_edits_outside_tests():
-    tops = [d for d in REPO.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "tests"]
+    # The project's own folders, not build outputs (build/, install/: copies made by pip or colcon).
+    generated = {"tests", "build", "install", "log", "dist", "runs", "data"}
+    tops = [d for d in REPO.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in generated
+            and not d.name.endswith(".egg-info")]
     offenders = [str(p.relative_to(REPO)) for top in tops for p in top.rglob("*.py")
                  if "sys.path.insert" in p.read_text(encoding="utf-8", errors="replace")]
     assert offenders == []
