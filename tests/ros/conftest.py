@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,35 @@ def wait_captions(client: RpcClient, done, timeout: float = 180.0) -> list[dict]
         got += client.call("captions")
         time.sleep(0.05)
     return got
+
+
+def stub_launch_modules(monkeypatch) -> None:
+    """Minimal launch/launch_ros stand-ins (not installable from PyPI) that record what a launch file builds:
+    each action keeps its args/kwargs; LaunchDescription is the list of its entities."""
+    class Action:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    mods = {name: types.ModuleType(name) for name in ("launch", "launch.actions", "launch_ros", "launch_ros.actions")}
+    mods["launch"].LaunchDescription = lambda entities: list(entities)
+    for name in ("DeclareLaunchArgument", "OpaqueFunction"):
+        setattr(mods["launch.actions"], name, type(name, (Action,), {}))
+    mods["launch_ros.actions"].Node = type("Node", (Action,), {})
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+
+
+def assert_serves_a_default_client(client: RpcClient, question: str, caption_rate_hz: float) -> None:
+    """What a user's default-configured process gets from a running captioner: captions of the camera frames, an
+    /ivl/ask answer, Describe feedback and a parameter change."""
+    captions = wait_captions(client, lambda got: len(got) >= 2)
+    assert all(c["camera"] == "/camera/image_raw" and c["text"] for c in captions), captions
+    reply = client.call("ask", question=question)
+    assert reply["success"] and reply["answer"], reply
+    described = client.call("describe", question=question)
+    assert described["success"] and described["feedback"], described
+    assert client.call("set_params", values={"caption_rate_hz": caption_rate_hz})[0]["successful"]
+    assert client.call("get_params", names=["caption_rate_hz"]) == {"caption_rate_hz": caption_rate_hz}
 
 
 class Camera:

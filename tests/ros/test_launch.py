@@ -18,7 +18,7 @@ import yaml
 
 from ivl_ros.node import launch_spec, launcher
 from ivl_ros.node.params import defaults
-from tests.ros.conftest import REPO, Proc, ros_env, wait_captions
+from tests.ros.conftest import REPO, Proc, assert_serves_a_default_client, ros_env, stub_launch_modules
 
 LAUNCH_FILE = REPO / "launch" / "captioner.launch.py"
 CONFIG = REPO / "config" / "captioner.yaml"
@@ -53,25 +53,9 @@ def test_launch_file_ast_reads_launch_spec():
     assert "generate_launch_description" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
 
 
-def _stub_launch_modules(monkeypatch):
-    """Minimal launch/launch_ros stand-ins that record what the launch file builds."""
-    class Action:
-        def __init__(self, *args, **kwargs):
-            self.args, self.kwargs = args, kwargs
-
-    mods = {name: types.ModuleType(name) for name in
-            ("launch", "launch.actions", "launch_ros", "launch_ros.actions")}
-    mods["launch"].LaunchDescription = lambda entities: list(entities)
-    for name in ("DeclareLaunchArgument", "OpaqueFunction"):
-        setattr(mods["launch.actions"], name, type(name, (Action,), {}))
-    mods["launch_ros.actions"].Node = type("Node", (Action,), {})
-    for name, mod in mods.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-
-
 def test_launch_file_builds_the_same_nodes(monkeypatch):
     if "launch_ros" not in sys.modules:
-        _stub_launch_modules(monkeypatch)
+        stub_launch_modules(monkeypatch)
     namespace: dict = {}
     exec(compile(LAUNCH_FILE.read_text(), str(LAUNCH_FILE), "exec"), namespace)
     entities = namespace["generate_launch_description"]()
@@ -151,14 +135,7 @@ def test_demo_serves_a_default_configured_client(domain, logs, client):
                 ros_env(domain), logs / "demo.log")
     try:
         assert client.call("wait_ready")["model"]["model_loaded"] == "true", demo.log()
-        captions = wait_captions(client, lambda got: len(got) >= 2)
-        assert all(c["camera"] == "/camera/image_raw" and c["text"] for c in captions), captions
-        reply = client.call("ask", question="What is in the room?")
-        assert reply["success"] and reply["answer"], reply
-        described = client.call("describe", question="What is in the room?")
-        assert described["success"] and described["feedback"], described
-        assert client.call("set_params", values={"caption_rate_hz": 3.0})[0]["successful"]
-        assert client.call("get_params", names=["caption_rate_hz"]) == {"caption_rate_hz": 3.0}
+        assert_serves_a_default_client(client, "What is in the room?", caption_rate_hz=3.0)
         demo.wait_log("[frame ")  # the demo's own subscriber prints the captions too
     finally:
         code = demo.stop(signal.SIGINT, timeout=60)

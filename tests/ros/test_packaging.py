@@ -21,7 +21,7 @@ import yaml
 
 from ivl_ros import share
 from ivl_ros.node import launch_spec
-from tests.ros.conftest import REPO, Proc, RpcClient, ros_env, wait_captions
+from tests.ros.conftest import REPO, Proc, RpcClient, assert_serves_a_default_client, ros_env, stub_launch_modules
 
 PACKAGE = "ivl_ros"
 EXECUTABLES = {spec.executable: spec.module for spec in launch_spec.NODES}
@@ -113,17 +113,7 @@ def test_every_module_imports_from_the_install(prefix, tmp_path, domain):
 
 def _launch_file_nodes(prefix: Path, monkeypatch, arguments: dict[str, str]) -> list:
     """Run the installed captioner.launch.py with recording stand-ins for launch/launch_ros (not on PyPI)."""
-    class Action:
-        def __init__(self, *args, **kwargs):
-            self.args, self.kwargs = args, kwargs
-
-    mods = {name: types.ModuleType(name) for name in ("launch", "launch.actions", "launch_ros", "launch_ros.actions")}
-    mods["launch"].LaunchDescription = lambda entities: list(entities)
-    for name in ("DeclareLaunchArgument", "OpaqueFunction"):
-        setattr(mods["launch.actions"], name, type(name, (Action,), {}))
-    mods["launch_ros.actions"].Node = type("Node", (Action,), {})
-    for name, mod in mods.items():
-        monkeypatch.setitem(sys.modules, name, mod)
+    stub_launch_modules(monkeypatch)
     launch_file = prefix / "share" / PACKAGE / "launch" / "captioner.launch.py"
     namespace: dict = {}
     exec(compile(launch_file.read_text(), str(launch_file), "exec"), namespace)
@@ -164,14 +154,7 @@ def test_launch_file_nodes_run_from_the_install_and_serve_a_default_client(prefi
     client = RpcClient(ros_env(domain), logs / "installed_client.log")  # default settings, source-tree client
     try:
         assert client.call("wait_ready")["model"]["model_loaded"] == "true", procs[0].log()
-        captions = wait_captions(client, lambda got: len(got) >= 2)  # the bridge's frames, captioned
-        assert all(c["camera"] == "/camera/image_raw" and c["text"] for c in captions)
-        reply = client.call("ask", question="What is ahead?")
-        assert reply["success"] and reply["answer"], reply
-        described = client.call("describe", question="What is ahead?")
-        assert described["success"] and described["feedback"], described
-        assert client.call("set_params", values={"caption_rate_hz": 2.0})[0]["successful"]
-        assert client.call("get_params", names=["caption_rate_hz"]) == {"caption_rate_hz": 2.0}
+        assert_serves_a_default_client(client, "What is ahead?", caption_rate_hz=2.0)  # the bridge's frames
         # The node runs the installed package: it found its DDS profile in the install's share/, not the source.
         assert f"Fast DDS profile for images: {prefix}/share/{PACKAGE}/config" in procs[0].log()
     finally:
