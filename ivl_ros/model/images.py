@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Literal, Union, overload
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -68,6 +68,10 @@ def _check_file(path: Path) -> None:
         raise ImageError(f"{path}: image file is empty (0 bytes)")
 
 
+@overload
+def _read_file(path: Path, max_pixels: int, decode: Literal[True]) -> Image.Image: ...
+@overload
+def _read_file(path: Path, max_pixels: int, decode: Literal[False]) -> tuple[int, int]: ...
 def _read_file(path: Path, max_pixels: int, decode: bool) -> Image.Image | tuple[int, int]:
     """Open ``path`` (PIL reads the header only), apply the size rule, then decode when asked."""
     _check_file(path)

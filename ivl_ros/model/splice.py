@@ -8,15 +8,22 @@ arrive concatenated in row order. Torch-free: it only uses indexing that numpy a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ivl_ros.errors import OptionError
 
-Array = TypeVar("Array")
+if TYPE_CHECKING:  # for the checker only: this module imports neither at run time
+    import numpy as np
+    import torch
+
+Array = TypeVar("Array", "np.ndarray", "torch.Tensor")  # numpy (onnx, trt) or torch (torch backends)
+Pixels = TypeVar("Pixels")
+# The features are of embeds' kind (numpy with numpy, torch with torch): Any, as a checker does not carry
+# that pairing through reshape and item assignment.
 
 
-def splice_image_features(embeds: Array, input_ids, image_token_id: int, pixel_values,
-                          image_features: Callable[[object], object]) -> Array:
+def splice_image_features(embeds: Array, input_ids, image_token_id: int, pixel_values: Pixels | None,
+                          image_features: Callable[[Pixels], Any]) -> Array:
     """``embeds`` (batch, seq, hidden), writable, with every image-context row replaced; returns ``embeds``.
 
     ``image_features(pixel_values)`` runs the vision model, (tiles, tokens_per_tile, hidden); it is only

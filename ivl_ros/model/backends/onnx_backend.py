@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from ivl_ros.model.backends.engines import EngineError, TileCountError
 from ivl_ros.model.generation import upstream_position_ids
 from ivl_ros.model.spec import ModelSpec
 from ivl_ros.model.splice import splice_image_features
+
+if TYPE_CHECKING:
+    from onnxruntime import OrtValue
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,12 @@ class VisionRunner(Protocol):
         ...
 
 
+class DeviceVisionRunner(VisionRunner, Protocol):
+    def run_on_device(self, pixel_values: object) -> OrtValue:
+        """Tiles already on the device (a DLPack tensor) -> features as an OrtValue on that device."""
+        ...
+
+
 class OrtVision:
     def __init__(self, path: Path, providers: list[str], max_batch: int, device: str = "cpu") -> None:
         self.session = make_session(path, providers, device)
@@ -109,7 +118,7 @@ class OrtVision:
         return cast(np.ndarray, self.session.run([self.output], {self.input: np.ascontiguousarray(pixel_values,
                                                                                              np.float32)})[0])
 
-    def run_on_device(self, pixel_values: object):
+    def run_on_device(self, pixel_values: object) -> OrtValue:
         """Tiles already on the device (any DLPack tensor, e.g. torch CUDA) -> features as an OrtValue that
         stays there: no host copy either way (what a GPU pipeline and the benchmark's vision timing need)."""
         import onnxruntime as ort
@@ -221,7 +230,7 @@ class ExportedBackend:
             if int(pixel_values.shape[0]) > self.vision.max_batch:
                 raise TileCountError(f"{pixel_values.shape[0]} tiles on the device exceed the vision profile's "
                                      f"{self.vision.max_batch}")
-            return self.vision.run_on_device(pixel_values)
+            return cast(DeviceVisionRunner, self.vision).run_on_device(pixel_values)  # it has one: hasattr above
         pv = np.ascontiguousarray(pixel_values, dtype=np.float32)
         chunks = [self.vision.run(pv[i:i + self.vision.max_batch]) for i in range(0, pv.shape[0],
                                                                                  self.vision.max_batch)]
@@ -243,7 +252,7 @@ class ExportedBackend:
 
         def features(pv: np.ndarray) -> np.ndarray:
             self._check_tiles(input_ids)
-            return self.image_features(pv)
+            return cast(np.ndarray, self.image_features(pv))  # host tiles give host features
 
         return splice_image_features(embeds, input_ids, self.spec.image_token_id, pixel_values, features)
 

@@ -23,6 +23,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from ivl_ros.errors import OptionError
 from ivl_ros.model.backends.engines import EngineError
 from ivl_ros.model.backends.onnx_backend import cuda_graphs_wanted, device_id, make_session
 from ivl_ros.model.generation import GenerationSettings, generate
+
+if TYPE_CHECKING:
+    from onnxruntime import IOBinding, OrtValue
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +54,14 @@ class CacheState:
 
     batch: int
     capacity: int
-    kv: list
-    embeds: object       # OrtValue (batch, 1, hidden) float32, the fed token's embedding
-    seqlens: object      # OrtValue (batch,) int32, tokens in each row's cache minus 1
-    total: object        # OrtValue () int32 in host memory (GroupQueryAttention reads it on the host)
-    index: object        # OrtValue (batch, 1) int64, zeros: a step's logits come from its only position
-    logits: object       # OrtValue (batch, vocab) float32
-    top: object          # OrtValue (batch, 2) int64
-    binding: object      # the decode step's IOBinding, bound once
+    kv: list[OrtValue]
+    embeds: OrtValue     # (batch, 1, hidden) float32, the fed token's embedding
+    seqlens: OrtValue    # (batch,) int32, tokens in each row's cache minus 1
+    total: OrtValue      # () int32 in host memory (GroupQueryAttention reads it on the host)
+    index: OrtValue      # (batch, 1) int64, zeros: a step's logits come from its only position
+    logits: OrtValue     # (batch, vocab) float32
+    top: OrtValue        # (batch, 2) int64
+    binding: IOBinding   # the decode step's, bound once
     graph_id: int | None = None
     lengths: np.ndarray | None = None  # host copy: tokens in each row's cache
 
@@ -105,7 +109,7 @@ class FusedDecoder:
         self._step_options: dict[int, object] = {}
 
     # -- buffers -------------------------------------------------------------------------------------------
-    def _device_value(self, array: np.ndarray):
+    def _device_value(self, array: np.ndarray) -> OrtValue:
         import onnxruntime as ort
 
         return ort.OrtValue.ortvalue_from_numpy(array, self.device_type, self.device_id)
@@ -152,7 +156,7 @@ class FusedDecoder:
         b.bind_ortvalue_input("logits_index", st.index)
         self._bind_cache_and_outputs(b, st)
 
-    def _bind_cache_and_outputs(self, binding, st: CacheState) -> None:
+    def _bind_cache_and_outputs(self, binding: IOBinding, st: CacheState) -> None:
         binding.bind_ortvalue_output("logits", st.logits)
         binding.bind_ortvalue_output("top_ids", st.top)
         for past, present, value in zip(self.past_names, self.present_names, st.kv, strict=True):
@@ -188,6 +192,7 @@ class FusedDecoder:
 
     def step(self, st: CacheState, embeds: np.ndarray) -> None:
         """Feed one token per row ((batch, 1, hidden) embeddings) at each row's next cache slot."""
+        assert st.lengths is not None, "prefill() first"
         if int(st.lengths.max()) >= st.capacity:
             raise EngineError(f"KV cache capacity {st.capacity} exhausted")
         st.embeds.update_inplace(np.ascontiguousarray(embeds, np.float32))
@@ -284,6 +289,7 @@ class FusedSession:
     def _feed(self, next_ids: np.ndarray) -> None:
         ids = np.asarray(next_ids, dtype=np.int64)
         self._fed.append(ids)
+        assert self.state is not None and self.state.lengths is not None, "prefill() first"
         if int(self.state.lengths.max()) >= self.state.capacity:
             self._grow()
         else:
@@ -291,6 +297,7 @@ class FusedSession:
 
     def _grow(self) -> None:
         """A full cache (streaming past its slack): prefill prompt + every fed token into a state twice as big."""
+        assert self.state is not None and self._prompt is not None, "prefill() first"
         fed = np.stack(self._fed, axis=1)  # (batch, tokens fed so far)
         lengths = self.lengths + fed.shape[1]
         if int(lengths.max()) > self.decoder.max_positions:
@@ -336,4 +343,5 @@ class FusedSession:
 
     def step(self, next_ids: np.ndarray) -> np.ndarray:
         self._feed(next_ids)
+        assert self.state is not None, "prefill() first"
         return self.state.logits.numpy()

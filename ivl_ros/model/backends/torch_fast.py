@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import cast
 
 import numpy as np
@@ -64,7 +65,7 @@ def cache_length(tokens: int) -> int:
 
 def triton_available() -> bool:
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  # pyright: ignore[reportMissingImports]  (GPU machines only)
     except ImportError:
         return False
     return True
@@ -143,7 +144,7 @@ class FastTorchBackend(TorchBackend):
         graph.replay()
         return static_out
 
-    def _vit_function(self):
+    def _vit_function(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """ViT + projector, compiled (fuses LayerNorm/GELU/layer scale/residual
         passes between the matrix products); the eager module when compiling is off or failed."""
         eager = super().image_features
@@ -159,7 +160,7 @@ class FastTorchBackend(TorchBackend):
             self._vit_compiled = torch.compile(features)
         return self._vit_compiled
 
-    def _vit_attempts(self) -> list[tuple[str, object]]:
+    def _vit_attempts(self) -> list[tuple[str, Callable[[], Callable[[torch.Tensor], torch.Tensor]]]]:
         attempts = [("compiled", self._vit_function)] if self.compile_vit else []
         return [*attempts, ("eager", lambda: super(FastTorchBackend, self).image_features)]
 
@@ -228,8 +229,9 @@ class FastTorchBackend(TorchBackend):
     def _capture_decode(self, st: GreedyState) -> None:
         st.reset(0, 0, 0)
         attempts = []
-        if st.fused is not None:
-            attempts.append(("triton+graph", lambda: st.fused.step(st)))
+        fused = st.fused
+        if fused is not None:
+            attempts.append(("triton+graph", lambda: fused.step(st)))
         if self.use_compile:
             attempts.append(("compiled+graph", lambda: self._step_function()(self.lm, st)))
         attempts.append(("eager+graph", lambda: greedy_step(self.lm, st)))
