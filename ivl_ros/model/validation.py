@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from ivl_ros.errors import CheckpointError
 from ivl_ros.model.options import MAX_TILES_LIMIT
@@ -383,8 +383,13 @@ def _token_list(data: dict, file: Path) -> list[str]:
         return []
     if not isinstance(extra, list):
         raise fail(file, "additional_special_tokens", "a list of tokens", extra)
-    # The type callers rely on; a null entry is not refused yet (it reaches sentencepiece as None, a TypeError).
-    return cast("list[str]", [_token_content(v, file, f"additional_special_tokens.{i}") for i, v in enumerate(extra)])
+    tokens = []
+    for i, value in enumerate(extra):
+        content = _token_content(value, file, f"additional_special_tokens.{i}")
+        if content is None:  # a list entry names a token: null there is not "unset", it is a broken file
+            raise fail(file, f"additional_special_tokens.{i}", 'a string or {"content": string}', value)
+        tokens.append(content)
+    return tokens
 
 
 def check_added_tokens(data: Any, file: Path) -> dict[str, int]:

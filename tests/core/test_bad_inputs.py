@@ -210,6 +210,8 @@ TOKENIZER_CASES = [
     ("bos_token_int", "tokenizer_config.json", put("bos_token", 5), "bos_token"),
     ("extra_specials_string", "tokenizer_config.json", put("additional_special_tokens", "x"),
      "additional_special_tokens"),
+    ("extra_specials_null_entry", "tokenizer_config.json", put("additional_special_tokens", [None]),
+     "additional_special_tokens.0"),
     ("added_id_string", "added_tokens.json", put("<img>", "1024"), "<img>"),
     ("added_tokens_list", "added_tokens.json", whole(["<img>"]), "top level"),
     ("eos_content_int", "special_tokens_map.json", put("eos_token", {"content": 3}), "eos_token.content"),
