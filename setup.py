@@ -12,8 +12,17 @@ setup(
     description="InternVL2-2B vision-language perception for ROS 2: captions and VQA from camera topics",
     # finetune/, export/ and benchmarks/ are packages of the project too, so that `python finetune/lora.py`,
     # `python export/build_engines.py` and the benchmark scripts import them without editing sys.path.
-    packages=find_packages(include=["ivl_ros", "ivl_ros.*", "habitat_sim_bridge", "habitat_sim_bridge.*",
-                                    "finetune", "export", "benchmarks"]),
+    packages=find_packages(
+        include=[
+            "ivl_ros",
+            "ivl_ros.*",
+            "habitat_sim_bridge",
+            "habitat_sim_bridge.*",
+            "finetune",
+            "export",
+            "benchmarks",
+        ]
+    ),
     package_data={"finetune": ["datasets.json"]},
     python_requires=">=3.10",
     data_files=[

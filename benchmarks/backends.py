@@ -76,10 +76,16 @@ class HFBaseline:
         if pv is not None:
             kwargs["pixel_values"] = torch.from_numpy(pv).to(self.device, self.dtype)
         out = self.model.generate(
-            input_ids=torch.from_numpy(ids).to(self.device), attention_mask=torch.from_numpy(mask).to(self.device),
-            max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens or None, do_sample=False,
-            eos_token_id=self.engine.eos_id, pad_token_id=tok.pad_id, **kwargs)
-        return [cut_at_stop(row, self.engine.eos_id) for row in out[:, ids.shape[1]:].cpu().numpy()]
+            input_ids=torch.from_numpy(ids).to(self.device),
+            attention_mask=torch.from_numpy(mask).to(self.device),
+            max_new_tokens=settings.max_new_tokens,
+            min_new_tokens=settings.min_new_tokens or None,
+            do_sample=False,
+            eos_token_id=self.engine.eos_id,
+            pad_token_id=tok.pad_id,
+            **kwargs,
+        )
+        return [cut_at_stop(row, self.engine.eos_id) for row in out[:, ids.shape[1] :].cpu().numpy()]
 
     def caption(self, frame: np.ndarray, settings: GenerationSettings) -> str:
         tokens = self.generate([self.prepare(frame, 6)], settings)[0]

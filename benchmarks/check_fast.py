@@ -42,8 +42,10 @@ def attention_kernels(fast: FastTorchBackend, prep, st) -> dict:
     positions = torch.arange(ids.shape[1], device=fast.device)[None]
     key_valid = torch.ones_like(ids, dtype=torch.bool)
     found = {}
-    for what, run in (("vit", lambda: TorchBackend.image_features(fast, pv)),
-                      ("prefill", lambda: fast.lm.prefill(embeds, positions, key_valid, st.cache, all_valid=True))):
+    for what, run in (
+        ("vit", lambda: TorchBackend.image_features(fast, pv)),
+        ("prefill", lambda: fast.lm.prefill(embeds, positions, key_valid, st.cache, all_valid=True)),
+    ):
         run()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -71,8 +73,9 @@ def run_checks(loaded, fast: FastTorchBackend | None = None) -> tuple[bool, dict
 
     frame = test_frame()
     rng = np.random.default_rng(0)
-    frames = [frame] + [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((480, 640), (720, 1280),
-                                                                                       (333, 517), (1080, 1920))]
+    frames = [frame] + [
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((480, 640), (720, 1280), (333, 517), (1080, 1920))
+    ]
     same = []
     for f in frames:
         cpu = pixel_values_for(Image.fromarray(f), spec.tile_size, 6, spec.use_thumbnail)
@@ -100,8 +103,11 @@ def run_checks(loaded, fast: FastTorchBackend | None = None) -> tuple[bool, dict
         pieces = session._prefill(st, graphs=False).clone()
     same_logits = all(torch.equal(pieces, g) for g in graphed)
     out["first_token_graph_bit_identical"] = same_logits
-    report(f"first-token graph ({ids.shape[1]} tokens, {prep.num_tiles} tiles, one replay) logits bit-identical "
-           f"to its pieces run one by one: {same_logits}", same_logits)
+    report(
+        f"first-token graph ({ids.shape[1]} tokens, {prep.num_tiles} tiles, one replay) logits bit-identical "
+        f"to its pieces run one by one: {same_logits}",
+        same_logits,
+    )
 
     out["attention_kernels"] = attention_kernels(fast, prep, st)
     print(f"info attention kernels run: {out['attention_kernels']}", flush=True)
@@ -110,8 +116,11 @@ def run_checks(loaded, fast: FastTorchBackend | None = None) -> tuple[bool, dict
     b = [fast_engine.caption(frame, settings=CAPTION_SETTINGS).token_ids for _ in range(2)]
     out["caption_tokens"] = len(a)
     out["caption_identical"] = [x == a for x in b]
-    report(f"caption tokens fast == plain: {[x == a for x in b]} ({len(a)} tokens; {a} vs {b[0]})",
-           all(x == a for x in b), hard=False)
+    report(
+        f"caption tokens fast == plain: {[x == a for x in b]} ({len(a)} tokens; {a} vs {b[0]})",
+        all(x == a for x in b),
+        hard=False,
+    )
     out["decode_mode"] = fast.decode_mode
     report(f"decode ran as {fast.decode_mode}", fast.decode_mode == "triton+graph" or not wanted_fused)
     return ok, out

@@ -28,12 +28,19 @@ DATASHEET_BW = {"H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", type=Path, help="checkpoint directory (upstream or converted layout); default: "
-                     "$IVL_MODEL or the embedded demo model")
-    src.add_argument("--random-init", choices=("internvl2-2b", "tiny"),
-                     help="build this architecture with random weights on the device (no download)")
-    p.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu",
-                   help=DEVICE_HELP)
+    src.add_argument(
+        "--model",
+        type=Path,
+        help="checkpoint directory (upstream or converted layout); default: $IVL_MODEL or the embedded demo model",
+    )
+    src.add_argument(
+        "--random-init",
+        choices=("internvl2-2b", "tiny"),
+        help="build this architecture with random weights on the device (no download)",
+    )
+    p.add_argument(
+        "--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu", help=DEVICE_HELP
+    )
     p.add_argument("--dtype", default=None, choices=DTYPES, help="default bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma list from {BACKENDS}")
     p.add_argument("--engines", type=Path, help="exported engines directory for the onnx backend")
@@ -44,9 +51,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reps", type=int_range(1), default=10)
     p.add_argument("--slow-reps", type=int_range(1), default=3, help="repetitions of multi-second eager decodes")
     p.add_argument("--no-compile", action="store_true", help="torch-fast: CUDA graphs without torch.compile")
-    p.add_argument("--node-stream", type=float, default=0.0, metavar="SECONDS",
-                   help="after the suite, run the node's frame slot + inference thread on a 30 Hz stream with the "
-                        "fastest torch engine for this long (0: skip)")
+    p.add_argument(
+        "--node-stream",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after the suite, run the node's frame slot + inference thread on a 30 Hz stream with the "
+        "fastest torch engine for this long (0: skip)",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--tag", default=None, help="file name stem (default: derived from model and device)")
     args = p.parse_args(argv)
@@ -69,15 +81,25 @@ def decode_ceiling(model: torch.nn.Module, context: int, device: torch.device) -
     cfg = lm.config
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * elem * context
-    out = {"decode_params": params, "bytes_per_param": elem, "decode_bytes": params * elem,
-           "kv_bytes_at_context": kv, "context": context}
+    out = {
+        "decode_params": params,
+        "bytes_per_param": elem,
+        "decode_bytes": params * elem,
+        "kv_bytes_at_context": kv,
+        "context": context,
+    }
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         bw = next((v for k, v in DATASHEET_BW.items() if k in name), None)
         measured = copy_bandwidth(device)
-        out.update({"datasheet_tb_s": bw and bw / 1e12, "measured_tb_s": measured / 1e12,
-                    "tokens_per_s_datasheet": bw and bw / (params * elem),
-                    "tokens_per_s_measured": measured / (params * elem)})
+        out.update(
+            {
+                "datasheet_tb_s": bw and bw / 1e12,
+                "measured_tb_s": measured / 1e12,
+                "tokens_per_s_datasheet": bw and bw / (params * elem),
+                "tokens_per_s_measured": measured / (params * elem),
+            }
+        )
     return out
 
 
@@ -148,9 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     from ivl_ros.model.backends.torch_backend import TorchBackend
     from ivl_ros.model.engine import VisionLanguageEngine
 
-    cfg = SuiteConfig(tile_counts=tuple(int(t) for t in args.tiles.split(",")), decode_tokens=args.decode_tokens,
-                      decode_batch=args.decode_batch, warmup=args.warmup, reps=args.reps,
-                      slow_warmup=min(1, args.warmup), slow_reps=args.slow_reps)
+    cfg = SuiteConfig(
+        tile_counts=tuple(int(t) for t in args.tiles.split(",")),
+        decode_tokens=args.decode_tokens,
+        decode_batch=args.decode_batch,
+        warmup=args.warmup,
+        reps=args.reps,
+        slow_warmup=min(1, args.warmup),
+        slow_reps=args.slow_reps,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         loaded = _load(args, Path(tmp))
     device = next(loaded.model.parameters()).device
@@ -160,17 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     results = {
-        "model": model_name, "dtype": args.dtype,
+        "model": model_name,
+        "dtype": args.dtype,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in argv),
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "config": {**cfg.__dict__, "tile_counts": list(cfg.tile_counts)},
         "ceiling": decode_ceiling(loaded.model, len(work.prepared_max6.prompt_ids), device),
-        "preprocess": work.preprocess_ms, "backends": [], "skipped": {},
+        "preprocess": work.preprocess_ms,
+        "backends": [],
+        "skipped": {},
     }
-    tag = args.tag or ("cpu-smoke" if device.type == "cpu" else
-                       f"{results['device'].split()[1].lower()}-{args.random_init or 'model'}")
+    tag = args.tag or (
+        "cpu-smoke" if device.type == "cpu" else f"{results['device'].split()[1].lower()}-{args.random_init or 'model'}"
+    )
     for name in args.backend_list:
         log.info("backend %s", name)
         if name == "hf-baseline":
@@ -182,9 +214,11 @@ def main(argv: list[str] | None = None) -> int:
 
             fast = FastTorchBackend(loaded, compile=not args.no_compile and None)
             fast_engine = VisionLanguageEngine(fast, loaded.tokenizer, loaded.spec, model_name)
-            bench = EngineBench("torch-fast", fast_engine,
-                                note="static KV cache, CUDA-graph ViT, prefill (batch-1 lengths) and decode, "
-                                     "greedy on device")
+            bench = EngineBench(
+                "torch-fast",
+                fast_engine,
+                note="static KV cache, CUDA-graph ViT, prefill (batch-1 lengths) and decode, greedy on device",
+            )
             bench.fast = True
         else:
             bench, why = _onnx_bench(args)
@@ -196,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         res = run_suite(bench, work, device, loaded.spec.tile_size, cfg)
         res["seconds"] = time.perf_counter() - started
         if name == "torch-fast":
-            res["decode_mode"] = sorted({st.mode for st in fast._states.values() if st.graph is not None}
-                                        or {fast.decode_mode})
+            res["decode_mode"] = sorted(
+                {st.mode for st in fast._states.values() if st.graph is not None} or {fast.decode_mode}
+            )
             res["vit_mode"] = fast.vit_mode
             res["device_tiling"] = fast.tiler is not None
             guard_kernel_table(res, fast, len(work.prepared_max6.prompt_ids), results["ceiling"])
@@ -210,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
 
         chosen = fast_engine if "torch-fast" in args.backend_list else plain
         log.info("node stream for %.0f s", args.node_stream)
-        results["node_stream"] = {"backend": chosen.backend.__class__.__name__,
-                                  **stream_latency(chosen, seconds=args.node_stream)}
+        results["node_stream"] = {
+            "backend": chosen.backend.__class__.__name__,
+            **stream_latency(chosen, seconds=args.node_stream),
+        }
     paths = report.write(results, args.out, tag)
     print(report.markdown(results))
     print("wrote " + ", ".join(str(p) for p in paths))

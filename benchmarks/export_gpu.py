@@ -67,8 +67,21 @@ def make_checkpoint(path: Path, tiny: bool) -> Path:
 
 def start_build(ckpt: Path, out: Path, device: str, *extra: str) -> tuple:
     """build_engines.py in a subprocess (its GPU memory is freed when it exits)."""
-    cmd = [sys.executable, str(REPO / "export" / "build_engines.py"), "--model", str(ckpt), "--out", str(out),
-           "--max-tiles", "12", "--device", device, "--trt", "off", *extra]
+    cmd = [
+        sys.executable,
+        str(REPO / "export" / "build_engines.py"),
+        "--model",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--max-tiles",
+        "12",
+        "--device",
+        device,
+        "--trt",
+        "off",
+        *extra,
+    ]
     log = out.with_name(out.name + ".build.log").open("w")  # a file, not a pipe: builds run side by side
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
     return cmd, proc, time.perf_counter(), log
@@ -86,9 +99,15 @@ def finish_build(started: tuple, out: Path) -> dict:
     if proc.returncode:
         raise RuntimeError(f"build failed ({' '.join(cmd[1:])}):\n{stderr[-4000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
-    return {"command": " ".join(["python", *cmd[1:]]), "seconds": round(seconds, 1), "log": lines,
-            "stages": {k: {kk: vv for kk, vv in v.items() if kk not in ("inputs", "outputs", "sizes")}
-                       for k, v in manifest["stages"].items()}}
+    return {
+        "command": " ".join(["python", *cmd[1:]]),
+        "seconds": round(seconds, 1),
+        "log": lines,
+        "stages": {
+            k: {kk: vv for kk, vv in v.items() if kk not in ("inputs", "outputs", "sizes")}
+            for k, v in manifest["stages"].items()
+        },
+    }
 
 
 def link_copy(src: Path, dst: Path) -> None:
@@ -155,10 +174,15 @@ def decode_breakdown(engine, prepared, steps: int = 64) -> dict:
             run.append(t2 - t1)
             read.append(t3 - t2)
         skip = 8  # warm-up and capture runs
-        out[label] = {"prefill_ms": prefill, "feed_ms": 1000 * float(np.median(feed[skip:])),
-                      "run_ms": 1000 * float(np.median(run[skip:])), "read_ms": 1000 * float(np.median(read[skip:])),
-                      "step_ms": 1000 * float(np.median(np.add(np.add(feed, run), read)[skip:])),
-                      "context": int(ids.shape[1]), "steps": steps}
+        out[label] = {
+            "prefill_ms": prefill,
+            "feed_ms": 1000 * float(np.median(feed[skip:])),
+            "run_ms": 1000 * float(np.median(run[skip:])),
+            "read_ms": 1000 * float(np.median(read[skip:])),
+            "step_ms": 1000 * float(np.median(np.add(np.add(feed, run), read)[skip:])),
+            "context": int(ids.shape[1]),
+            "steps": steps,
+        }
     return out
 
 
@@ -182,42 +206,55 @@ def goals(results: dict) -> list[str]:
     lines = ["", "## Goals (issue 15)", ""]
     ref_v, v = get("torch-fast", "vision_ms", "7", "median"), get("onnx fp16", "vision_ms", "7", "median")
     if ref_v and v:
-        lines.append(f"- vision+projector, 7 tiles: onnx fp16 {v:.1f} ms = {v / ref_v:.2f}x torch-fast's "
-                     f"{ref_v:.1f} ms (goal <= 2x): {'met' if v <= 2 * ref_v else 'missed'}.")
+        lines.append(
+            f"- vision+projector, 7 tiles: onnx fp16 {v:.1f} ms = {v / ref_v:.2f}x torch-fast's "
+            f"{ref_v:.1f} ms (goal <= 2x): {'met' if v <= 2 * ref_v else 'missed'}."
+        )
     ref_d, d = get("torch-fast", "decode_b1", "tokens_per_s"), get("onnx fp16", "decode_b1", "tokens_per_s")
     if ref_d and d:
-        lines.append(f"- decode batch 1: onnx fp16 {d:.0f} tok/s = {100 * d / ref_d:.0f}% of torch-fast's {ref_d:.0f} "
-                     f"(goal >= 50%): {'met' if d >= 0.5 * ref_d else 'missed'}.")
+        lines.append(
+            f"- decode batch 1: onnx fp16 {d:.0f} tok/s = {100 * d / ref_d:.0f}% of torch-fast's {ref_d:.0f} "
+            f"(goal >= 50%): {'met' if d >= 0.5 * ref_d else 'missed'}."
+        )
     for mode in ("int4", "int8"):
         q = get(f"onnx {mode}", "decode_b1", "tokens_per_s")
         if q and d and ref_d:
-            lines.append(f"- decode batch 1, {mode}: {q:.0f} tok/s = {q / d:.2f}x onnx fp16 and {100 * q / ref_d:.0f}% "
-                         f"of torch-fast" + (" (goal: faster than fp16): " + ("met" if q > d else "missed")
-                                             if mode == "int4" else "") + ".")
+            lines.append(
+                f"- decode batch 1, {mode}: {q:.0f} tok/s = {q / d:.2f}x onnx fp16 and {100 * q / ref_d:.0f}% "
+                f"of torch-fast"
+                + (" (goal: faster than fp16): " + ("met" if q > d else "missed") if mode == "int4" else "")
+                + "."
+            )
     return lines
 
 
 def export_markdown(build: dict, results: dict | None = None) -> str:
     """The export-specific section appended to the benchmark's markdown: builds, checks, quantisation, breakdown."""
     lines = goals(results) if results else []
-    lines += ["", "## Export: builds, checks, quantisation, breakdown", "",
-             f"onnxruntime {build.get('onnxruntime')} ({', '.join(build.get('ort_providers', []))}), torch "
-             f"{build.get('torch')}, GPU {build.get('gpu', 'none')}. Build and bench driver: `{build.get('command')}`.",
-             ""]
+    lines += [
+        "",
+        "## Export: builds, checks, quantisation, breakdown",
+        "",
+        f"onnxruntime {build.get('onnxruntime')} ({', '.join(build.get('ort_providers', []))}), torch "
+        f"{build.get('torch')}, GPU {build.get('gpu', 'none')}. Build and bench driver: `{build.get('command')}`.",
+        "",
+    ]
     fp16 = build.get("fp16", {})
     if "stages" in fp16:
         vis, dec = fp16["stages"]["vision_onnx"], fp16["stages"]["decoder_onnx"]
-        lines += [f"- fp16 build (`{fp16['command']}`): {fp16['seconds']} s in all; vision export "
-                  f"{vis.get('export_seconds')} s ({vis.get('fused_attention_nodes')} MultiHeadAttention nodes, output "
-                  f"{vis.get('output_dtype')}), decoder build {dec.get('export_seconds')} s "
-                  f"({sum(dec.get('op_counts', {}).values())} nodes: {dec.get('op_counts')}).",
-                  f"- vision vs torch fp32 on {vis['check'].get('provider')}: max abs diff by tiles "
-                  f"{vis['check'].get('max_abs_diff_by_tiles')} (largest |feature| "
-                  f"{vis['check'].get('max_abs_value')}).",
-                  f"- decoder vs torch fp32 on {dec['check'].get('provider')} (right-padded batch of 3, prompt + 4 "
-                  f"steps fed torch's tokens): logits max abs diff {dec['check'].get('logits_max_abs_diff')} (largest "
-                  f"|logit| {dec['check'].get('max_abs_logit')}), top-1 agreement "
-                  f"{dec['check'].get('top1_agreement')}."]
+        lines += [
+            f"- fp16 build (`{fp16['command']}`): {fp16['seconds']} s in all; vision export "
+            f"{vis.get('export_seconds')} s ({vis.get('fused_attention_nodes')} MultiHeadAttention nodes, output "
+            f"{vis.get('output_dtype')}), decoder build {dec.get('export_seconds')} s "
+            f"({sum(dec.get('op_counts', {}).values())} nodes: {dec.get('op_counts')}).",
+            f"- vision vs torch fp32 on {vis['check'].get('provider')}: max abs diff by tiles "
+            f"{vis['check'].get('max_abs_diff_by_tiles')} (largest |feature| "
+            f"{vis['check'].get('max_abs_value')}).",
+            f"- decoder vs torch fp32 on {dec['check'].get('provider')} (right-padded batch of 3, prompt + 4 "
+            f"steps fed torch's tokens): logits max abs diff {dec['check'].get('logits_max_abs_diff')} (largest "
+            f"|logit| {dec['check'].get('max_abs_logit')}), top-1 agreement "
+            f"{dec['check'].get('top1_agreement')}.",
+        ]
     rows = []
     for mode in ("int8", "int4"):
         info = build.get(mode)
@@ -228,22 +265,34 @@ def export_markdown(build: dict, results: dict | None = None) -> str:
             continue
         q = info["stages"]["decoder_quant"]
         acc, size = q["accuracy"], q["size"]
-        rows.append(f"| {mode} | {size['quant_bytes'] / 1e9:.2f} GB (x{size['ratio']:.2f} of fp16) | "
-                    f"{acc['identical_sequences']}/{acc['prompts']} | {acc['token_agreement']:.2f} | "
-                    f"{acc['mean_common_prefix']:.1f} of {acc['new_tokens']} | "
-                    f"{acc['first_step_logits_max_abs_diff']:.3f} (logit std {acc['first_step_logits_std']:.2f}) |")
+        rows.append(
+            f"| {mode} | {size['quant_bytes'] / 1e9:.2f} GB (x{size['ratio']:.2f} of fp16) | "
+            f"{acc['identical_sequences']}/{acc['prompts']} | {acc['token_agreement']:.2f} | "
+            f"{acc['mean_common_prefix']:.1f} of {acc['new_tokens']} | "
+            f"{acc['first_step_logits_max_abs_diff']:.3f} (logit std {acc['first_step_logits_std']:.2f}) |"
+        )
     if rows:
         what = "tiny checkpoint" if build.get("geometry") == "tiny" else "full-size geometry, random weights"
-        lines += ["", f"Quantised decoders vs the fp16 decoder ({what}; six chat prompts, 16 greedy tokens each, "
-                  f"run by the build's quantisation stage):", "",
-                  "| decoder | size | identical sequences | token agreement | mean common prefix | first-step logit "
-                  "max abs diff |", "|---|---|---|---|---|---|", *rows]
+        lines += [
+            "",
+            f"Quantised decoders vs the fp16 decoder ({what}; six chat prompts, 16 greedy tokens each, "
+            f"run by the build's quantisation stage):",
+            "",
+            "| decoder | size | identical sequences | token agreement | mean common prefix | first-step logit "
+            "max abs diff |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
     parts = build.get("breakdown", {})
     if parts:
-        lines += ["", "Decode step and prompt, broken down (batch 1, the 7-tile caption prompt, 64 steps, medians; "
-                  "host wall clock around synchronous calls):", "",
-                  "| decoder | mode | step ms | feed ms | run ms | read ms | weight-read floor ms | prefill ms | "
-                  "vision ms |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Decode step and prompt, broken down (batch 1, the 7-tile caption prompt, 64 steps, medians; "
+            "host wall clock around synchronous calls):",
+            "",
+            "| decoder | mode | step ms | feed ms | run ms | read ms | weight-read floor ms | prefill ms | vision ms |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for mode, p in parts.items():
             if "error" in p:
                 lines.append(f"| {mode} | error: {p['error'][:200]} | | | | | | | |")
@@ -252,12 +301,17 @@ def export_markdown(build: dict, results: dict | None = None) -> str:
                 if label in p:
                     q = p[label]
                     floor = p.get("weight_read_floor_ms")
-                    lines.append(f"| {mode} | {label} | {q['step_ms']:.3f} | {q['feed_ms']:.3f} | {q['run_ms']:.3f} | "
-                                 f"{q['read_ms']:.3f} | {'n/a' if floor is None else f'{floor:.3f}'} | "
-                                 f"{q['prefill_ms']:.1f} | {p['vision_ms']:.1f} |")
-        lines += ["", "step = feed (token embedding + row lengths to the device) + run (the decoder: a CUDA-graph "
-                  "replay, or ~270 kernel launches) + read (the two best ids back); the floor is the decoder's weight "
-                  "bytes over the measured copy bandwidth."]
+                    lines.append(
+                        f"| {mode} | {label} | {q['step_ms']:.3f} | {q['feed_ms']:.3f} | {q['run_ms']:.3f} | "
+                        f"{q['read_ms']:.3f} | {'n/a' if floor is None else f'{floor:.3f}'} | "
+                        f"{q['prefill_ms']:.1f} | {p['vision_ms']:.1f} |"
+                    )
+        lines += [
+            "",
+            "step = feed (token embedding + row lengths to the device) + run (the decoder: a CUDA-graph "
+            "replay, or ~270 kernel launches) + read (the two best ids back); the floor is the decoder's weight "
+            "bytes over the measured copy bandwidth.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -270,12 +324,23 @@ def main() -> int:
     ap.add_argument("--bench-args", default=DEFAULT_BENCH)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--phase", choices=("all", "build", "bench"), default="all",
-                    help="build: checkpoint and engines only; bench: reuse them (e.g. after tests ran in parallel)")
-    ap.add_argument("--deadline", type=float, default=0.0,
-                    help="seconds after which the optional steps (quantised suites, breakdowns) are skipped")
-    ap.add_argument("--render", action="store_true",
-                    help="only rewrite TAG.md from TAG.json and TAG-build.json in --out (no GPU needed)")
+    ap.add_argument(
+        "--phase",
+        choices=("all", "build", "bench"),
+        default="all",
+        help="build: checkpoint and engines only; bench: reuse them (e.g. after tests ran in parallel)",
+    )
+    ap.add_argument(
+        "--deadline",
+        type=float,
+        default=0.0,
+        help="seconds after which the optional steps (quantised suites, breakdowns) are skipped",
+    )
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite TAG.md from TAG.json and TAG-build.json in --out (no GPU needed)",
+    )
     args = ap.parse_args()
     if args.render:
         from benchmarks import report
@@ -291,9 +356,15 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     build_file = args.out / f"{args.tag}-build.json"
     build: dict = json.loads(build_file.read_text()) if args.phase == "bench" and build_file.is_file() else {}
-    build.update({"python": platform.python_version(), "onnxruntime": ort.__version__,
-                  "ort_providers": ort.get_available_providers(), "torch": torch.__version__,
-                  "geometry": "tiny" if args.tiny else {**FULL_GEOMETRY}})
+    build.update(
+        {
+            "python": platform.python_version(),
+            "onnxruntime": ort.__version__,
+            "ort_providers": ort.get_available_providers(),
+            "torch": torch.__version__,
+            "geometry": "tiny" if args.tiny else {**FULL_GEOMETRY},
+        }
+    )
     build.setdefault("commands", []).append(" ".join(["python", *sys.argv]))
     build["command"] = " ; ".join(build["commands"])
     if args.device.startswith("cuda"):
@@ -317,8 +388,9 @@ def main() -> int:
             make_checkpoint(ckpt, args.tiny)
         build["make_checkpoint_s"] = round(time.perf_counter() - t0, 1)
         print(f"checkpoint in {build['make_checkpoint_s']}s", flush=True)
-        build["fp16"] = finish_build(start_build(ckpt, engines["fp16"], args.device, "--precision", "fp16"),
-                                     engines["fp16"])
+        build["fp16"] = finish_build(
+            start_build(ckpt, engines["fp16"], args.device, "--precision", "fp16"), engines["fp16"]
+        )
         save()
         running = {}
         for mode in modes:  # the quantisations run side by side (CPU work on separate copies)
@@ -340,8 +412,21 @@ def main() -> int:
     from benchmarks import report
     from benchmarks.command import main as bench_main
 
-    bench_argv = ["--model", str(ckpt), "--device", args.device, "--backends", "torch-fast,onnx", "--engines",
-                  str(engines["fp16"]), "--out", str(args.out), "--tag", args.tag, *shlex.split(args.bench_args)]
+    bench_argv = [
+        "--model",
+        str(ckpt),
+        "--device",
+        args.device,
+        "--backends",
+        "torch-fast,onnx",
+        "--engines",
+        str(engines["fp16"]),
+        "--out",
+        str(args.out),
+        "--tag",
+        args.tag,
+        *shlex.split(args.bench_args),
+    ]
     build["bench_command"] = "python -m benchmarks " + " ".join(shlex.quote(a) for a in bench_argv)
     t0 = time.perf_counter()
     bench_main(bench_argv)
@@ -370,8 +455,11 @@ def main() -> int:
         try:
             parts = decode_breakdown(engine, work.prepared_max6)
             nbytes = weight_bytes(json.loads((engines[mode] / "manifest.json").read_text())["stages"], engines[mode])
-            parts.update(decoder_weight_bytes=nbytes, cuda_graphs=engine.backend.decoder.cuda_graphs,
-                         graph_note=engine.backend.decoder.graph_note)
+            parts.update(
+                decoder_weight_bytes=nbytes,
+                cuda_graphs=engine.backend.decoder.cuda_graphs,
+                graph_note=engine.backend.decoder.graph_note,
+            )
             if bw:
                 parts["weight_read_floor_ms"] = 1000 * nbytes / (bw * 1e12)
             build["breakdown"][mode] = parts
@@ -387,8 +475,11 @@ def main() -> int:
             continue
         try:
             engine = VisionLanguageEngine.load(ckpt, backend="onnx", engines_path=engines[mode], device=args.device)
-            bench = EngineBench(f"onnx {mode}", engine, note=f"fp16 engines with the decoder's MatMuls in {mode} "
-                                                              "(MatMulNBits, block 32, symmetric)")
+            bench = EngineBench(
+                f"onnx {mode}",
+                engine,
+                note=f"fp16 engines with the decoder's MatMuls in {mode} (MatMulNBits, block 32, symmetric)",
+            )
             t0 = time.perf_counter()
             res = run_suite(bench, work, device, engine.spec.tile_size, cfg)
             res["seconds"] = time.perf_counter() - t0
@@ -399,11 +490,14 @@ def main() -> int:
         except Exception as exc:  # a failing variant must not lose the others' numbers
             results.setdefault("skipped", {})[f"onnx {mode}"] = f"{type(exc).__name__}: {exc}"
         report.write(results, args.out, args.tag)
-    results["export"] = {"build_file": build_file.name,
-                         "quantisation": {m: build[m]["stages"].get("decoder_quant", {}).get("accuracy")
-                                          for m in engines if m != "fp16"},
-                         "breakdown": build["breakdown"],
-                         "note": "onnx peak GPU memory is not in peak_gb (torch's allocator only sees torch)"}
+    results["export"] = {
+        "build_file": build_file.name,
+        "quantisation": {
+            m: build[m]["stages"].get("decoder_quant", {}).get("accuracy") for m in engines if m != "fp16"
+        },
+        "breakdown": build["breakdown"],
+        "note": "onnx peak GPU memory is not in peak_gb (torch's allocator only sees torch)",
+    }
     report.write(results, args.out, args.tag)
     with open(args.out / f"{args.tag}.md", "a") as md:
         md.write(export_markdown(build, results))

@@ -32,8 +32,18 @@ def build_variants(model: Path, work: Path, device: str, max_tiles: int = 6) -> 
     from export.build_engines import main as build
 
     dirs = {v: work / f"engines-{v}" for v in VARIANTS}
-    common = ["--model", str(model), "--max-tiles", str(max_tiles), "--precision", "fp16", "--trt", "off",
-              "--device", device]
+    common = [
+        "--model",
+        str(model),
+        "--max-tiles",
+        str(max_tiles),
+        "--precision",
+        "fp16",
+        "--trt",
+        "off",
+        "--device",
+        device,
+    ]
     if build([*common, "--out", str(dirs["fp16"])]):
         raise RuntimeError("fp16 build failed")
     for mode in ("int8", "int4"):
@@ -54,8 +64,9 @@ def measure(model: Path, dirs: dict[str, Path], device: str) -> dict:
     from ivl_ros.model.engine import VisionLanguageEngine
 
     def cider(captions: dict[int, str]) -> float:
-        return check_caption_regression(captions.items(), REGRESSION / "captions.json",
-                                        REGRESSION / "baseline_metrics.json", tolerance=0.10).cider
+        return check_caption_regression(
+            captions.items(), REGRESSION / "captions.json", REGRESSION / "baseline_metrics.json", tolerance=0.10
+        ).cider
 
     reference = caption_set(VisionLanguageEngine.load(model))
     out: dict = {"torch_fp32": {"cider": cider(reference)}}
@@ -73,11 +84,13 @@ def measure(model: Path, dirs: dict[str, Path], device: str) -> dict:
             "cider": cider(captions),
             "identical_to_torch_fp32": sum(captions[k] == reference[k] for k in reference),
             "identical_to_fp16_engines": sum(captions[k] == fp16_captions[k] for k in reference),
-            "images": len(reference), "caption_seconds": round(seconds, 2),
+            "images": len(reference),
+            "caption_seconds": round(seconds, 2),
             "decoder_check": quant.get("accuracy") or manifest["stages"]["decoder_onnx"].get("check"),
             "decoder_bytes": quant.get("size", {}).get("quant_bytes"),
-            "differing": {k: {"torch": reference[k], variant: captions[k]} for k in reference
-                          if captions[k] != reference[k]},
+            "differing": {
+                k: {"torch": reference[k], variant: captions[k]} for k in reference if captions[k] != reference[k]
+            },
         }
     return out
 
@@ -89,23 +102,40 @@ def markdown(result: dict) -> str:
         r = result[variant]
         check = r["decoder_check"] or {}
         if "token_agreement" in check:
-            detail = (f"greedy identical {check['identical_sequences']}/{check['prompts']}, token agreement "
-                      f"{check['token_agreement']:.2f}, first-step logit drift "
-                      f"{check['first_step_logits_max_abs_diff']:.3f} (std {check['first_step_logits_std']:.2f})")
+            detail = (
+                f"greedy identical {check['identical_sequences']}/{check['prompts']}, token agreement "
+                f"{check['token_agreement']:.2f}, first-step logit drift "
+                f"{check['first_step_logits_max_abs_diff']:.3f} (std {check['first_step_logits_std']:.2f})"
+            )
         else:
-            detail = (f"vs torch fp32: logits max abs diff {check.get('logits_max_abs_diff', 0):.3g}, top-1 "
-                      f"agreement {check.get('top1_agreement')}")
-        rows.append(f"| onnx {variant} | {r['cider']:.3f} | {r['identical_to_torch_fp32']}/{r['images']} | "
-                    f"{r['identical_to_fp16_engines']}/{r['images']} | {detail} |")
-    return "\n".join([
-        f"# The GPU export's accuracy on the demo model ({result['model']})", "",
-        f"Command: `{result['command']}` ({result['device']}, onnxruntime {result['onnxruntime']}). Captions of the "
-        f"{result['fp16']['images']} caption-regression images (upstream caption settings: max 6 tiles, greedy, 8..30 "
-        f"new tokens); CIDEr against their references (committed baseline {base:.3f}, from torch fp32). The decoder "
-        "check column is the build's own measurement: the quantised decoder against the fp16 one (six chat prompts, "
-        "16 greedy tokens), or the fp16 decoder against torch fp32.", "",
-        "| engines | CIDEr | captions identical to torch fp32 | identical to onnx fp16 | decoder check |",
-        "|---|---|---|---|---|", *rows, ""]) + "\n"
+            detail = (
+                f"vs torch fp32: logits max abs diff {check.get('logits_max_abs_diff', 0):.3g}, top-1 "
+                f"agreement {check.get('top1_agreement')}"
+            )
+        rows.append(
+            f"| onnx {variant} | {r['cider']:.3f} | {r['identical_to_torch_fp32']}/{r['images']} | "
+            f"{r['identical_to_fp16_engines']}/{r['images']} | {detail} |"
+        )
+    return (
+        "\n".join(
+            [
+                f"# The GPU export's accuracy on the demo model ({result['model']})",
+                "",
+                f"Command: `{result['command']}` ({result['device']}, onnxruntime {result['onnxruntime']}). "
+                f"Captions of the {result['fp16']['images']} caption-regression images (upstream caption settings: "
+                "max 6 tiles, greedy, 8..30 new tokens); CIDEr against their references (committed baseline "
+                f"{base:.3f}, from torch fp32). The decoder check column is the build's own measurement: the "
+                "quantised decoder against the fp16 one (six chat prompts, 16 greedy tokens), or the fp16 decoder "
+                "against torch fp32.",
+                "",
+                "| engines | CIDEr | captions identical to torch fp32 | identical to onnx fp16 | decoder check |",
+                "|---|---|---|---|---|",
+                *rows,
+                "",
+            ]
+        )
+        + "\n"
+    )
 
 
 def main() -> int:
@@ -119,9 +149,14 @@ def main() -> int:
     import onnxruntime as ort
 
     dirs = build_variants(args.model, args.work, args.device)
-    result = {"command": "python " + " ".join(sys.argv), "model": args.model.name, "device": args.device,
-              "python": platform.python_version(), "onnxruntime": ort.__version__,
-              **measure(args.model, dirs, args.device)}
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "model": args.model.name,
+        "device": args.device,
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        **measure(args.model, dirs, args.device),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / f"{args.tag}.md").write_text(markdown(result))

@@ -39,15 +39,28 @@ from pathlib import Path
 # Both settings run with it (set before torch starts): fewer fragmentation failures at large batches.
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
-from ivl_ros.model.tiny import INTERNVL2_2B_GEOMETRY as INTERNVL2_2B  # noqa: E402
+from ivl_ros.model.tiny import INTERNVL2_2B_GEOMETRY as INTERNVL2_2B
 
 REAL_VOCAB = INTERNVL2_2B["llm"]["vocab_size"]
 MEASURED_BF16_TFLOPS = 788.0  # H200, 8192^3 bf16 torch.matmul on random data (device KINDS.md, 2026-10-28)
 DATASHEET_BF16_TFLOPS = 989.0
-RECIPE = ["--lora-r", "128", "--per-device-batch-size", "4", "--batch-size", "16", "--gpus", "1",
-          "--max-dynamic-patch", "6", "--save-steps", "100000", "--dtype", "bfloat16"]
-SETTINGS = {"old": ["--no-packing", "--gradient-checkpointing", "on", "--num-workers", "4"],
-            "new": ["--packing", "on"]}
+RECIPE = [
+    "--lora-r",
+    "128",
+    "--per-device-batch-size",
+    "4",
+    "--batch-size",
+    "16",
+    "--gpus",
+    "1",
+    "--max-dynamic-patch",
+    "6",
+    "--save-steps",
+    "100000",
+    "--dtype",
+    "bfloat16",
+]
+SETTINGS = {"old": ["--no-packing", "--gradient-checkpointing", "on", "--num-workers", "4"], "new": ["--packing", "on"]}
 TILES_PER_SAMPLE = 7
 
 
@@ -78,27 +91,50 @@ def flops_per_sample(tokens: float, tiles: int, supervised: float, lora_params: 
     vit_tokens = (v["image_size"] // v["patch_size"]) ** 2 + 1
     vit_params = layers * (4 * d * d + 2 * d * inter)
     patch = 2 * 3 * v["patch_size"] ** 2 * d * (vit_tokens - 1)
-    vit = tiles * (2 * vit_params * vit_tokens + layers * 4 * vit_tokens ** 2 * d + patch)
+    vit = tiles * (2 * vit_params * vit_tokens + layers * 4 * vit_tokens**2 * d + patch)
     h, ffn, n = t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"]
     kv = t["num_key_value_heads"] * h // t["num_attention_heads"]
     projector = tiles * 256 * 2 * (4 * d * h + h * h)
     llm_params = n * (h * (h + 2 * kv) + h * h + 3 * h * ffn)
-    attention = n * 2 * tokens ** 2 * h  # causal: half of 2 (QK^T) + 2 (PV) per score
+    attention = n * 2 * tokens**2 * h  # causal: half of 2 (QK^T) + 2 (PV) per score
     llm_forward = 2 * llm_params * tokens + attention
     llm_backward = 2 * llm_params * tokens + 2 * attention  # input gradients only (frozen weights)
     lora = 6 * lora_params * tokens
     head = 4 * REAL_VOCAB * h * supervised
-    parts = {"vit_forward": vit, "projector_forward": projector, "llm_forward": llm_forward,
-             "llm_backward_inputs": llm_backward, "lora_forward_backward": lora, "lm_head": head}
+    parts = {
+        "vit_forward": vit,
+        "projector_forward": projector,
+        "llm_forward": llm_forward,
+        "llm_backward_inputs": llm_backward,
+        "lora_forward_backward": lora,
+        "lm_head": head,
+    }
     parts["total"] = sum(parts.values())
     return parts
 
 
-KERNEL_CLASSES = (("attention", ("flash", "fmha", "sdpa", "attention", "attn")),  # before matmul: cuDNN's names
-                  ("matmul", ("gemm", "xmma", "nvjet", "cutlass", "matmul", "sm90_", "wgmma")),
-                  ("copy/cast", ("memcpy", "memset", "copy", "cast", "to_copy")),
-                  ("elementwise/reduce", ("elementwise", "reduce", "vectorized", "unrolled", "softmax", "norm",
-                                          "cat", "index", "scatter", "gather", "dropout", "bernoulli")))
+KERNEL_CLASSES = (
+    ("attention", ("flash", "fmha", "sdpa", "attention", "attn")),  # before matmul: cuDNN's names
+    ("matmul", ("gemm", "xmma", "nvjet", "cutlass", "matmul", "sm90_", "wgmma")),
+    ("copy/cast", ("memcpy", "memset", "copy", "cast", "to_copy")),
+    (
+        "elementwise/reduce",
+        (
+            "elementwise",
+            "reduce",
+            "vectorized",
+            "unrolled",
+            "softmax",
+            "norm",
+            "cat",
+            "index",
+            "scatter",
+            "gather",
+            "dropout",
+            "bernoulli",
+        ),
+    ),
+)
 
 
 def kernel_class(name: str) -> str:
@@ -142,10 +178,13 @@ def profile_step(trainer) -> dict:
         kernels.append((us / 1e3, evt.count, evt.key))
     kernels.sort(reverse=True)
     busy = sum(by_class.values())
-    return {"step_wall_ms": wall * 1e3, "gpu_busy_ms": busy, "gpu_idle_share": max(0.0, 1 - busy / (wall * 1e3)),
-            "gpu_ms_by_class": {k: round(v, 2) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
-            "top_kernels": [{"ms": round(ms, 2), "calls": calls, "name": name[:160]} for ms, calls, name in
-                            kernels[:25]]}
+    return {
+        "step_wall_ms": wall * 1e3,
+        "gpu_busy_ms": busy,
+        "gpu_idle_share": max(0.0, 1 - busy / (wall * 1e3)),
+        "gpu_ms_by_class": {k: round(v, 2) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [{"ms": round(ms, 2), "calls": calls, "name": name[:160]} for ms, calls, name in kernels[:25]],
+    }
 
 
 def run_setting(name: str, args: list[str]) -> dict:
@@ -197,16 +236,41 @@ def parity_check(work: Path) -> dict:
     losses = {}
     for name, extra in SETTINGS.items():
         out = work / f"tiny-{name}"
-        args = ["--data", str(meta), "--model", str(ckpt), "--output-dir", str(out), "--lora-r", "8",
-                "--lora-dropout", "0", "--batch-size", "4", "--per-device-batch-size", "2", "--max-steps", "3",
-                "--learning-rate", "1e-3", "--save-steps", "1000", *extra, "--num-workers", "0"]
+        args = [
+            "--data",
+            str(meta),
+            "--model",
+            str(ckpt),
+            "--output-dir",
+            str(out),
+            "--lora-r",
+            "8",
+            "--lora-dropout",
+            "0",
+            "--batch-size",
+            "4",
+            "--per-device-batch-size",
+            "2",
+            "--max-steps",
+            "3",
+            "--learning-rate",
+            "1e-3",
+            "--save-steps",
+            "1000",
+            *extra,
+            "--num-workers",
+            "0",
+        ]
         if lora_main(args) != 0:
             return {"error": f"tiny {name} run failed"}
         with open(out / "train_log.csv", newline="") as fh:
             losses[name] = [float(r["loss"]) for r in csv.DictReader(fh)]
     worst = max(abs(a - b) / abs(a) for a, b in zip(losses["old"], losses["new"], strict=True))
-    return {"losses": losses, "max_relative_difference": worst,
-            "what": "tiny InternVL2 (random), bf16 autocast on the GPU, LoRA r 8, dropout 0, 3 steps of 2x2 samples"}
+    return {
+        "losses": losses,
+        "max_relative_difference": worst,
+        "what": "tiny InternVL2 (random), bf16 autocast on the GPU, LoRA r 8, dropout 0, 3 steps of 2x2 samples",
+    }
 
 
 def supervised_tokens(meta: Path, ckpt: Path) -> float:
@@ -230,15 +294,19 @@ def summarise(result: dict, supervised: float, lora_params: int) -> None:
     flops = flops_per_sample(tokens, TILES_PER_SAMPLE, supervised, lora_params)
     achieved = sps * flops["total"] / 1e12
     result["summary"] = {
-        "samples_per_s": sps, "tokens_per_s": tps, "tokens_per_sample": tokens,
+        "samples_per_s": sps,
+        "tokens_per_s": tps,
+        "tokens_per_sample": tokens,
         "step_time_s": stats["mean_step_time_s"],
         "peak_gpu_memory_allocated_gib": stats.get("peak_gpu_memory_allocated_gib"),
         "peak_gpu_memory_reserved_gib": stats.get("peak_gpu_memory_reserved_gib"),
-        "model_tflop_per_sample": flops["total"] / 1e12, "achieved_tflop_per_s": achieved,
+        "model_tflop_per_sample": flops["total"] / 1e12,
+        "achieved_tflop_per_s": achieved,
         "mfu_vs_measured_788": achieved / MEASURED_BF16_TFLOPS,
         "mfu_vs_datasheet_989": achieved / DATASHEET_BF16_TFLOPS,
         "flops_per_sample_by_part_tflop": {k: round(v / 1e12, 3) for k, v in flops.items()},
-        "layout": stats.get("layout")}
+        "layout": stats.get("layout"),
+    }
 
 
 def plot(results: dict, path: Path) -> None:
@@ -258,22 +326,31 @@ def plot(results: dict, path: Path) -> None:
     for bar, r in zip(bars, runs, strict=True):
         s = r["summary"]
         peak = s["peak_gpu_memory_allocated_gib"] or 0.0
-        ax1.annotate(f"{s['samples_per_s']:.2f}/s\nMFU {100 * s['mfu_vs_measured_788']:.0f}%\n{peak:.0f} GiB peak",
-                     (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+        ax1.annotate(
+            f"{s['samples_per_s']:.2f}/s\nMFU {100 * s['mfu_vs_measured_788']:.0f}%\n{peak:.0f} GiB peak",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax1.axhline(12, ls="--", color="#c0392b", lw=1)
     ax1.text(-0.4, 12.2, "goal 12 samples/s", color="#c0392b", fontsize=8)
     ax1.set_ylim(0, max([*sps, 12]) * 1.35)
     ax1.set_ylabel("samples/s (7 tiles each)")
-    ax1.set_title("LoRA r128, InternVL2-2B geometry, one GPU" +
-                  (f"\n(no numbers: {', '.join(failed)}; see the JSON)" if failed else ""), fontsize=10)
+    ax1.set_title(
+        "LoRA r128, InternVL2-2B geometry, one GPU"
+        + (f"\n(no numbers: {', '.join(failed)}; see the JSON)" if failed else ""),
+        fontsize=10,
+    )
     classes = ["matmul", "attention", "elementwise/reduce", "copy/cast", "other"]
     bottom = [0.0] * len(runs)
     for cls in classes:
         vals = [r.get("profile", {}).get("gpu_ms_by_class", {}).get(cls, 0.0) / 1e3 for r in runs]
         ax2.bar(names, vals, bottom=bottom, label=cls)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-    idle = [max(0.0, r.get("profile", {}).get("step_wall_ms", 0.0) / 1e3 - b) for r, b in zip(runs, bottom,
-                                                                                             strict=True)]
+    idle = [
+        max(0.0, r.get("profile", {}).get("step_wall_ms", 0.0) / 1e3 - b) for r, b in zip(runs, bottom, strict=True)
+    ]
     ax2.bar(names, idle, bottom=bottom, label="GPU idle", color="#dddddd")
     ax2.set_ylabel("seconds per 16-sample step (profiled step)")
     ax2.set_title("where the step's time goes")
@@ -289,8 +366,11 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--old-steps", type=int, default=4)
     ap.add_argument("--new-steps", type=int, default=5)
-    ap.add_argument("--dry-run", action="store_true",
-                    help="check this script on the CPU: tiny model, float32, small images (numbers meaningless)")
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check this script on the CPU: tiny model, float32, small images (numbers meaningless)",
+    )
     args = ap.parse_args()
     import torch
     import transformers
@@ -301,11 +381,18 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU dry run)"
-    results: dict = {"what": __doc__.strip().splitlines()[0], "gpu": gpu,
-                     "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                                  "python": platform.python_version()}, "host": platform.node(),
-                     "env": {"PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")},
-                     "command": "python " + " ".join(sys.argv)}
+    results: dict = {
+        "what": __doc__.strip().splitlines()[0],
+        "gpu": gpu,
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "host": platform.node(),
+        "env": {"PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")},
+        "command": "python " + " ".join(sys.argv),
+    }
     t0 = time.perf_counter()
     results["parity_gpu"] = parity_check(work)
     results["parity_s"] = round(time.perf_counter() - t0, 1)
@@ -314,7 +401,7 @@ def main() -> int:
     recipe = RECIPE
     if args.dry_run:
         ckpt = work / "tiny"  # made by the parity check
-        recipe = [*RECIPE[:RECIPE.index("--dtype")], "--dtype", "float32", "--lora-r", "8", "--device", "cpu"]
+        recipe = [*RECIPE[: RECIPE.index("--dtype")], "--dtype", "float32", "--lora-r", "8", "--device", "cpu"]
     else:
         ckpt = build_full_size(work / "internvl2-2b-random", "cuda")
     results["checkpoint_build_s"] = round(time.perf_counter() - t0, 1)
@@ -322,13 +409,24 @@ def main() -> int:
     meta = make_caption_dataset(work / "data", args.samples, seed=0, size=size)["meta"]
     results["settings"] = []
     for name, steps in (("old", args.old_steps), ("new", args.new_steps)):
-        cmd = ["--data", str(meta), "--model", str(ckpt), "--output-dir", str(work / f"run-{name}"),
-               "--max-steps", str(steps), *recipe, *SETTINGS[name]]
+        cmd = [
+            "--data",
+            str(meta),
+            "--model",
+            str(ckpt),
+            "--output-dir",
+            str(work / f"run-{name}"),
+            "--max-steps",
+            str(steps),
+            *recipe,
+            *SETTINGS[name],
+        ]
         results["settings"].append(run_setting(name, cmd))
         if name == "new" and "error" in results["settings"][-1]:  # e.g. the plan did not fit after all
             cmd[cmd.index(str(work / "run-new"))] = str(work / "run-new-one")
-            results["settings"].append(run_setting("new-one-micro-batch-per-forward",
-                                                   [*cmd, "--forward-micro-batches", "1"]))
+            results["settings"].append(
+                run_setting("new-one-micro-batch-per-forward", [*cmd, "--forward-micro-batches", "1"])
+            )
         (out.with_suffix(".partial.json")).write_text(json.dumps(results, indent=2) + "\n")
     supervised = supervised_tokens(meta, ckpt)
     lora = next((r["stats"]["trainable_parameters"] for r in results["settings"] if "stats" in r), 138_412_032)
@@ -345,15 +443,19 @@ def main() -> int:
     plot(results, out.with_suffix(".png"))
     print(f"\n{'setting':8} {'samples/s':>10} {'tokens/s':>10} {'step s':>7} {'MFU':>6} {'peak GiB':>9}  layout")
     for name, s in done.items():
-        print(f"{name:8} {s['samples_per_s']:10.2f} {s['tokens_per_s']:10.0f} {s['step_time_s']:7.2f} "
-              f"{100 * s['mfu_vs_measured_788']:5.1f}% {s['peak_gpu_memory_allocated_gib'] or 0:9.1f}  {s['layout']}")
+        print(
+            f"{name:8} {s['samples_per_s']:10.2f} {s['tokens_per_s']:10.0f} {s['step_time_s']:7.2f} "
+            f"{100 * s['mfu_vs_measured_788']:5.1f}% {s['peak_gpu_memory_allocated_gib'] or 0:9.1f}  {s['layout']}"
+        )
     for r in results["settings"]:
         if "error" in r:
             print(f"{r['setting']}: {r['error']}")
         if "profile" in r:
             p = r["profile"]
-            print(f"{r['setting']} profiled step {p['step_wall_ms']:.0f} ms, GPU busy {p['gpu_busy_ms']:.0f} ms: "
-                  f"{p['gpu_ms_by_class']}")
+            print(
+                f"{r['setting']} profiled step {p['step_wall_ms']:.0f} ms, GPU busy {p['gpu_busy_ms']:.0f} ms: "
+                f"{p['gpu_ms_by_class']}"
+            )
     return 0 if done else 1
 
 

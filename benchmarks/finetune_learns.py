@@ -55,9 +55,29 @@ def main() -> int:
     t0 = time.perf_counter()
     before = caption_all(base, held)
     scores_before = score(held, before)
-    cmd = ["--data", str(train["meta"]), "--model", str(base), "--output-dir", str(work / "run"),
-           "--lora-r", "64", "--unfreeze-mlp", "--learning-rate", "2e-3", "--epochs", str(args.epochs),
-           "--batch-size", "8", "--per-device-batch-size", "8", "--save-steps", "100000", "--warmup-ratio", "0.03"]
+    cmd = [
+        "--data",
+        str(train["meta"]),
+        "--model",
+        str(base),
+        "--output-dir",
+        str(work / "run"),
+        "--lora-r",
+        "64",
+        "--unfreeze-mlp",
+        "--learning-rate",
+        "2e-3",
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        "8",
+        "--per-device-batch-size",
+        "8",
+        "--save-steps",
+        "100000",
+        "--warmup-ratio",
+        "0.03",
+    ]
     t_train = time.perf_counter()
     rc = lora_main(cmd)
     t_train = time.perf_counter() - t_train
@@ -70,15 +90,23 @@ def main() -> int:
     log = (work / "run" / "train_log.csv").read_text().splitlines()
     result = {
         "what": "tiny InternVL2-architecture model (random init) finetuned with finetune/lora.py on a generated "
-                "shapes caption set; held-out images scored with ivl_ros.eval.scoring (COCO caption metrics)",
+        "shapes caption set; held-out images scored with ivl_ros.eval.scoring (COCO caption metrics)",
         "command": "python finetune/lora.py " + " ".join(cmd),
-        "train_samples": args.train, "heldout_samples": args.heldout, "epochs": args.epochs,
-        "train_seconds": round(t_train, 1), "total_seconds": round(time.perf_counter() - t0, 1),
-        "before": scores_before, "after": scores_after,
-        "first_loss": float(log[1].split(",")[2]), "last_loss": float(log[-1].split(",")[2]),
-        "examples": [{"references": references(c, s, p), "before": before[i], "after": after[i]}
-                     for i, (_path, c, s, p) in list(enumerate(held))[:5]],
-        "host": platform.node(), "python": platform.python_version(),
+        "train_samples": args.train,
+        "heldout_samples": args.heldout,
+        "epochs": args.epochs,
+        "train_seconds": round(t_train, 1),
+        "total_seconds": round(time.perf_counter() - t0, 1),
+        "before": scores_before,
+        "after": scores_after,
+        "first_loss": float(log[1].split(",")[2]),
+        "last_loss": float(log[-1].split(",")[2]),
+        "examples": [
+            {"references": references(c, s, p), "before": before[i], "after": after[i]}
+            for i, (_path, c, s, p) in list(enumerate(held))[:5]
+        ],
+        "host": platform.node(),
+        "python": platform.python_version(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

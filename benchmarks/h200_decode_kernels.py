@@ -44,9 +44,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--skip-checks", action="store_true")
-    p.add_argument("--text-only", action="store_true",
-                   help="no ViT (no compile): the bench prompt's length with its image-context tokens replaced by "
-                        "text; instead of check_fast, 128 greedy tokens fused vs plain on that prompt")
+    p.add_argument(
+        "--text-only",
+        action="store_true",
+        help="no ViT (no compile): the bench prompt's length with its image-context tokens replaced by "
+        "text; instead of check_fast, 128 greedy tokens fused vs plain on that prompt",
+    )
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -54,9 +57,16 @@ def main() -> int:
     import transformers
     import triton
 
-    result: dict = {"device": torch.cuda.get_device_name(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                    "versions": {"torch": torch.__version__, "triton": triton.__version__,
-                                 "transformers": transformers.__version__, "pillow": PIL.__version__}}
+    result: dict = {
+        "device": torch.cuda.get_device_name(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "versions": {
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "transformers": transformers.__version__,
+            "pillow": PIL.__version__,
+        },
+    }
     print(result, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         loaded = random_model("internvl2-2b", Path(tmp))
@@ -93,11 +103,18 @@ def main() -> int:
         ref = plain.run([prep], many)[0].token_ids
         got = [engine.run([prep], many)[0].token_ids for _ in range(2)]
         same = [g == ref for g in got]
-        result["checks"] = {"text_prompt_tokens": len(prep.prompt_ids), "decode_128_identical": same,
-                            "decode_mode": fast.decode_mode, "ref": ref, "got": got[0]}
+        result["checks"] = {
+            "text_prompt_tokens": len(prep.prompt_ids),
+            "decode_128_identical": same,
+            "decode_mode": fast.decode_mode,
+            "ref": ref,
+            "got": got[0],
+        }
         ok = fast.decode_mode == "triton+graph"
-        print(f"128 tokens after a {len(prep.prompt_ids)}-token text prompt, fused ({fast.decode_mode}) == plain: "
-              f"{same}", flush=True)
+        print(
+            f"128 tokens after a {len(prep.prompt_ids)}-token text prompt, fused ({fast.decode_mode}) == plain: {same}",
+            flush=True,
+        )
     elif not args.skip_checks:
         started = time.perf_counter()
         ok, result["checks"] = run_checks(loaded, fast)
@@ -107,15 +124,20 @@ def main() -> int:
 
     print(f"\ncopy {copy / 1e12:.2f} TB/s; context {ids.shape[1] + 1}; best configs {sweep['best']}")
     for name, cands in sweep["candidates"].items():
-        cells = ", ".join(f"{c['config']}: {c['ms'] * 1000:.1f}us" if "ms" in c else f"{c['config']}: error"
-                          for c in cands)
+        cells = ", ".join(
+            f"{c['config']}: {c['ms'] * 1000:.1f}us" if "ms" in c else f"{c['config']}: error" for c in cands
+        )
         print(f"  {name}: {cells}")
     for label, t in tables.items():
-        print(f"\n{label} configs: step {t['step_ms']:.3f} ms ({1000 / t['step_ms']:.0f} tok/s), "
-              f"{t['step_pct_of_copy']:.0f}% of copy; parts {t['sum_of_parts_ms']:.3f} ms")
+        print(
+            f"\n{label} configs: step {t['step_ms']:.3f} ms ({1000 / t['step_ms']:.0f} tok/s), "
+            f"{t['step_pct_of_copy']:.0f}% of copy; parts {t['sum_of_parts_ms']:.3f} ms"
+        )
         for r in t["rows"]:
-            print(f"  {r['kernel']:<42} {r['ms'] * 1000:7.1f} us x{r['launches_per_step']:<3} {r['gb_s']:6.0f} GB/s "
-                  f"{r['pct_of_copy']:4.0f}%  {r['step_ms']:.3f} ms/step")
+            print(
+                f"  {r['kernel']:<42} {r['ms'] * 1000:7.1f} us x{r['launches_per_step']:<3} {r['gb_s']:6.0f} GB/s "
+                f"{r['pct_of_copy']:4.0f}%  {r['step_ms']:.3f} ms/step"
+            )
     print("CHECKS", "OK" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -48,15 +48,31 @@ def _parts(fused, st) -> list[tuple[str, int, Callable[[], None], float]]:
         return lambda: [fn(i) for i in range(n)] and None
 
     return [
-        ("rmsnorm + qkv + rope + cache write", n, each(lambda i: fused.qkv(i, st, gather=False)),
-         layers[0].wqkv.numel() * elem),
-        ("attention over the valid cache" + ("" if fused.merge_in_attention else " + merge"), n,
-         each(lambda i: fused.attention(i, st)), kv_bytes),
-        ("o + residual", n, each(lambda i: fused.residual("o", layers[i].wo, fused.attn, st, gather=False)),
-         layers[0].wo.numel() * elem),
+        (
+            "rmsnorm + qkv + rope + cache write",
+            n,
+            each(lambda i: fused.qkv(i, st, gather=False)),
+            layers[0].wqkv.numel() * elem,
+        ),
+        (
+            "attention over the valid cache" + ("" if fused.merge_in_attention else " + merge"),
+            n,
+            each(lambda i: fused.attention(i, st)),
+            kv_bytes,
+        ),
+        (
+            "o + residual",
+            n,
+            each(lambda i: fused.residual("o", layers[i].wo, fused.attn, st, gather=False)),
+            layers[0].wo.numel() * elem,
+        ),
         ("rmsnorm + gate/up + silu*up", n, each(fused.gate_up), layers[0].wgu.numel() * elem),
-        ("down + residual", n, each(lambda i: fused.residual("down", layers[i].wdown, fused.act, st, gather=False)),
-         layers[0].wdown.numel() * elem),
+        (
+            "down + residual",
+            n,
+            each(lambda i: fused.residual("down", layers[i].wdown, fused.act, st, gather=False)),
+            layers[0].wdown.numel() * elem,
+        ),
         ("final rmsnorm + head + argmax", 1, lambda: fused.head(st), fused.lm.lm_head.weight.numel() * elem),
     ]
 
@@ -69,18 +85,38 @@ def kernel_table(fused, st, copy_bytes_per_s: float, reps: int = 20) -> dict:
         st.slot.fill_(start_slot)
         ms = _graph_ms(launch, reps) / launches
         rate = nbytes / (ms / 1e3)
-        rows.append({"kernel": name, "launches_per_step": launches, "ms": ms, "bytes": nbytes, "gb_s": rate / 1e9,
-                     "pct_of_copy": 100.0 * rate / copy_bytes_per_s, "step_ms": ms * launches})
+        rows.append(
+            {
+                "kernel": name,
+                "launches_per_step": launches,
+                "ms": ms,
+                "bytes": nbytes,
+                "gb_s": rate / 1e9,
+                "pct_of_copy": 100.0 * rate / copy_bytes_per_s,
+                "step_ms": ms * launches,
+            }
+        )
     st.slot.fill_(start_slot)
     whole = _graph_ms(lambda: fused.step(st), reps=8)  # each replay advances the slot by one: few replays
     parts = sum(r["step_ms"] for r in rows)
     step_bytes = sum(r["bytes"] * r["launches_per_step"] for r in rows)
-    return {"rows": rows, "sum_of_parts_ms": parts, "step_ms": whole, "step_bytes": step_bytes,
-            "step_gb_s": step_bytes / (whole / 1e3) / 1e9,
-            "step_pct_of_copy": 100.0 * step_bytes / (whole / 1e3) / copy_bytes_per_s,
-            "choose_and_gaps_ms": whole - parts, "configs": {k: list(v) for k, v in fused.configs.items()},
-            "attention": {"chunk": fused.chunk, "splits": fused.splits, "warps": fused.attn_warps,
-                          "merge_in_attention": fused.merge_in_attention}, "context": start_slot + 1}
+    return {
+        "rows": rows,
+        "sum_of_parts_ms": parts,
+        "step_ms": whole,
+        "step_bytes": step_bytes,
+        "step_gb_s": step_bytes / (whole / 1e3) / 1e9,
+        "step_pct_of_copy": 100.0 * step_bytes / (whole / 1e3) / copy_bytes_per_s,
+        "choose_and_gaps_ms": whole - parts,
+        "configs": {k: list(v) for k, v in fused.configs.items()},
+        "attention": {
+            "chunk": fused.chunk,
+            "splits": fused.splits,
+            "warps": fused.attn_warps,
+            "merge_in_attention": fused.merge_in_attention,
+        },
+        "context": start_slot + 1,
+    }
 
 
 # Candidates for the sweep: (rows per program, K chunk, warps); the first is the current default.

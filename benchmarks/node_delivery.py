@@ -28,8 +28,14 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = {"640x480": (640, 480), "1280x720": (1280, 720)}
-NOT_DEFAULT = ("FASTDDS_BUILTIN_TRANSPORTS", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE",
-               "ROS_AUTOMATIC_DISCOVERY_RANGE", "IVL_ROS_DDS_PROFILE", "RMW_FASTRTPS_USE_QOS_FROM_XML")
+NOT_DEFAULT = (
+    "FASTDDS_BUILTIN_TRANSPORTS",
+    "FASTDDS_DEFAULT_PROFILES_FILE",
+    "FASTRTPS_DEFAULT_PROFILES_FILE",
+    "ROS_AUTOMATIC_DISCOVERY_RANGE",
+    "IVL_ROS_DDS_PROFILE",
+    "RMW_FASTRTPS_USE_QOS_FROM_XML",
+)
 TOPIC = "/camera/image_raw"
 
 
@@ -138,14 +144,23 @@ class Observer:
         return self.wait(lambda o: o.reports > seq + 1)  # a report made wholly after this call
 
 
-def measure(observer: Observer, env: dict[str, str], pub_env: dict[str, str], size: str, reliable: bool,
-            frames: int, rate: float) -> dict:
+def measure(
+    observer: Observer,
+    env: dict[str, str],
+    pub_env: dict[str, str],
+    size: str,
+    reliable: bool,
+    frames: int,
+    rate: float,
+) -> dict:
     flags = ["--size", size, "--frames", str(frames), "--rate", str(rate)] + (["--reliable"] if reliable else [])
     me = [sys.executable, str(Path(__file__).resolve())]
-    listener = subprocess.Popen([*me, "--listen", *flags], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                text=True)
-    publisher = subprocess.Popen([*me, "--publish", *flags], env=pub_env, stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True)
+    listener = subprocess.Popen(
+        [*me, "--listen", *flags], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    publisher = subprocess.Popen(
+        [*me, "--publish", *flags], env=pub_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     matched = json.loads(publisher.stdout.readline())["matched"]
     want = "reliable" if reliable else "best_effort"
     # Settled: the node knows this publisher and its subscription follows it (re-matched once a second).
@@ -160,10 +175,18 @@ def measure(observer: Observer, env: dict[str, str], pub_env: dict[str, str], si
     plain = json.loads(listener.stdout.readline())["received"]
     listener.wait(timeout=30)
     received = int(after["received"]) - int(before["received"])
-    return {"size": size, "qos": want, "published": sent["published"], "seconds": round(sent["seconds"], 2),
-            "node_received": received, "node_ratio": round(received / sent["published"], 4),
-            "plain_subscriber_received": plain, "plain_ratio": round(plain / sent["published"], 4),
-            "matched": matched, "node_reliability": after.get("reliability")}
+    return {
+        "size": size,
+        "qos": want,
+        "published": sent["published"],
+        "seconds": round(sent["seconds"], 2),
+        "node_received": received,
+        "node_ratio": round(received / sent["published"], 4),
+        "plain_subscriber_received": plain,
+        "plain_ratio": round(plain / sent["published"], 4),
+        "matched": matched,
+        "node_reliability": after.get("reliability"),
+    }
 
 
 def main() -> int:
@@ -171,8 +194,11 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--rate", type=float, default=30.0)
     ap.add_argument("--model", help="checkpoint for the node (default: a tiny random one made here)")
-    ap.add_argument("--discovery-range", choices=["LOCALHOST", "SUBNET"], help="ROS_AUTOMATIC_DISCOVERY_RANGE for "
-                    "every process (default: unset, i.e. Fast DDS's default)")
+    ap.add_argument(
+        "--discovery-range",
+        choices=["LOCALHOST", "SUBNET"],
+        help="ROS_AUTOMATIC_DISCOVERY_RANGE for every process (default: unset, i.e. Fast DDS's default)",
+    )
     ap.add_argument("--domain", type=int, default=57)
     ap.add_argument("--publish", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--listen", action="store_true", help=argparse.SUPPRESS)
@@ -195,11 +221,28 @@ def main() -> int:
         model = args.model
         if model is None:
             model = str(Path(tmp) / "tiny")
-            subprocess.run([sys.executable, "-m", "ivl_ros.cli", "make-tiny", model], check=True, env=env,
-                           stdout=subprocess.DEVNULL)
-        launcher = subprocess.Popen([sys.executable, "-m", "ivl_ros.node.launcher", "captioner", f"model_path:={model}",
-                                     "caption_rate_hz:=1.0", "max_tiles:=1"], env=env, start_new_session=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            subprocess.run(
+                [sys.executable, "-m", "ivl_ros.cli", "make-tiny", model],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
+        launcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ivl_ros.node.launcher",
+                "captioner",
+                f"model_path:={model}",
+                "caption_rate_hz:=1.0",
+                "max_tiles:=1",
+            ],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         observer = Observer()
         rows = []
         try:
@@ -210,8 +253,10 @@ def main() -> int:
             for name, pub_env in transports.items():
                 for reliable in (False, True):
                     for size in SIZES:
-                        row = {"publisher_transport": name, **measure(observer, env, pub_env, size, reliable,
-                                                                      args.frames, args.rate)}
+                        row = {
+                            "publisher_transport": name,
+                            **measure(observer, env, pub_env, size, reliable, args.frames, args.rate),
+                        }
                         print(json.dumps(row), flush=True)
                         rows.append(row)
         finally:
@@ -224,25 +269,37 @@ def main() -> int:
 
 def write(rows: list[dict], args: argparse.Namespace, node_log: str, suffix: str) -> None:
     RESULTS.mkdir(exist_ok=True)
-    command = "python benchmarks/node_delivery.py" + (f" --discovery-range {args.discovery_range}"
-                                                      if args.discovery_range else "")
-    meta = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "frames": args.frames, "rate_hz": args.rate,
-            "rmem_max": Path("/proc/sys/net/core/rmem_max").read_text().strip(),
-            "discovery_range": args.discovery_range or "default",
-            "node_transport": [line for line in node_log.splitlines() if "Fast DDS" in line]}
+    command = "python benchmarks/node_delivery.py" + (
+        f" --discovery-range {args.discovery_range}" if args.discovery_range else ""
+    )
+    meta = {
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "frames": args.frames,
+        "rate_hz": args.rate,
+        "rmem_max": Path("/proc/sys/net/core/rmem_max").read_text().strip(),
+        "discovery_range": args.discovery_range or "default",
+        "node_transport": [line for line in node_log.splitlines() if "Fast DDS" in line],
+    }
     (RESULTS / f"node_delivery{suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"# Frame delivery to the captioner ({meta['discovery_range']} discovery range)", "",
-             f"Command: `{command}` ({meta['date']}, {meta['machine']}, net.core.rmem_max {meta['rmem_max']}). "
-             f"{args.frames} rgb8 frames at {args.rate:g} Hz per row; the node started by `ivl-ros-launch captioner` "
-             "(tiny model captioning at 1 Hz), which picks its own transport; the comparison subscriber and this "
-             "observer have default ROS 2 settings. Node counts from its /diagnostics.", "",
-             "| publisher transport | QoS | size | node received / sent | plain default subscriber received / sent |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# Frame delivery to the captioner ({meta['discovery_range']} discovery range)",
+        "",
+        f"Command: `{command}` ({meta['date']}, {meta['machine']}, net.core.rmem_max {meta['rmem_max']}). "
+        f"{args.frames} rgb8 frames at {args.rate:g} Hz per row; the node started by `ivl-ros-launch captioner` "
+        "(tiny model captioning at 1 Hz), which picks its own transport; the comparison subscriber and this "
+        "observer have default ROS 2 settings. Node counts from its /diagnostics.",
+        "",
+        "| publisher transport | QoS | size | node received / sent | plain default subscriber received / sent |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['publisher_transport']} | {r['qos']} | {r['size']} | {r['node_received']}/{r['published']}"
-                     f" ({100 * r['node_ratio']:.1f}%) | {r['plain_subscriber_received']}/{r['published']} "
-                     f"({100 * r['plain_ratio']:.1f}%) |")
+        lines.append(
+            f"| {r['publisher_transport']} | {r['qos']} | {r['size']} | {r['node_received']}/{r['published']}"
+            f" ({100 * r['node_ratio']:.1f}%) | {r['plain_subscriber_received']}/{r['published']} "
+            f"({100 * r['plain_ratio']:.1f}%) |"
+        )
     (RESULTS / f"node_delivery{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -39,12 +39,21 @@ def stream_latency(engine, seconds: float = 10.0, rate_hz: float = 30.0, max_til
             # Scheduling delay: from when the worker could have started on this frame (it had arrived and the
             # previous caption was done) to the start; the rest of the wait is the previous caption running.
             ready = max(frame.received, last_end[0])
-            records.append({"wait": start - frame.received, "model": end - start, "total": end - frame.received,
-                            "sched": start - ready})
+            records.append(
+                {
+                    "wait": start - frame.received,
+                    "model": end - start,
+                    "total": end - frame.received,
+                    "sched": start - ready,
+                }
+            )
             last_end[0] = end
 
-    worker = InferenceWorker(caption_due=lambda: 0.0 if frames.has_new() else 0.05, caption=caption,
-                             on_error=lambda what, exc: errors.append(f"{what}: {exc}"))
+    worker = InferenceWorker(
+        caption_due=lambda: 0.0 if frames.has_new() else 0.05,
+        caption=caption,
+        on_error=lambda what, exc: errors.append(f"{what}: {exc}"),
+    )
     worker.start()
     stop = time.monotonic() + seconds
     period = 1.0 / rate_hz
@@ -64,10 +73,17 @@ def stream_latency(engine, seconds: float = 10.0, rate_hz: float = 30.0, max_til
     overhead = ms["sched"]
     hist_edges = [0, 25, 50, 75, 100, 150, 200, 300, 500, 1000, 1e9]
     hist = np.histogram(ms["total"], bins=hist_edges)[0].tolist() if records else []
-    return {"seconds": seconds, "rate_hz": rate_hz, "frames_sent": sent, "received": st.received,
-            "captioned": st.captioned, "dropped": st.dropped, "errors": errors[:5],
-            "total_ms": stats(ms["total"]).to_json() if records else None,
-            "wait_ms": stats(ms["wait"]).to_json() if records else None,
-            "model_ms": stats(ms["model"]).to_json() if records else None,
-            "overhead_ms": stats(overhead).to_json() if records else None,
-            "histogram_total_ms": {"edges": hist_edges[:-1], "counts": hist}}
+    return {
+        "seconds": seconds,
+        "rate_hz": rate_hz,
+        "frames_sent": sent,
+        "received": st.received,
+        "captioned": st.captioned,
+        "dropped": st.dropped,
+        "errors": errors[:5],
+        "total_ms": stats(ms["total"]).to_json() if records else None,
+        "wait_ms": stats(ms["wait"]).to_json() if records else None,
+        "model_ms": stats(ms["model"]).to_json() if records else None,
+        "overhead_ms": stats(overhead).to_json() if records else None,
+        "histogram_total_ms": {"edges": hist_edges[:-1], "counts": hist},
+    }

@@ -31,8 +31,15 @@ RESULTS = Path(__file__).parent / "results"
 RSS_OVER_IDLE_MB = 64.0
 RSS_FLAT_MB = 16.0
 # Settings a user's processes do not have (removed so the run measures the defaults).
-NON_DEFAULT = ("FASTDDS_BUILTIN_TRANSPORTS", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE",
-               "ROS_AUTOMATIC_DISCOVERY_RANGE", "IVL_ROS_DDS_PROFILE", "OMP_NUM_THREADS", "ROS_DOMAIN_ID")
+NON_DEFAULT = (
+    "FASTDDS_BUILTIN_TRANSPORTS",
+    "FASTDDS_DEFAULT_PROFILES_FILE",
+    "FASTRTPS_DEFAULT_PROFILES_FILE",
+    "ROS_AUTOMATIC_DISCOVERY_RANGE",
+    "IVL_ROS_DDS_PROFILE",
+    "OMP_NUM_THREADS",
+    "ROS_DOMAIN_ID",
+)
 
 
 def rss_mb(pid: int) -> float:
@@ -81,8 +88,9 @@ def listener() -> None:
     rclpy.init()
     node = rclpy.create_node("bench_plain_listener")
     count = [0]
-    node.create_subscription(Image, "/camera/image_raw", lambda _m: count.__setitem__(0, count[0] + 1),
-                             qos_profile_sensor_data)
+    node.create_subscription(
+        Image, "/camera/image_raw", lambda _m: count.__setitem__(0, count[0] + 1), qos_profile_sensor_data
+    )
     while True:
         rclpy.spin_once(node, timeout_sec=0.05)
         if select.select([sys.stdin], [], [], 0)[0] and not sys.stdin.readline():
@@ -97,10 +105,23 @@ def observe(args: argparse.Namespace, env: dict[str, str], ckpt: Path) -> dict:
 
     from ivl_interfaces.msg import Caption
 
-    node_proc = subprocess.Popen([sys.executable, "-m", "ivl_ros.node.captioner", "--ros-args",
-                                  "-p", f"model_path:={ckpt}", "-p", f"caption_rate_hz:={args.caption_rate}",
-                                  "-p", f"max_tiles:={args.max_tiles}"], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    node_proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ivl_ros.node.captioner",
+            "--ros-args",
+            "-p",
+            f"model_path:={ckpt}",
+            "-p",
+            f"caption_rate_hz:={args.caption_rate}",
+            "-p",
+            f"max_tiles:={args.max_tiles}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     rclpy.init()
     obs = Node("bench_observer")
     captions: list[float] = []
@@ -126,11 +147,27 @@ def observe(args: argparse.Namespace, env: dict[str, str], ckpt: Path) -> dict:
         if time.monotonic() - start > 120 or node_proc.poll() is not None:
             raise SystemExit(f"node not ready (rc {node_proc.poll()})")
     rss_idle = rss_mb(node_proc.pid)
-    plain = subprocess.Popen([sys.executable, __file__, "--listener"], env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    pub = subprocess.Popen([sys.executable, __file__, "--publisher", "--rate", str(args.rate), "--duration",
-                            str(args.duration), "--width", str(args.width), "--height", str(args.height)], env=env,
-                           stdout=subprocess.PIPE, text=True)
+    plain = subprocess.Popen(
+        [sys.executable, __file__, "--listener"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    pub = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--publisher",
+            "--rate",
+            str(args.rate),
+            "--duration",
+            str(args.duration),
+            "--width",
+            str(args.width),
+            "--height",
+            str(args.height),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     t0 = time.monotonic()
     samples = []
     next_sample = t0
@@ -153,22 +190,40 @@ def observe(args: argparse.Namespace, env: dict[str, str], ckpt: Path) -> dict:
     rss = [s["rss_mb"] for s in samples]
     steady = [s["rss_mb"] for s in samples if s["t_s"] >= 10]
     return {
-        "published": published["published"], "publish_seconds": round(published["seconds"], 1),
-        "node_received": int(cam.get("received", 0)), "plain_subscriber_received": plain_received,
+        "published": published["published"],
+        "publish_seconds": round(published["seconds"], 1),
+        "node_received": int(cam.get("received", 0)),
+        "plain_subscriber_received": plain_received,
         "node_captioned": int(cam.get("captioned", 0)),
-        "node_dropped": int(cam.get("dropped", 0)), "node_rejected": int(cam.get("rejected", 0)),
+        "node_dropped": int(cam.get("dropped", 0)),
+        "node_rejected": int(cam.get("rejected", 0)),
         "captions_received": len(captions),
         "caption_rate_hz": round(len(captions) / max(published["seconds"], 1e-9), 2),
-        "caption_age_s": {"median": round(float(np.median(ages)), 3), "p95": round(float(np.percentile(ages, 95)), 3),
-                          "max": round(max(ages), 3)} if ages else {},
+        "caption_age_s": {
+            "median": round(float(np.median(ages)), 3),
+            "p95": round(float(np.percentile(ages, 95)), 3),
+            "max": round(max(ages), 3),
+        }
+        if ages
+        else {},
         "caption_age_bound_s": round(float(model.get("last_latency_ms", "nan")) / 1000 + 1 / args.rate, 3),
         "last_latency_ms": float(model.get("last_latency_ms", "nan")),
-        "rss_mb": {"idle_before_stream": round(rss_idle, 1), "min": min(rss), "max": max(rss),
-                   "growth_after_10s": round(max(steady) - min(steady), 1) if steady else None},
-        "rss_samples": samples, "node_alive_at_end": alive, "node_exit_code_after_sigint": exit_code,
-        "rss_bound": {"over_idle_mb": RSS_OVER_IDLE_MB, "flat_after_10s_mb": RSS_FLAT_MB,
-                      "within": bool(max(rss) - rss_idle <= RSS_OVER_IDLE_MB
-                                     and (not steady or max(steady) - min(steady) <= RSS_FLAT_MB))},
+        "rss_mb": {
+            "idle_before_stream": round(rss_idle, 1),
+            "min": min(rss),
+            "max": max(rss),
+            "growth_after_10s": round(max(steady) - min(steady), 1) if steady else None,
+        },
+        "rss_samples": samples,
+        "node_alive_at_end": alive,
+        "node_exit_code_after_sigint": exit_code,
+        "rss_bound": {
+            "over_idle_mb": RSS_OVER_IDLE_MB,
+            "flat_after_10s_mb": RSS_FLAT_MB,
+            "within": bool(
+                max(rss) - rss_idle <= RSS_OVER_IDLE_MB and (not steady or max(steady) - min(steady) <= RSS_FLAT_MB)
+            ),
+        },
     }
 
 
@@ -241,11 +296,16 @@ def main() -> None:
         ckpt = Path(tmp) / "tiny_internvl2"
         make_tiny_checkpoint(ckpt)
         result = observe(args, env, ckpt)
-    meta = {"command": "python benchmarks/node_stream.py " + " ".join(sys.argv[1:]),
-            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "caption_rate": args.caption_rate,
-            "max_tiles": args.max_tiles, "duration_s": args.duration, "rate_hz": args.rate,
-            "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
+    meta = {
+        "command": "python benchmarks/node_stream.py " + " ".join(sys.argv[1:]),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "caption_rate": args.caption_rate,
+        "max_tiles": args.max_tiles,
+        "duration_s": args.duration,
+        "rate_hz": args.rate,
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "result": result}, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result, meta))

@@ -38,8 +38,9 @@ def write_config_dir(out: Path, geometry: dict, seed: int = 0) -> Path:
 
 
 @torch.no_grad()
-def random_model(name: str, workdir: Path, device: str = "cuda", dtype: str = "bfloat16", seed: int = 0,
-                 attention: str = "sdpa") -> LoadedModel:
+def random_model(
+    name: str, workdir: Path, device: str = "cuda", dtype: str = "bfloat16", seed: int = 0, attention: str = "sdpa"
+) -> LoadedModel:
     from transformers import InternVLForConditionalGeneration
 
     if name not in GEOMETRIES:
@@ -59,7 +60,7 @@ def random_model(name: str, workdir: Path, device: str = "cuda", dtype: str = "b
     # The tiny tokenizer has ~1k pieces and the full-size vocab 92553 rows: zero the head rows it cannot decode,
     # so greedy output stays decodable (those logits are 0, far below the in-range maximum). The matrix keeps
     # its full size, so the work per token is unchanged.
-    model.lm_head.weight[tokenizer.vocab_size:] = 0
+    model.lm_head.weight[tokenizer.vocab_size :] = 0
     lm = model.model.language_model
     with torch_device:
         lm.rotary_emb = type(lm.rotary_emb)(config=hf_config.text_config)

@@ -37,7 +37,7 @@ class SuiteConfig:
     decode_batch: int = 4
     warmup: int = 3
     reps: int = 10
-    slow_warmup: int = 1   # for multi-second measurements (eager decode of 128 tokens)
+    slow_warmup: int = 1  # for multi-second measurements (eager decode of 128 tokens)
     slow_reps: int = 3
 
 
@@ -45,7 +45,7 @@ def test_frame(width: int = 640, height: int = 480, seed: int = 0) -> np.ndarray
     """A structured RGB frame (gradients, a box, mild noise), deterministic."""
     y, x = np.mgrid[0:height, 0:width]
     frame = np.stack([x * 255 // (width - 1), y * 255 // (height - 1), ((x + y) % 64) * 4], axis=-1)
-    frame[height // 4:3 * height // 4, width // 3:2 * width // 3] = (200, 40, 40)
+    frame[height // 4 : 3 * height // 4, width // 3 : 2 * width // 3] = (200, 40, 40)
     noise = np.random.default_rng(seed).integers(-8, 9, frame.shape)
     return np.clip(frame + noise, 0, 255).astype(np.uint8)
 
@@ -63,9 +63,17 @@ def make_workload(engine, cfg: SuiteConfig) -> Workload:
     prep6 = engine.prepare(frame, CAPTION_PROMPT, max_tiles=6)
     prep1 = engine.prepare(frame, CAPTION_PROMPT, max_tiles=1)
     pre = wall_ms(lambda: engine.prepare(frame, CAPTION_PROMPT, max_tiles=6), cfg.warmup, cfg.reps)[0]
-    return Workload(frame, prep6, prep1, {"max6": pre.to_json(), "tiles": prep6.num_tiles,
-                                          "prompt_tokens": len(prep6.prompt_ids),
-                                          "prompt_tokens_1tile": len(prep1.prompt_ids)})
+    return Workload(
+        frame,
+        prep6,
+        prep1,
+        {
+            "max6": pre.to_json(),
+            "tiles": prep6.num_tiles,
+            "prompt_tokens": len(prep6.prompt_ids),
+            "prompt_tokens_1tile": len(prep1.prompt_ids),
+        },
+    )
 
 
 def _tiles(n: int, size: int, device: torch.device, seed: int) -> torch.Tensor:
@@ -89,11 +97,16 @@ def _decode_rate(run: Callable[[], list[list[int]]], first_ms: float, batch: int
     steps = max(len(r) for r in rows) - 1
     per_token = [(t - first_ms) / max(steps, 1) for t in timed.values]
     ms = stats(per_token)
-    return {"tokens_per_s": batch * 1000.0 / ms.median if ms.median > 0 else None,
-            "tokens_per_s_p90_time": batch * 1000.0 / ms.p90 if ms.p90 > 0 else None,
-            "ms_per_step": ms.to_json(), "total_ms": timed.to_json(), "new_tokens": [len(r) for r in rows],
-            "token_ids": rows,
-            "first_token_ms": first_ms, "batch": batch}
+    return {
+        "tokens_per_s": batch * 1000.0 / ms.median if ms.median > 0 else None,
+        "tokens_per_s_p90_time": batch * 1000.0 / ms.p90 if ms.p90 > 0 else None,
+        "ms_per_step": ms.to_json(),
+        "total_ms": timed.to_json(),
+        "new_tokens": [len(r) for r in rows],
+        "token_ids": rows,
+        "first_token_ms": first_ms,
+        "batch": batch,
+    }
 
 
 def run_suite(bench, work: Workload, device: torch.device, tile_size: int, cfg: SuiteConfig) -> dict:
@@ -113,12 +126,14 @@ def run_suite(bench, work: Workload, device: torch.device, tile_size: int, cfg: 
     _reset_peak(device)
     one = GenerationSettings(max_new_tokens=1)
     if bench.has_vision:
+
         def vision() -> dict:
             res = {}
             for n in cfg.tile_counts:
                 pv = _tiles(n, tile_size, device, seed=n)
                 res[str(n)] = device_ms(lambda pv=pv: bench.vision(pv), cfg.warmup, cfg.reps).to_json()
             return res
+
         guard("vision_ms", vision)
 
     # The backend's own preparation (device tiling puts the tiles on the device); same tokens and tiles.
@@ -132,6 +147,7 @@ def run_suite(bench, work: Workload, device: torch.device, tile_size: int, cfg: 
         frame = wall_ms(lambda: bench.generate([bench.prepare(work.frame, 6)], one), cfg.warmup, cfg.reps)[0]
         res["max6_from_frame"] = {**frame.to_json(), "tiles": prep6.num_tiles}
         return res
+
     guard("ttft_ms", ttft)
     first = out.get("ttft_ms", {}).get("max6", {}).get("median", 0.0)
     many = GenerationSettings(max_new_tokens=cfg.decode_tokens)
@@ -144,6 +160,7 @@ def run_suite(bench, work: Workload, device: torch.device, tile_size: int, cfg: 
     def decode_batch() -> dict:
         first_b = wall_ms(lambda: bench.generate(batch, one), cfg.slow_warmup, cfg.slow_reps)[0].median
         return _decode_rate(lambda: bench.generate(batch, many), first_b, cfg.decode_batch, cfg)
+
     guard(f"decode_b{cfg.decode_batch}", decode_batch)
     out["peak_gb"] = _peak_gb(device)
     return out

@@ -42,23 +42,42 @@ VISION_FILE, ENGINE_FILE, CACHE_FILE = "vision.onnx", "vision.engine", "timing.c
 TRT_VISION_FILE = "vision_trt.onnx"  # the plain-attention graph TensorRT parses when vision.onnx is fused
 EMBED_FILE, DECODER_FILE = "embed_tokens.npy", "decoder.onnx"
 QUANT_FILES = {"int8": "decoder_int8.onnx", "int4": "decoder_int4.onnx"}
-QUANT_QUESTIONS = ["What is in front of the robot?", "Describe the room.", "Is there a chair?",
-                   "Would a sofa be found here?", "Where is the door?", "Provide a one-sentence caption."]
+QUANT_QUESTIONS = [
+    "What is in front of the robot?",
+    "Describe the room.",
+    "Is there a chair?",
+    "Would a sofa be found here?",
+    "Where is the door?",
+    "Provide a one-sentence caption.",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="build_engines.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, help="checkpoint directory (default: $IVL_MODEL or the demo model)")
-    p.add_argument("--out", type=Path, help="engines directory to write (default: <checkpoint>-engines next to "
-                   "the checkpoint, where the onnx/trt backends look when no engines path is given)")
-    add_max_tiles_option(p, UPSTREAM_MAX_TILES, f"{UPSTREAM_MAX_TILES}; the largest max_tiles the engines serve, "
-                         "+1 thumbnail")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
-                   help="fp32: the CPU export; fp16/bf16: the GPU export (fused attention, static KV cache)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="engines directory to write (default: <checkpoint>-engines next to "
+        "the checkpoint, where the onnx/trt backends look when no engines path is given)",
+    )
+    add_max_tiles_option(
+        p, UPSTREAM_MAX_TILES, f"{UPSTREAM_MAX_TILES}; the largest max_tiles the engines serve, +1 thumbnail"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16"],
+        default="fp32",
+        help="fp32: the CPU export; fp16/bf16: the GPU export (fused attention, static KV cache)",
+    )
     p.add_argument("--trt", choices=["auto", "tensorrt", "tensorrt_rtx", "off"], default="auto")
     p.add_argument("--llm-quant", choices=["none", "int8", "int4"], default="none")
-    p.add_argument("--device", type=device_name, default="cpu",
-                   help="torch device for export and the reference (cpu, cuda, cuda:N)")
+    p.add_argument(
+        "--device",
+        type=device_name,
+        default="cpu",
+        help="torch device for export and the reference (cpu, cuda, cuda:N)",
+    )
     return p.parse_args(argv)
 
 
@@ -101,13 +120,18 @@ class Builder:
         m = self.manifest.data
         m["source"] = {"path": str(self.model_path), "checkpoint_hash": ckpt_hash, "layout": layout}
         m["spec"] = spec.to_json()
-        m["precision"] = {"vision": self.args.precision, "decoder": self.args.precision,
-                          "decoder_quant": self.args.llm_quant}
+        m["precision"] = {
+            "vision": self.args.precision,
+            "decoder": self.args.precision,
+            "decoder_quant": self.args.llm_quant,
+        }
         m["max_tiles"] = self.args.max_tiles
         m["tools"] = tool_versions()
         m["vision"] = {"tile_profile": dict(zip(("min", "opt", "max"), self.tile_profile, strict=True))}
-        m["decoder"] = {"runtime_stage": STAGE_QUANTIZE if self.args.llm_quant != "none" else STAGE_DECODER,
-                        "graph": "traced" if self.fp32 else "fused"}
+        m["decoder"] = {
+            "runtime_stage": STAGE_QUANTIZE if self.args.llm_quant != "none" else STAGE_DECODER,
+            "graph": "traced" if self.fp32 else "fused",
+        }
         self.manifest.save()
 
     # -- stages ---------------------------------------------------------------------------------------
@@ -137,8 +161,14 @@ class Builder:
         # used, this stage also writes the plain graph in the same precision (TensorRT fuses attention itself).
         # Made here, not in the TensorRT stage, so that a Jetson builds its engine from copied ONNX files alone.
         trt_graph = not self.fp32 and self.args.trt != "off"
-        key = stage_key(stage=STAGE_VISION, ckpt=ckpt, precision=self.args.precision, tiles=self.tile_profile[2],
-                        attention=attention, trt_graph=trt_graph)
+        key = stage_key(
+            stage=STAGE_VISION,
+            ckpt=ckpt,
+            precision=self.args.precision,
+            tiles=self.tile_profile[2],
+            attention=attention,
+            trt_graph=trt_graph,
+        )
         with self.progress.stage(f"vision ONNX (ViT + pixel shuffle + projector, {attention} attention)") as note:
             if self.manifest.is_fresh(STAGE_VISION, key):
                 note["result"] = "unchanged, skipped"
@@ -147,23 +177,47 @@ class Builder:
 
             path = self.out / VISION_FILE
             t0 = time.perf_counter()
-            info = export_vision(self.loaded.model, self.spec.tile_size, self.tile_profile[2], self.args.precision,
-                                 path, attention=attention)
+            info = export_vision(
+                self.loaded.model,
+                self.spec.tile_size,
+                self.tile_profile[2],
+                self.args.precision,
+                path,
+                attention=attention,
+            )
             files = {"file": VISION_FILE}
             if trt_graph:
-                export_vision(self.loaded.model, self.spec.tile_size, self.tile_profile[2], self.args.precision,
-                              self.out / TRT_VISION_FILE, attention="plain")
+                export_vision(
+                    self.loaded.model,
+                    self.spec.tile_size,
+                    self.tile_profile[2],
+                    self.args.precision,
+                    self.out / TRT_VISION_FILE,
+                    attention="plain",
+                )
                 files["trt_onnx"] = TRT_VISION_FILE
             export_s = time.perf_counter() - t0
             counts = sorted({1, min(3, self.tile_profile[2])})
             providers = self.providers()
             if self.args.precision == "bf16" and providers[0] == "CPUExecutionProvider":
-                check = {"max_abs_diff": None, "reason": "ONNX Runtime's CPU provider cannot run bf16 Conv; "
-                                                         "checked on CUDA (build with --device cuda) or by TensorRT"}
+                check = {
+                    "max_abs_diff": None,
+                    "reason": "ONNX Runtime's CPU provider cannot run bf16 Conv; "
+                    "checked on CUDA (build with --device cuda) or by TensorRT",
+                }
             else:
                 check = compare_vision(self.loaded.model, path, self.spec.tile_size, counts, providers)
-            self.manifest.record(STAGE_VISION, key, "done", files, export_seconds=round(export_s, 2),
-                                 input=VISION_INPUT, output=VISION_OUTPUT, check=check, **info)
+            self.manifest.record(
+                STAGE_VISION,
+                key,
+                "done",
+                files,
+                export_seconds=round(export_s, 2),
+                input=VISION_INPUT,
+                output=VISION_OUTPUT,
+                check=check,
+                **info,
+            )
             diff = check["max_abs_diff"]
             note["detail"] = f"max abs diff vs torch {diff:.2e}" if diff is not None else check["reason"]
         return key
@@ -184,8 +238,13 @@ class Builder:
                 self.manifest.record(STAGE_TENSORRT, "", "skipped", reason=str(exc))
                 note["result"], note["detail"] = "skipped", "no TensorRT package importable"
                 return
-            key = stage_key(stage=STAGE_TENSORRT, vision=vision_key, module=module_name, version=trt.__version__,
-                            profile=self.tile_profile)
+            key = stage_key(
+                stage=STAGE_TENSORRT,
+                vision=vision_key,
+                module=module_name,
+                version=trt.__version__,
+                profile=self.tile_profile,
+            )
             if self.manifest.is_fresh(STAGE_TENSORRT, key):
                 note["result"] = "unchanged, skipped"
                 return
@@ -193,12 +252,27 @@ class Builder:
 
             vision = self.manifest.stage(STAGE_VISION)
             source = stage_file(self.manifest.data, self.out, STAGE_VISION, "file" if self.fp32 else "trt_onnx")
-            info = build_vision_engine(source, self.out / ENGINE_FILE, self.out / CACHE_FILE, module_name,
-                                       self.tile_profile, self.spec.tile_size, vision["input"], vision["output"])
-            self.manifest.record(STAGE_TENSORRT, key, "done", {"file": ENGINE_FILE, "timing_cache": CACHE_FILE,
-                                                               "onnx": source.name}, **info)
-            note["detail"] = (f"{module_name} {trt.__version__}, targets {','.join(info['compute_capabilities'])}, "
-                              f"{info['engine_bytes'] / 1e6:.1f} MB")
+            info = build_vision_engine(
+                source,
+                self.out / ENGINE_FILE,
+                self.out / CACHE_FILE,
+                module_name,
+                self.tile_profile,
+                self.spec.tile_size,
+                vision["input"],
+                vision["output"],
+            )
+            self.manifest.record(
+                STAGE_TENSORRT,
+                key,
+                "done",
+                {"file": ENGINE_FILE, "timing_cache": CACHE_FILE, "onnx": source.name},
+                **info,
+            )
+            note["detail"] = (
+                f"{module_name} {trt.__version__}, targets {','.join(info['compute_capabilities'])}, "
+                f"{info['engine_bytes'] / 1e6:.1f} MB"
+            )
 
     def stage_embedding(self, ckpt: str) -> None:
         key = stage_key(stage=STAGE_EMBEDDING, ckpt=ckpt)
@@ -232,10 +306,18 @@ class Builder:
 
                 info = build_fused_decoder(self.loaded.model, path, self.args.precision)
                 export_s = time.perf_counter() - t0
-                check = compare_fused_decoder(self.loaded.model, path, self.providers(), self.args.precision,
-                                              self.args.device)
-            self.manifest.record(STAGE_DECODER, key, "done", {"file": DECODER_FILE}, export_seconds=round(export_s, 2),
-                                 check=check, **info)
+                check = compare_fused_decoder(
+                    self.loaded.model, path, self.providers(), self.args.precision, self.args.device
+                )
+            self.manifest.record(
+                STAGE_DECODER,
+                key,
+                "done",
+                {"file": DECODER_FILE},
+                export_seconds=round(export_s, 2),
+                check=check,
+                **info,
+            )
             diff = check.get("logits_max_abs_diff")
             note["detail"] = f"logits max abs diff vs torch {diff:.2e}" if diff is not None else check["reason"]
         return key
@@ -260,21 +342,46 @@ class Builder:
             info = quantize_decoder(src, dst, mode)
             quant_s = time.perf_counter() - t0
             table = np.load(self.out / EMBED_FILE, mmap_mode="r", allow_pickle=False)
-            prompts = [self.tokenizer.encode(chat_prompt(q, None, self.spec.tokens_per_tile, (),
-                                                         self.spec.system_message, self.spec.template)[1])
-                       for q in QUANT_QUESTIONS]
-            accuracy = measure_quantization(src, dst, table, prompts, new_tokens=16, providers=self.providers(),
-                                            decoder_info=self.manifest.stage(STAGE_DECODER), device=self.args.device)
-            sizes = {"source_precision": self.args.precision, "float_bytes": onnx_size(src),
-                     "quant_bytes": onnx_size(dst)}
+            prompts = [
+                self.tokenizer.encode(
+                    chat_prompt(q, None, self.spec.tokens_per_tile, (), self.spec.system_message, self.spec.template)[1]
+                )
+                for q in QUANT_QUESTIONS
+            ]
+            accuracy = measure_quantization(
+                src,
+                dst,
+                table,
+                prompts,
+                new_tokens=16,
+                providers=self.providers(),
+                decoder_info=self.manifest.stage(STAGE_DECODER),
+                device=self.args.device,
+            )
+            sizes = {
+                "source_precision": self.args.precision,
+                "float_bytes": onnx_size(src),
+                "quant_bytes": onnx_size(dst),
+            }
             sizes["ratio"] = round(sizes["quant_bytes"] / sizes["float_bytes"], 4)
             if self.fp32:
                 sizes["fp32_bytes"] = sizes["float_bytes"]  # the name older manifests and tests read
-            self.manifest.record(STAGE_QUANTIZE, key, "done", {"file": QUANT_FILES[mode]}, mode=mode,
-                                 quantize_seconds=round(quant_s, 2), accuracy=accuracy, size=sizes, **info)
-            note["detail"] = (f"size x{sizes['ratio']:.2f}, identical greedy {accuracy['identical_sequences']}/"
-                              f"{accuracy['prompts']}, first-step logit drift "
-                              f"{accuracy['first_step_logits_max_abs_diff']:.3f}")
+            self.manifest.record(
+                STAGE_QUANTIZE,
+                key,
+                "done",
+                {"file": QUANT_FILES[mode]},
+                mode=mode,
+                quantize_seconds=round(quant_s, 2),
+                accuracy=accuracy,
+                size=sizes,
+                **info,
+            )
+            note["detail"] = (
+                f"size x{sizes['ratio']:.2f}, identical greedy {accuracy['identical_sequences']}/"
+                f"{accuracy['prompts']}, first-step logit drift "
+                f"{accuracy['first_step_logits_max_abs_diff']:.3f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,9 +47,13 @@ class DecoderWrapper(torch.nn.Module):
 
         pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
         cache = DynamicCache(ddp_cache_data=pairs, config=self.text_config)
-        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, use_cache=True,
-                                  **cache_kwargs(self.language_model, cache))
+        out = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **cache_kwargs(self.language_model, cache),
+        )
         # Keep the sliced state 3-D: lm_head then exports as MatMul (not Gemm), which MatMulNBits can quantise.
         logits = self.lm_head(out.last_hidden_state[:, -1:, :])[:, 0, :].float()
         presents = []
@@ -61,9 +65,15 @@ class DecoderWrapper(torch.nn.Module):
 def text_geometry(model: torch.nn.Module) -> dict:
     cfg = model.config.text_config
     heads = cfg.num_attention_heads
-    return {"hidden": cfg.hidden_size, "layers": cfg.num_hidden_layers, "heads": heads,
-            "kv_heads": cfg.num_key_value_heads, "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
-            "vocab": cfg.vocab_size, "intermediate": cfg.intermediate_size}
+    return {
+        "hidden": cfg.hidden_size,
+        "layers": cfg.num_hidden_layers,
+        "heads": heads,
+        "kv_heads": cfg.num_key_value_heads,
+        "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+        "vocab": cfg.vocab_size,
+        "intermediate": cfg.intermediate_size,
+    }
 
 
 def sample_inputs(geo: dict, batch: int, seq: int, past: int, seed: int = 0, device="cpu") -> tuple:
@@ -97,27 +107,46 @@ def export_decoder(model: torch.nn.Module, out_path: Path) -> dict:
         args = sample_inputs(geo, batch=2, seq=5, past=3, device=device)
         batch, seq = torch.export.Dim("batch", min=1, max=256), torch.export.Dim("seq", min=1, max=32768)
         total, past = torch.export.Dim("total", min=1, max=32768), torch.export.Dim("past", min=0, max=32768)
-        shapes = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq},
-                  tuple({0: batch, 2: past} for _ in range(2 * geo["layers"])))
+        shapes = (
+            {0: batch, 1: seq},
+            {0: batch, 1: total},
+            {0: batch, 1: seq},
+            tuple({0: batch, 2: past} for _ in range(2 * geo["layers"])),
+        )
         with torch.no_grad():
-            torch.onnx.export(wrapper, args, str(out_path), dynamo=True, opset_version=OPSET,
-                              input_names=input_names(geo["layers"]), output_names=output_names(geo["layers"]),
-                              dynamic_shapes=shapes, external_data=True, verbose=False)
+            torch.onnx.export(
+                wrapper,
+                args,
+                str(out_path),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=input_names(geo["layers"]),
+                output_names=output_names(geo["layers"]),
+                dynamic_shapes=shapes,
+                external_data=True,
+                verbose=False,
+            )
     finally:
         lm.rotary_emb.rope_type = saved_rope
     import onnx
 
     onnx.checker.check_model(str(out_path))
     kv = ["batch", geo["kv_heads"], "past", geo["head_dim"]]
-    inputs = {"inputs_embeds": ["batch", "seq", geo["hidden"]], "attention_mask": ["batch", "past+seq"],
-              "position_ids": ["batch", "seq"]}
+    inputs = {
+        "inputs_embeds": ["batch", "seq", geo["hidden"]],
+        "attention_mask": ["batch", "past+seq"],
+        "position_ids": ["batch", "seq"],
+    }
     outputs = {"logits": ["batch", geo["vocab"]]}
     for i in range(geo["layers"]):
         inputs[f"past_key_values.{i}.key"] = inputs[f"past_key_values.{i}.value"] = kv
-        outputs[f"present.{i}.key"] = outputs[f"present.{i}.value"] = ["batch", geo["kv_heads"], "past+seq",
-                                                                       geo["head_dim"]]
-    return {"inputs": inputs, "outputs": outputs, "opset": OPSET, "geometry": geo,
-            "logits": "last position only"}
+        outputs[f"present.{i}.key"] = outputs[f"present.{i}.value"] = [
+            "batch",
+            geo["kv_heads"],
+            "past+seq",
+            geo["head_dim"],
+        ]
+    return {"inputs": inputs, "outputs": outputs, "opset": OPSET, "geometry": geo, "logits": "last position only"}
 
 
 def compare_decoder(model: torch.nn.Module, onnx_path: Path, providers: list[str]) -> dict:
@@ -137,6 +166,5 @@ def compare_decoder(model: torch.nn.Module, onnx_path: Path, providers: list[str
             ref = [t.float().cpu().numpy() for t in wrapper(*args)]
         got = session.run(None, {n: a.cpu().numpy() for n, a in zip(names, args, strict=True)})
         logit_diff = max(logit_diff, float(np.abs(got[0] - ref[0]).max()))
-        present_diff = max(present_diff, max(float(np.abs(g - r).max()) for g, r in zip(got[1:], ref[1:],
-                                                                                        strict=True)))
+        present_diff = max(present_diff, max(float(np.abs(g - r).max()) for g, r in zip(got[1:], ref[1:], strict=True)))
     return {"logits_max_abs_diff": logit_diff, "present_max_abs_diff": present_diff, "provider": providers[0]}

@@ -79,7 +79,7 @@ class _Graph:
         self.nodes: list = []
         self.initializers: list = []
         self.data_name = data_path.name
-        self.data = open(data_path, "wb")  # noqa: SIM115 (closed by build_fused_decoder)
+        self.data = open(data_path, "wb")
         self.offset = 0
 
     def weight(self, name: str, value: torch.Tensor, precision: str | None = None) -> str:
@@ -129,9 +129,15 @@ def _add_layers(g: _Graph, model: torch.nn.Module, positions: int) -> None:
     if g.precision != "fp32":
         x = g.node("Cast", ["inputs_embeds"], ["embeds_cast"], "cast_in", to=_onnx_types()[g.precision])[0]
     layers = list(lm.layers)
-    hidden = g.node("SimplifiedLayerNormalization",
-                    [x, g.weight("layers.0.input_norm", layers[0].input_layernorm.weight)], ["l0.norm_in"],
-                    "l0.norm_in", axis=-1, epsilon=eps, stash_type=1)[0]
+    hidden = g.node(
+        "SimplifiedLayerNormalization",
+        [x, g.weight("layers.0.input_norm", layers[0].input_layernorm.weight)],
+        ["l0.norm_in"],
+        "l0.norm_in",
+        axis=-1,
+        epsilon=eps,
+        stash_type=1,
+    )[0]
     residual = x
     for i, layer in enumerate(layers):
         att, mlp = layer.self_attn, layer.mlp
@@ -139,43 +145,77 @@ def _add_layers(g: _Graph, model: torch.nn.Module, positions: int) -> None:
             raise ValueError("the fused decoder has no attention biases (InternLM2/Llama have none)")
         qkv_w = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).T
         qkv = g.node("MatMul", [hidden, g.weight(f"layers.{i}.qkv.weight", qkv_w)], [f"l{i}.qkv"], f"l{i}.qkv")[0]
-        attn = g.node("GroupQueryAttention",
-                      [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
-                       "total_sequence_length", "rope.cos", "rope.sin"],
-                      [f"l{i}.attn", f"present.{i}.key", f"present.{i}.value"], f"l{i}.gqa", domain=ms,
-                      num_heads=geo["heads"], kv_num_heads=geo["kv_heads"], do_rotary=1, rotary_interleaved=0,
-                      scale=float(att.scaling))[0]
-        o = g.node("MatMul", [attn, g.weight(f"layers.{i}.o.weight", att.o_proj.weight.T)], [f"l{i}.o"],
-                   f"l{i}.o")[0]
+        attn = g.node(
+            "GroupQueryAttention",
+            [
+                qkv,
+                "",
+                "",
+                f"past_key_values.{i}.key",
+                f"past_key_values.{i}.value",
+                "seqlens_k",
+                "total_sequence_length",
+                "rope.cos",
+                "rope.sin",
+            ],
+            [f"l{i}.attn", f"present.{i}.key", f"present.{i}.value"],
+            f"l{i}.gqa",
+            domain=ms,
+            num_heads=geo["heads"],
+            kv_num_heads=geo["kv_heads"],
+            do_rotary=1,
+            rotary_interleaved=0,
+            scale=float(att.scaling),
+        )[0]
+        o = g.node("MatMul", [attn, g.weight(f"layers.{i}.o.weight", att.o_proj.weight.T)], [f"l{i}.o"], f"l{i}.o")[0]
         normed, _, _, residual = g.node(
             "SkipSimplifiedLayerNormalization",
             [o, residual, g.weight(f"layers.{i}.post_norm", layer.post_attention_layernorm.weight)],
-            [f"l{i}.norm_post", "", "", f"l{i}.resid_attn"], f"l{i}.norm_post", domain=ms, epsilon=eps)
+            [f"l{i}.norm_post", "", "", f"l{i}.resid_attn"],
+            f"l{i}.norm_post",
+            domain=ms,
+            epsilon=eps,
+        )
         gate_up_w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).T
-        gate_up = g.node("MatMul", [normed, g.weight(f"layers.{i}.gate_up.weight", gate_up_w)], [f"l{i}.gate_up"],
-                         f"l{i}.gate_up")[0]
+        gate_up = g.node(
+            "MatMul", [normed, g.weight(f"layers.{i}.gate_up.weight", gate_up_w)], [f"l{i}.gate_up"], f"l{i}.gate_up"
+        )[0]
         gate, up = g.node("Split", [gate_up], [f"l{i}.gate", f"l{i}.up"], f"l{i}.split", axis=-1, num_outputs=2)
         silu = g.node("QuickGelu", [gate], [f"l{i}.silu"], f"l{i}.silu", domain=ms, alpha=1.0)[0]
         act = g.node("Mul", [silu, up], [f"l{i}.act"], f"l{i}.act")[0]
-        down = g.node("MatMul", [act, g.weight(f"layers.{i}.down.weight", mlp.down_proj.weight.T)], [f"l{i}.down"],
-                      f"l{i}.down")[0]
+        down = g.node(
+            "MatMul", [act, g.weight(f"layers.{i}.down.weight", mlp.down_proj.weight.T)], [f"l{i}.down"], f"l{i}.down"
+        )[0]
         last = i == len(layers) - 1
         norm_w = lm.norm.weight if last else layers[i + 1].input_layernorm.weight
         norm_name = "final_norm" if last else f"layers.{i + 1}.input_norm"
         hidden, _, _, residual = g.node(
-            "SkipSimplifiedLayerNormalization", [down, residual, g.weight(norm_name, norm_w)],
-            [f"l{i}.out", "", "", f"l{i}.resid_mlp"], f"l{i}.norm_out", domain=ms, epsilon=eps)
+            "SkipSimplifiedLayerNormalization",
+            [down, residual, g.weight(norm_name, norm_w)],
+            [f"l{i}.out", "", "", f"l{i}.resid_mlp"],
+            f"l{i}.norm_out",
+            domain=ms,
+            epsilon=eps,
+        )
     picked = g.node("GatherND", [hidden, "logits_index"], ["last_hidden"], "pick_last", batch_dims=1)[0]
     head = "logits" if g.precision == "fp32" else "logits_t"
     g.node("MatMul", [picked, g.weight("lm_head.weight", model.lm_head.weight.T)], [head], "lm_head")
     if g.precision != "fp32":
         g.node("Cast", [head], ["logits"], "cast_logits", to=TensorProto.FLOAT)
-    g.node("TopK", ["logits", g.constant("top_k", np.array([2], np.int64))], ["top_values", "top_ids"], "top2",
-           axis=-1, largest=1, sorted=1)
+    g.node(
+        "TopK",
+        ["logits", g.constant("top_k", np.array([2], np.int64))],
+        ["top_values", "top_ids"],
+        "top2",
+        axis=-1,
+        largest=1,
+        sorted=1,
+    )
 
 
-def build_fused_decoder(model: torch.nn.Module, out_path: Path, precision: str,
-                        max_positions: int | None = None) -> dict:
+def build_fused_decoder(
+    model: torch.nn.Module, out_path: Path, precision: str, max_positions: int | None = None
+) -> dict:
     """Write the decoder ONNX (weights in ``<out_path>.data``); returns what the manifest records."""
     import onnx
     from onnx import TensorProto, helper
@@ -193,42 +233,60 @@ def build_fused_decoder(model: torch.nn.Module, out_path: Path, precision: str,
         g.data.close()
     elem = _onnx_types()[precision]
     kv_shape = ["batch", geo["kv_heads"], "capacity", geo["head_dim"]]
-    inputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "seq", geo["hidden"]]),
-              helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
-              helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
-              helper.make_tensor_value_info("logits_index", TensorProto.INT64, ["batch", 1])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", geo["vocab"]]),
-               helper.make_tensor_value_info("top_ids", TensorProto.INT64, ["batch", 2])]
+    inputs = [
+        helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "seq", geo["hidden"]]),
+        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+        helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+        helper.make_tensor_value_info("logits_index", TensorProto.INT64, ["batch", 1]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", geo["vocab"]]),
+        helper.make_tensor_value_info("top_ids", TensorProto.INT64, ["batch", 2]),
+    ]
     for i in range(geo["layers"]):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", elem, kv_shape))
             outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", elem, kv_shape))
     graph = helper.make_graph(g.nodes, "ivl_fused_decoder", inputs, outputs, g.initializers)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                    helper.make_opsetid("com.microsoft", 1)],
-                              producer_name="ivl_ros export/fused_decoder.py")
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+        producer_name="ivl_ros export/fused_decoder.py",
+    )
     proto.ir_version = IR_VERSION
     onnx.save_model(proto, str(out_path))  # the weights are already in the .data file
     ops: dict[str, int] = {}
     for n in g.nodes:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return {"graph": "fused", "precision": precision, "opset": OPSET, "geometry": geo,
-            "max_positions": positions, "kv_cache": "static, shared past/present buffers (in place)",
-            "padding": "right", "inputs": {i.name: _dims(i) for i in inputs[:4]},
-            "outputs": {o.name: _dims(o) for o in outputs[:2]}, "op_counts": ops, "nodes": len(g.nodes)}
+    return {
+        "graph": "fused",
+        "precision": precision,
+        "opset": OPSET,
+        "geometry": geo,
+        "max_positions": positions,
+        "kv_cache": "static, shared past/present buffers (in place)",
+        "padding": "right",
+        "inputs": {i.name: _dims(i) for i in inputs[:4]},
+        "outputs": {o.name: _dims(o) for o in outputs[:2]},
+        "op_counts": ops,
+        "nodes": len(g.nodes),
+    }
 
 
 def _dims(value_info) -> list:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-def compare_fused_decoder(model: torch.nn.Module, onnx_path: Path, providers: list[str], precision: str,
-                          device: str = "cpu", steps: int = 4) -> dict:
+def compare_fused_decoder(
+    model: torch.nn.Module, onnx_path: Path, providers: list[str], precision: str, device: str = "cpu", steps: int = 4
+) -> dict:
     """ORT vs the torch model on a right-padded batch: the prompt, then ``steps`` decode steps fed the torch
     model's greedy tokens on both sides. Logit max abs diff and top-1 agreement (torch in its own dtype)."""
     if precision == "bf16" and providers[0] == "CPUExecutionProvider":
-        return {"logits_max_abs_diff": None,
-                "reason": "ONNX Runtime's CPU provider has no bfloat16 MatMul; checked on CUDA (--device cuda)"}
+        return {
+            "logits_max_abs_diff": None,
+            "reason": "ONNX Runtime's CPU provider has no bfloat16 MatMul; checked on CUDA (--device cuda)",
+        }
     from transformers import DynamicCache
 
     from ivl_ros.model.backends.ort_fused import FusedDecoder, cache_capacity
@@ -244,7 +302,7 @@ def compare_fused_decoder(model: torch.nn.Module, onnx_path: Path, providers: li
     state = decoder.allocate(len(rows), cache_capacity(int(lengths.max()) + steps, decoder.max_positions))
     prompt = np.zeros((len(rows), int(lengths.max()), table.shape[1]), np.float32)
     for b, ids in enumerate(rows):
-        prompt[b, :len(ids)] = table[ids]
+        prompt[b, : len(ids)] = table[ids]
     decoder.prefill(state, prompt, lengths)
     diff, scale, agree, total = 0.0, 0.0, 0, 0
     caches = [DynamicCache(config=model.config.text_config) for _ in rows]
@@ -267,5 +325,12 @@ def compare_fused_decoder(model: torch.nn.Module, onnx_path: Path, providers: li
             nxt = ref.argmax(-1)
             feed = [np.array([t]) for t in nxt]
             decoder.step(state, table[nxt][:, None, :])
-    return {"logits_max_abs_diff": diff, "max_abs_logit": scale, "top1_agreement": agree / total,
-            "positions_compared": total, "rows": lengths.tolist(), "decode_steps": steps, "provider": providers[0]}
+    return {
+        "logits_max_abs_diff": diff,
+        "max_abs_logit": scale,
+        "top1_agreement": agree / total,
+        "positions_compared": total,
+        "rows": lengths.tolist(),
+        "decode_steps": steps,
+        "provider": providers[0],
+    }

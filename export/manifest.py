@@ -27,8 +27,18 @@ from ivl_ros.model.backends.engines import (
 # Bump when the export code changes what it writes, so that old outputs are rebuilt.
 EXPORT_CODE_VERSION = 1
 
-TOOL_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnx-ir",
-                 "tensorrt", "tensorrt-rtx-cu13", "numpy")
+TOOL_PACKAGES = (
+    "torch",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxscript",
+    "onnx-ir",
+    "tensorrt",
+    "tensorrt-rtx-cu13",
+    "numpy",
+)
 
 
 def tool_versions() -> dict[str, str]:
@@ -56,8 +66,11 @@ class Manifest:
                 self.data = json.loads(self.path.read_bytes().decode("utf-8"))
             except (ValueError, RecursionError):  # not UTF-8, not JSON: everything is rebuilt
                 self.data = {}
-        if not isinstance(self.data, dict) or self.data.get("format") != FORMAT_VERSION or \
-                not isinstance(self.data.get("stages", {}), dict):
+        if (
+            not isinstance(self.data, dict)
+            or self.data.get("format") != FORMAT_VERSION
+            or not isinstance(self.data.get("stages", {}), dict)
+        ):
             self.data = {}
         self.data["format"] = FORMAT_VERSION
         self.data.setdefault("stages", {})

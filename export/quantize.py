@@ -24,16 +24,27 @@ def quantize_decoder(src: Path, dst: Path, mode: str) -> dict:
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
 
     model = onnx.load(str(src))  # loads external data too
-    quantizer = MatMulNBitsQuantizer(model, bits=BITS[mode], block_size=BLOCK_SIZE, is_symmetric=True,
-                                     accuracy_level=4)
+    quantizer = MatMulNBitsQuantizer(model, bits=BITS[mode], block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=4)
     quantizer.process()
     qmodel = quantizer.model.model
     n_nbits = sum(1 for node in qmodel.graph.node if node.op_type == "MatMulNBits")
     n_matmul = sum(1 for node in qmodel.graph.node if node.op_type == "MatMul")
-    onnx.save_model(qmodel, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=dst.name + ".data", size_threshold=1024)
-    return {"bits": BITS[mode], "block_size": BLOCK_SIZE, "accuracy_level": 4, "symmetric": True,
-            "matmuls_quantized": n_nbits, "matmuls_left_float": n_matmul}
+    onnx.save_model(
+        qmodel,
+        str(dst),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=dst.name + ".data",
+        size_threshold=1024,
+    )
+    return {
+        "bits": BITS[mode],
+        "block_size": BLOCK_SIZE,
+        "accuracy_level": 4,
+        "symmetric": True,
+        "matmuls_quantized": n_nbits,
+        "matmuls_left_float": n_matmul,
+    }
 
 
 def onnx_size(path: Path) -> int:
@@ -41,9 +52,16 @@ def onnx_size(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
-def measure_quantization(float_path: Path, quant_path: Path, embedding: np.ndarray, prompts: list[list[int]],
-                         new_tokens: int, providers: list[str], decoder_info: dict | None = None,
-                         device: str = "cpu") -> dict:
+def measure_quantization(
+    float_path: Path,
+    quant_path: Path,
+    embedding: np.ndarray,
+    prompts: list[list[int]],
+    new_tokens: int,
+    providers: list[str],
+    decoder_info: dict | None = None,
+    device: str = "cpu",
+) -> dict:
     """Logit drift of the first step and greedy-token agreement of the quantised decoder vs the float one."""
     from ivl_ros.model.backends.exported import open_decoder
 
@@ -62,9 +80,14 @@ def measure_quantization(float_path: Path, quant_path: Path, embedding: np.ndarr
         total += len(ref_tokens)
         same = [a == b for a, b in zip(ref_tokens, q_tokens, strict=True)] + [False]
         prefix += same.index(False)
-    return {"prompts": len(prompts), "new_tokens": new_tokens, "identical_sequences": identical,
-            "token_agreement": agree / max(1, total), "mean_common_prefix": prefix / max(1, len(prompts)),
-            "first_step_logits_max_abs_diff": drift,
-            "first_step_logits_std": logit_scale,
-            "note": "teacher-free greedy runs from the same prompt; random-weight models have flat logits, so "
-                    "exact-token agreement understates quality there"}
+    return {
+        "prompts": len(prompts),
+        "new_tokens": new_tokens,
+        "identical_sequences": identical,
+        "token_agreement": agree / max(1, total),
+        "mean_common_prefix": prefix / max(1, len(prompts)),
+        "first_step_logits_max_abs_diff": drift,
+        "first_step_logits_std": logit_scale,
+        "note": "teacher-free greedy runs from the same prompt; random-weight models have flat logits, so "
+        "exact-token agreement understates quality there",
+    }

@@ -28,9 +28,16 @@ def _current_sm() -> str:
     return f"SM{major}{minor}"
 
 
-def build_vision_engine(onnx_path: Path, engine_path: Path, cache_path: Path, choice: str,
-                        tiles: tuple[int, int, int], tile_size: int, input_name: str,
-                        output_name: str) -> dict:
+def build_vision_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    cache_path: Path,
+    choice: str,
+    tiles: tuple[int, int, int],
+    tile_size: int,
+    input_name: str,
+    output_name: str,
+) -> dict:
     module_name, trt = import_tensorrt(choice)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -61,8 +68,15 @@ def build_vision_engine(onnx_path: Path, engine_path: Path, cache_path: Path, ch
     engine_path.write_bytes(bytes(serialized))
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     out_shape = list(network.get_output(0).shape)
-    return {"module": module_name, "version": trt.__version__, "compute_capabilities": targets,
-            "profile": {"input": input_name, "min": tiles[0], "opt": tiles[1], "max": tiles[2]},
-            "input": input_name, "output": output_name, "output_shape_tail": [int(d) for d in out_shape[1:]],
-            "layers": network.num_layers, "build_seconds": round(build_s, 2),
-            "engine_bytes": engine_path.stat().st_size}
+    return {
+        "module": module_name,
+        "version": trt.__version__,
+        "compute_capabilities": targets,
+        "profile": {"input": input_name, "min": tiles[0], "opt": tiles[1], "max": tiles[2]},
+        "input": input_name,
+        "output": output_name,
+        "output_shape_tail": [int(d) for d in out_shape[1:]],
+        "layers": network.num_layers,
+        "build_seconds": round(build_s, 2),
+        "engine_bytes": engine_path.stat().st_size,
+    }

@@ -42,8 +42,9 @@ class VisionWrapper(torch.nn.Module):
 
 # -- fused attention: a torch custom op that the exporter translates to MultiHeadAttention -----------------
 @torch.library.custom_op("ivl_export::multi_head_attention", mutates_args=())
-def multi_head_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int,
-                         scale: float) -> torch.Tensor:
+def multi_head_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int, scale: float
+) -> torch.Tensor:
     """(batch, seq, heads*dim) q/k/v -> (batch, seq, heads*dim): unmasked attention, what the op computes."""
     b, s, width = query.shape
     split = lambda x: x.reshape(b, x.shape[1], num_heads, width // num_heads).transpose(1, 2)  # noqa: E731
@@ -73,13 +74,20 @@ def _translation_table() -> dict:
     # onnxscript builds nodes from ONNX schemas; ONNX Runtime's contrib schemas are not in onnx's registry,
     # so the one used here is registered (inputs/attributes as ONNX Runtime defines them, the ones we use).
     if not onnx.defs.has("MultiHeadAttention", "com.microsoft"):
-        onnx.defs.register_schema(OpSchema(
-            "MultiHeadAttention", "com.microsoft", 1,
-            inputs=[OpSchema.FormalParameter(name, "T") for name in ("query", "key", "value")],
-            outputs=[OpSchema.FormalParameter("output", "T")],
-            type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
-            attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "number of heads"),
-                        OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "score scale")]))
+        onnx.defs.register_schema(
+            OpSchema(
+                "MultiHeadAttention",
+                "com.microsoft",
+                1,
+                inputs=[OpSchema.FormalParameter(name, "T") for name in ("query", "key", "value")],
+                outputs=[OpSchema.FormalParameter("output", "T")],
+                type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
+                attributes=[
+                    OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "number of heads"),
+                    OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "score scale"),
+                ],
+            )
+        )
     mha = onnxscript.values.Opset("com.microsoft", 1).MultiHeadAttention
 
     def translate(query, key, value, num_heads: int, scale: float):
@@ -139,8 +147,14 @@ def sample_pixels(tiles: int, size: int, seed: int = 0) -> np.ndarray:
     return rng.uniform(-2.0, 2.5, size=(tiles, 3, size, size)).astype(np.float32)
 
 
-def export_vision(model: torch.nn.Module, tile_size: int, max_tiles_total: int, precision: str,
-                  out_path: Path, attention: str = "plain") -> dict:
+def export_vision(
+    model: torch.nn.Module,
+    tile_size: int,
+    max_tiles_total: int,
+    precision: str,
+    out_path: Path,
+    attention: str = "plain",
+) -> dict:
     """Export with the dynamo exporter; the sample has 2 tiles because a 1-tile sample silently fixes the axis."""
     if attention not in ("plain", "fused"):
         raise ValueError(f"attention {attention!r} is not 'plain' or 'fused'")
@@ -152,23 +166,38 @@ def export_vision(model: torch.nn.Module, tile_size: int, max_tiles_total: int, 
     tiles = torch.export.Dim("tiles", min=1, max=max(2, max_tiles_total))
     table = _translation_table() if attention == "fused" else None
     with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(wrapper, (sample,), str(out_path), dynamo=True, opset_version=OPSET,
-                          input_names=[VISION_INPUT], output_names=[VISION_OUTPUT],
-                          dynamic_shapes=({0: tiles},), external_data=True, verbose=False,
-                          custom_translation_table=table)
+        torch.onnx.export(
+            wrapper,
+            (sample,),
+            str(out_path),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=[VISION_INPUT],
+            output_names=[VISION_OUTPUT],
+            dynamic_shapes=({0: tiles},),
+            external_data=True,
+            verbose=False,
+            custom_translation_table=table,
+        )
     import onnx
 
     # check_model on the path so that external data (written by default) is found.
     onnx.checker.check_model(str(out_path))
     proto = onnx.load(str(out_path), load_external_data=False)
     fused = sum(node.op_type == "MultiHeadAttention" for node in proto.graph.node)
-    return {"inputs": {VISION_INPUT: ["tiles", 3, tile_size, tile_size]},
-            "outputs": {VISION_OUTPUT: ["tiles", None, None]}, "opset": OPSET, "attention": attention,
-            "fused_attention_nodes": fused, "output_dtype": str(out_dtype).removeprefix("torch.")}
+    return {
+        "inputs": {VISION_INPUT: ["tiles", 3, tile_size, tile_size]},
+        "outputs": {VISION_OUTPUT: ["tiles", None, None]},
+        "opset": OPSET,
+        "attention": attention,
+        "fused_attention_nodes": fused,
+        "output_dtype": str(out_dtype).removeprefix("torch."),
+    }
 
 
-def compare_vision(model: torch.nn.Module, onnx_path: Path, tile_size: int, tile_counts: list[int],
-                   providers: list[str]) -> dict:
+def compare_vision(
+    model: torch.nn.Module, onnx_path: Path, tile_size: int, tile_counts: list[int], providers: list[str]
+) -> dict:
     """Max abs diff ORT vs torch fp32 per tile count (torch in the model's own dtype/device)."""
     from ivl_ros.model.backends.onnx_backend import make_session
 
@@ -186,5 +215,10 @@ def compare_vision(model: torch.nn.Module, onnx_path: Path, tile_size: int, tile
         diffs[str(n)] = float(np.abs(got - ref).max())
         scale = max(scale, float(np.abs(ref).max()))
         shapes[str(n)] = list(got.shape)
-    return {"max_abs_diff": max(diffs.values()), "max_abs_diff_by_tiles": diffs, "max_abs_value": scale,
-            "output_shapes": shapes, "provider": providers[0]}
+    return {
+        "max_abs_diff": max(diffs.values()),
+        "max_abs_diff_by_tiles": diffs,
+        "max_abs_value": scale,
+        "output_shapes": shapes,
+        "provider": providers[0],
+    }

@@ -17,7 +17,7 @@ def length_grouped_order(lengths: list[int], group_size: int, seed: int) -> list
     order = torch.randperm(n, generator=gen).tolist()
     mult = max(1, min(n // (group_size * 4), 50))
     size = mult * group_size
-    megas = [sorted(order[i:i + size], key=lambda k: lengths[k], reverse=True) for i in range(0, n, size)]
+    megas = [sorted(order[i : i + size], key=lambda k: lengths[k], reverse=True) for i in range(0, n, size)]
     longest = max(range(len(megas)), key=lambda m: lengths[megas[m][0]])
     megas[0][0], megas[longest][0] = megas[longest][0], megas[0][0]
     return [k for mega in megas for k in mega]
@@ -38,7 +38,7 @@ def micro_batches(order: list[int], per_device: int, world: int, rank: int) -> l
     padded = list(order)
     while len(padded) < n_batches * glob:
         padded += order[: n_batches * glob - len(padded)]
-    return [padded[b * glob + rank * per_device: b * glob + (rank + 1) * per_device] for b in range(n_batches)]
+    return [padded[b * glob + rank * per_device : b * glob + (rank + 1) * per_device] for b in range(n_batches)]
 
 
 def collate(examples: list[Example], pad_id: int) -> dict:

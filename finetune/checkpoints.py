@@ -52,6 +52,7 @@ class Checkpoint:
 
 # -- JSON + safetensors trees --------------------------------------------------------------------------
 
+
 def _encode(value, tensors: dict[str, torch.Tensor], where: str):
     if isinstance(value, torch.Tensor):
         tensors[where] = value.detach().cpu().contiguous()
@@ -71,10 +72,16 @@ def _encode(value, tensors: dict[str, torch.Tensor], where: str):
     if isinstance(value, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in value):
             return {k: _encode(v, tensors, f"{where}.{k}") for k, v in value.items()}
-        return {"__items__": [[_encode(k, tensors, f"{where}.key{i}"), _encode(v, tensors, f"{where}.{i}")]
-                              for i, (k, v) in enumerate(value.items())]}
-    raise TypeError(f"{where}: cannot store a {type(value).__name__} in a checkpoint (tensors, numbers, strings, "
-                    "lists, tuples and dicts only)")
+        return {
+            "__items__": [
+                [_encode(k, tensors, f"{where}.key{i}"), _encode(v, tensors, f"{where}.{i}")]
+                for i, (k, v) in enumerate(value.items())
+            ]
+        }
+    raise TypeError(
+        f"{where}: cannot store a {type(value).__name__} in a checkpoint (tensors, numbers, strings, "
+        "lists, tuples and dicts only)"
+    )
 
 
 def _decode(value, tensors: dict[str, torch.Tensor], where: str):
@@ -131,6 +138,7 @@ def _load_json(path: Path):
 
 # -- RNG ---------------------------------------------------------------------------------------------
 
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -148,20 +156,32 @@ def set_rng_state(state: dict) -> None:
 
 # -- checkpoints -------------------------------------------------------------------------------------
 
+
 def step_of(path: Path) -> int | None:
     name = Path(path).name
-    return int(name[len(PREFIX):]) if name.startswith(PREFIX) and name[len(PREFIX):].isdigit() else None
+    return int(name[len(PREFIX) :]) if name.startswith(PREFIX) and name[len(PREFIX) :].isdigit() else None
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """``checkpoint-N`` folders with a state.json (a folder without one was never finished), oldest first."""
-    found = [p for p in Path(output_dir).glob(PREFIX + "*") if p.is_dir() and step_of(p) is not None
-             and (p / STATE_FILE).is_file()]
+    found = [
+        p
+        for p in Path(output_dir).glob(PREFIX + "*")
+        if p.is_dir() and step_of(p) is not None and (p / STATE_FILE).is_file()
+    ]
     return sorted(found, key=step_of)
 
 
-def save_checkpoint(output_dir: Path, step: int, trainable: dict[str, torch.Tensor], optimizer, scheduler,
-                    rng_states: list[dict], state: dict, keep: int) -> Path:
+def save_checkpoint(
+    output_dir: Path,
+    step: int,
+    trainable: dict[str, torch.Tensor],
+    optimizer,
+    scheduler,
+    rng_states: list[dict],
+    state: dict,
+    keep: int,
+) -> Path:
     """Rank 0 only. Writes ``checkpoint-<step>`` atomically, then deletes all but the newest ``keep``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -175,8 +195,11 @@ def save_checkpoint(output_dir: Path, step: int, trainable: dict[str, torch.Tens
     files += save_tree(optimizer.state_dict(), tmp, "optimizer")
     files += save_tree(scheduler.state_dict(), tmp, "scheduler")
     files += save_tree(rng_states, tmp, "rng")
-    record = {"format": FORMAT, **state,
-              "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": file_sha256(tmp / f)} for f in files}}
+    record = {
+        "format": FORMAT,
+        **state,
+        "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": file_sha256(tmp / f)} for f in files},
+    }
     # state.json last: a folder without it is never taken for a checkpoint.
     (tmp / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     if final.exists():
@@ -191,8 +214,9 @@ def _read_state(path: Path) -> dict:
     file = path / STATE_FILE
     old = [n for n in PICKLE_FILES if (path / n).exists()]
     if not file.is_file():
-        raise CheckpointDamaged(_old_format(path, old) if old else f"{file}: missing (the checkpoint was never "
-                                                                   "finished)")
+        raise CheckpointDamaged(
+            _old_format(path, old) if old else f"{file}: missing (the checkpoint was never finished)"
+        )
     try:
         state = _load_json(file)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -219,16 +243,23 @@ def _state_problem(state) -> str | None:
         return f"'batch' must be [GPUS, PER_DEVICE_BATCH_SIZE, GRADIENT_ACC], got {batch!r}"
     files = state.get("files")
     expected = {TRAINABLE_FILE, "optimizer.json", "scheduler.json", "rng.json"}
-    if not isinstance(files, dict) or not expected <= set(files) or \
-            not all(isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
-                    for v in files.values()):
+    if (
+        not isinstance(files, dict)
+        or not expected <= set(files)
+        or not all(
+            isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
+            for v in files.values()
+        )
+    ):
         return f"'files' must list {sorted(expected)} with their bytes and sha256"
     return None
 
 
 def _old_format(path: Path, old: list[str]) -> str:
-    return (f"{path}: written by an older ivl_ros ({', '.join(old)}: pickle files, which are never loaded because "
-            "unpickling can run code). Start a fresh run, or resume it with the ivl_ros version that wrote it")
+    return (
+        f"{path}: written by an older ivl_ros ({', '.join(old)}: pickle files, which are never loaded because "
+        "unpickling can run code). Start a fresh run, or resume it with the ivl_ros version that wrote it"
+    )
 
 
 def _verify_files(path: Path, files: dict) -> None:
@@ -257,8 +288,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     for name in TREES:
         try:
             parts[name] = load_tree(path, name)
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError,
-                SafetensorError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError, SafetensorError) as exc:
             raise CheckpointDamaged(f"{path / (name + '.json')}: unreadable ({exc})") from None
     try:
         trainable = load_file(str(path / TRAINABLE_FILE))
@@ -277,33 +307,42 @@ def resume_candidates(resume: str, output_dir: Path) -> list[Path]:
     path = Path(resume)
     if not path.exists():
         raise DataError(f"--resume {path}: does not exist")
-    if path.is_dir() and (step_of(path) is not None or (path / STATE_FILE).exists()
-                          or any((path / n).exists() for n in PICKLE_FILES)):
+    if path.is_dir() and (
+        step_of(path) is not None or (path / STATE_FILE).exists() or any((path / n).exists() for n in PICKLE_FILES)
+    ):
         return [path]
     found = list_checkpoints(path) if path.is_dir() else []
     if not found:
-        raise DataError(f"--resume {path}: not a training checkpoint (expected a {PREFIX}N folder written by "
-                        "finetune/lora.py, or a run folder that holds them)")
+        raise DataError(
+            f"--resume {path}: not a training checkpoint (expected a {PREFIX}N folder written by "
+            "finetune/lora.py, or a run folder that holds them)"
+        )
     return found[::-1]
 
 
-def check_fits(ck: Checkpoint, trainable: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-               scheduler, world: int) -> None:
+def check_fits(
+    ck: Checkpoint, trainable: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, scheduler, world: int
+) -> None:
     """CheckpointDamaged unless ``ck`` holds exactly this run's trainable tensors (shapes included), the state of
     this optimizer and LR schedule, and one RNG state per rank. Nothing is loaded here."""
     where = ck.path / TRAINABLE_FILE
     if set(ck.trainable) != set(trainable):
         missing, extra = sorted(set(trainable) - set(ck.trainable)), sorted(set(ck.trainable) - set(trainable))
-        raise CheckpointDamaged(f"{where}: does not hold this run's trainable tensors (missing {missing[:3]}, "
-                                f"unexpected {extra[:3]})")
+        raise CheckpointDamaged(
+            f"{where}: does not hold this run's trainable tensors (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     for name, param in trainable.items():
         if ck.trainable[name].shape != param.shape:
-            raise CheckpointDamaged(f"{where}: {name} has shape {tuple(ck.trainable[name].shape)}, the model "
-                                    f"{tuple(param.shape)}")
+            raise CheckpointDamaged(
+                f"{where}: {name} has shape {tuple(ck.trainable[name].shape)}, the model {tuple(param.shape)}"
+            )
     _check_optimizer_state(ck.optimizer, optimizer, ck.path / "optimizer.json")
     fresh = scheduler.state_dict()
-    if not isinstance(ck.scheduler, dict) or set(ck.scheduler) != set(fresh) or \
-            ck.scheduler.get("lr_lambdas") != fresh.get("lr_lambdas"):
+    if (
+        not isinstance(ck.scheduler, dict)
+        or set(ck.scheduler) != set(fresh)
+        or ck.scheduler.get("lr_lambdas") != fresh.get("lr_lambdas")
+    ):
         raise CheckpointDamaged(f"{ck.path / 'scheduler.json'}: not the state of this run's LR schedule")
     if len(ck.rng) != world:
         raise CheckpointDamaged(f"{ck.path / 'rng.json'}: {len(ck.rng)} RNG state(s) for {world} rank(s)")
@@ -313,10 +352,13 @@ def _check_optimizer_state(saved, optimizer: torch.optim.Optimizer, where: Path)
     """The saved optimizer state must describe this optimizer's parameters (shapes included)."""
     fresh = optimizer.state_dict()
     groups = saved.get("param_groups") if isinstance(saved, dict) else None
-    if not isinstance(groups, list) or not isinstance(saved.get("state"), dict) or \
-            [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups] != \
-            [len(g["params"]) for g in fresh["param_groups"]] or \
-            any(set(g) != set(f) for g, f in zip(groups, fresh["param_groups"], strict=True)):
+    if (
+        not isinstance(groups, list)
+        or not isinstance(saved.get("state"), dict)
+        or [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups]
+        != [len(g["params"]) for g in fresh["param_groups"]]
+        or any(set(g) != set(f) for g, f in zip(groups, fresh["param_groups"], strict=True))
+    ):
         raise CheckpointDamaged(f"{where}: not the state of this run's optimizer (parameter groups differ)")
     shapes = {}
     for g, group in zip(groups, optimizer.param_groups, strict=True):
@@ -326,5 +368,6 @@ def _check_optimizer_state(saved, optimizer: torch.optim.Optimizer, where: Path)
             raise CheckpointDamaged(f"{where}: state for unknown parameter {pid!r}")
         for key, value in entry.items():
             if not isinstance(value, torch.Tensor) or (value.ndim and value.shape != shapes[pid]):
-                raise CheckpointDamaged(f"{where}: parameter {pid} {key!r} does not fit (expected a tensor of "
-                                        f"shape {tuple(shapes[pid])})")
+                raise CheckpointDamaged(
+                    f"{where}: parameter {pid} {key!r} does not fit (expected a tensor of shape {tuple(shapes[pid])})"
+                )

@@ -105,8 +105,9 @@ def resolve_data(spec: str) -> Path:
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{REGISTRY}: cannot read the dataset registry ({exc})") from None
     if spec not in registry:
-        raise DataError(f"--data {spec!r}: not a meta json path and not a name in {REGISTRY} "
-                        f"(known: {', '.join(sorted(registry))})")
+        raise DataError(
+            f"--data {spec!r}: not a meta json path and not a name in {REGISTRY} (known: {', '.join(sorted(registry))})"
+        )
     target = Path(registry[spec])
     target = target if target.is_absolute() else REPO_ROOT / target
     if not target.is_file():
@@ -161,8 +162,14 @@ def read_meta(meta_path: Path, report: DataReport) -> list[Dataset]:
         report.problems.append(Problem(where, line, _json_problem(exc)))
         return []
     if not isinstance(meta, dict) or not meta:
-        report.problems.append(Problem(where, 1, "the meta json must be a non-empty object {name: {root, annotation,"
-                                                 " data_augment, repeat_time, length}}"))
+        report.problems.append(
+            Problem(
+                where,
+                1,
+                "the meta json must be a non-empty object {name: {root, annotation,"
+                " data_augment, repeat_time, length}}",
+            )
+        )
         return []
     datasets = []
     for name, entry in meta.items():
@@ -177,15 +184,26 @@ def read_meta(meta_path: Path, report: DataReport) -> list[Dataset]:
         root = _resolve(entry["root"], base)
         annotation = _resolve(entry["annotation"], base)
         if not annotation.is_file():
-            report.problems.append(Problem(where, line, f"dataset {name!r}: annotation file not found: "
-                                                        f"{entry['annotation']}"))
+            report.problems.append(
+                Problem(where, line, f"dataset {name!r}: annotation file not found: {entry['annotation']}")
+            )
             continue
         if not root.is_dir():
             report.problems.append(Problem(where, line, f"dataset {name!r}: root folder not found: {entry['root']}"))
             continue
-        datasets.append(Dataset(name, root, annotation, bool(entry.get("data_augment", False)),
-                                float(entry.get("repeat_time", 1)), entry.get("length"),
-                                entry.get("max_dynamic_patch"), where, line))
+        datasets.append(
+            Dataset(
+                name,
+                root,
+                annotation,
+                bool(entry.get("data_augment", False)),
+                float(entry.get("repeat_time", 1)),
+                entry.get("length"),
+                entry.get("max_dynamic_patch"),
+                where,
+                line,
+            )
+        )
     return datasets
 
 
@@ -207,8 +225,13 @@ def _meta_entry_problem(entry) -> str | None:
         if not isinstance(entry.get(key), str) or not entry[key]:
             return f"missing or empty {key!r}"
     rt = entry.get("repeat_time", 1)
-    if isinstance(rt, bool) or not isinstance(rt, (int, float)) or not math.isfinite(rt) or rt <= 0 or \
-            (rt > 1 and int(rt) != rt):
+    if (
+        isinstance(rt, bool)
+        or not isinstance(rt, (int, float))
+        or not math.isfinite(rt)
+        or rt <= 0
+        or (rt > 1 and int(rt) != rt)
+    ):
         return f"repeat_time must be a number in (0, 1] or a whole number > 1, got {rt!r}"
     mdp = entry.get("max_dynamic_patch")
     if mdp is not None and (not _is_int(mdp) or mdp < 1):
@@ -237,8 +260,10 @@ def sample_kind(item: dict) -> str:
 
 
 def _media_type_problem(item: dict) -> str | None:
-    for key, what in (("image", "a string or a list of strings"),
-                      ("video", "a video file, a frame folder or a list of frame files")):
+    for key, what in (
+        ("image", "a string or a list of strings"),
+        ("video", "a video file, a frame folder or a list of frame files"),
+    ):
         value = item.get(key)
         if value is None or isinstance(value, str):
             continue
@@ -271,8 +296,10 @@ def _check_conversations(conv) -> str | None:
             return f"turn {i + 1} ({turn['from']}) has an empty value"
         expected = ROLES[i % 2]
         if turn["from"] != expected:
-            return f"wrong turn order: turn {i + 1} is from {turn['from']!r}, expected {expected!r} " \
-                   "(turns alternate human, gpt, starting with human)"
+            return (
+                f"wrong turn order: turn {i + 1} is from {turn['from']!r}, expected {expected!r} "
+                "(turns alternate human, gpt, starting with human)"
+            )
     if conv[-1]["from"] != "gpt":
         return "wrong turn order: the last turn is from 'human' (nothing to learn from it)"
     return None
@@ -294,8 +321,10 @@ def _file_problem(path: Path, shown: str, what: str = "image") -> str | None:
     if stat.S_ISDIR(st.st_mode):
         return f"missing {what}: {shown} is a folder"
     if not stat.S_ISREG(st.st_mode):
-        return f"not {_article(what)} file: {shown} is not a regular file (device, FIFO or socket); refused without " \
-               "reading it"
+        return (
+            f"not {_article(what)} file: {shown} is not a regular file (device, FIFO or socket); refused without "
+            "reading it"
+        )
     if st.st_size == 0:
         return f"{what} file is empty (0 bytes): {shown}"
     return None
@@ -363,11 +392,17 @@ def check_item(item, ds: Dataset, decode: bool = False) -> tuple[Sample | None, 
                 return None, f"video folder has no frames: {video}"
         else:
             if n_tags:
-                return None, f"<image> count != images: {n_tags} <image> tags in a video-file sample (the frames " \
-                             "are sampled when it is built; write <video> or nothing)"
+                return (
+                    None,
+                    f"<image> count != images: {n_tags} <image> tags in a video-file sample (the frames "
+                    "are sampled when it is built; write <video> or nothing)",
+                )
             path = ds.root / video
-            problem = _file_problem(path, video, what="video") or opencv_problem() or \
-                (probe_video(path, video) if decode else None)
+            problem = (
+                _file_problem(path, video, what="video")
+                or opencv_problem()
+                or (probe_video(path, video) if decode else None)
+            )
             if problem is not None:
                 return None, problem
             return Sample(kind, conv, [], ds, "", 0, item.get("length"), video_file=path), None
@@ -377,12 +412,21 @@ def check_item(item, ds: Dataset, decode: bool = False) -> tuple[Sample | None, 
         if n_tags:
             return None, f"<image> count != images: {n_tags} <image> tags in a pure-text sample (no 'image')"
     for img in images:
-        problem = _image_problem(img, str(img.relative_to(ds.root)) if img.is_relative_to(ds.root) else str(img),
-                                 decode)
+        problem = _image_problem(
+            img, str(img.relative_to(ds.root)) if img.is_relative_to(ds.root) else str(img), decode
+        )
         if problem:
             return None, problem
-    return Sample(kind, conv, images, ds, "", 0, item.get("length"),
-                  frames_listed=kind == "video" and isinstance(item["video"], list)), None
+    return Sample(
+        kind,
+        conv,
+        images,
+        ds,
+        "",
+        0,
+        item.get("length"),
+        frames_listed=kind == "video" and isinstance(item["video"], list),
+    ), None
 
 
 def outside_root(sample: Sample) -> Path | None:
@@ -405,8 +449,9 @@ def read_annotation(ds: Dataset, report: DataReport, decode: bool = False) -> li
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            report.problems.append(Problem(where, lineno, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
-                                                          f"{exc.start + 1})"))
+            report.problems.append(
+                Problem(where, lineno, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+            )
             continue
         if not text.strip():
             report.problems.append(Problem(where, lineno, "empty line"))
@@ -428,8 +473,7 @@ def read_annotation(ds: Dataset, report: DataReport, decode: bool = False) -> li
     if outside:
         (lineno, away), n = outside[0], len(outside)
         more = f" ({n} lines of this file have such paths; this is the first)" if n > 1 else ""
-        report.warnings.append(Problem(where, lineno, f"image path {away} is outside the dataset root {ds.root}"
-                                                      f"{more}"))
+        report.warnings.append(Problem(where, lineno, f"image path {away} is outside the dataset root {ds.root}{more}"))
     if ds.length is not None and ds.length != len(raw_lines):
         message = f"dataset {ds.name!r}: 'length' is {ds.length} but {ds.annotation.name} has {len(raw_lines)} lines"
         report.warnings.append(Problem(ds.meta_file, ds.meta_line, message))

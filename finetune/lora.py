@@ -19,15 +19,25 @@ def check_only(data: str) -> int:
     for w in report.warnings:
         print(f"{w} (warning)")
     n_files = len(report.datasets)
-    print(f"checked {meta}: {n_files} dataset(s), {report.lines_read} line(s), {len(report.samples)} valid, "
-          f"{len(report.problems)} problem(s)", file=sys.stderr)
+    print(
+        f"checked {meta}: {n_files} dataset(s), {report.lines_read} line(s), {len(report.samples)} valid, "
+        f"{len(report.problems)} problem(s)",
+        file=sys.stderr,
+    )
     return 1 if report.problems else 0
 
 
 def relaunch_under_torchrun(gpus: int) -> None:
     """GPUS > 1: replace this process by torchrun running this same script once per GPU."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-           str(Path(__file__).resolve()), *sys.argv[1:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={gpus}",
+        str(Path(__file__).resolve()),
+        *sys.argv[1:],
+    ]
     print("launching: " + " ".join(cmd), flush=True)
     os.execv(sys.executable, cmd)
 

@@ -25,8 +25,10 @@ class ForwardPlan:
 
     def describe(self, layers: int, per_device: int) -> str:
         k = self.micro_batches_per_forward
-        text = (f"{k} micro-batch{'es' if k > 1 else ''} ({k * per_device} samples) per forward pass, activation "
-                f"checkpointing on {self.checkpointed_layers} of {layers} LLM layers")
+        text = (
+            f"{k} micro-batch{'es' if k > 1 else ''} ({k * per_device} samples) per forward pass, activation "
+            f"checkpointing on {self.checkpointed_layers} of {layers} LLM layers"
+        )
         return f"{text} ({self.note})" if self.note else text
 
 
@@ -38,9 +40,16 @@ def even_split(total: int, most: int) -> int:
     return math.ceil(total / forwards)
 
 
-def choose_plan(available: float, per_token_full: float, per_token_checkpointed: float, fixed: float,
-                layers: int, tokens_per_micro: int, micro_per_step: int, checkpointed: int | None = None
-                ) -> ForwardPlan:
+def choose_plan(
+    available: float,
+    per_token_full: float,
+    per_token_checkpointed: float,
+    fixed: float,
+    layers: int,
+    tokens_per_micro: int,
+    micro_per_step: int,
+    checkpointed: int | None = None,
+) -> ForwardPlan:
     """Fewest checkpointed layers that fit one micro-batch of ``tokens_per_micro`` tokens (or ``checkpointed``
     when it is forced), then the most micro-batches per forward that still fit with that many.
 
@@ -63,8 +72,12 @@ def choose_plan(available: float, per_token_full: float, per_token_checkpointed:
             break
     else:
         c = candidates[-1]
-        return ForwardPlan(1, c, f"one micro-batch of up to {tokens_per_micro} tokens may not fit: "
-                                 f"{need(1, c) / GIB:.1f} GiB needed, {available / GIB:.1f} GiB free")
+        return ForwardPlan(
+            1,
+            c,
+            f"one micro-batch of up to {tokens_per_micro} tokens may not fit: "
+            f"{need(1, c) / GIB:.1f} GiB needed, {available / GIB:.1f} GiB free",
+        )
     k = 1
     while k < micro_per_step and need(k + 1, c) <= available:
         k += 1

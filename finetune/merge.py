@@ -1,6 +1,6 @@
 """Merge a finetune/lora.py adapter into its base model and write a full, deployable checkpoint.
 
-    python finetune/merge.py --adapter runs/lora-habitat --out models/InternVL2-2B-habitat [--layout upstream]
+python finetune/merge.py --adapter runs/lora-habitat --out models/InternVL2-2B-habitat [--layout upstream]
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ TRAINING_CONFIG = "ivl_finetune.json"
 def base_of(adapter: Path) -> str:
     """The base checkpoint an adapter was trained on: ivl_finetune.json, else peft's adapter_config.json."""
     record = adapter / TRAINING_CONFIG
-    file, key = (record, "base_model") if record.is_file() else (adapter / "adapter_config.json",
-                                                                  "base_model_name_or_path")
+    file, key = (
+        (record, "base_model") if record.is_file() else (adapter / "adapter_config.json", "base_model_name_or_path")
+    )
     if not file.is_file():
         raise IvlError(f"{adapter}: no adapter_config.json; not a finetune/lora.py output directory")
     data = read_json(file, "adapter record")
@@ -30,8 +31,13 @@ def base_of(adapter: Path) -> str:
     return data[key]
 
 
-def merge_adapter(adapter: str | Path, out: str | Path, layout: str = "upstream", base: str | None = None,
-                  max_dynamic_patch: int | None = None) -> Path:
+def merge_adapter(
+    adapter: str | Path,
+    out: str | Path,
+    layout: str = "upstream",
+    base: str | None = None,
+    max_dynamic_patch: int | None = None,
+) -> Path:
     """Load base (fp32) + adapter, fold the LoRA weights in, write the merged checkpoint."""
     from peft import PeftModel
 
@@ -51,13 +57,20 @@ def merge_adapter(adapter: str | Path, out: str | Path, layout: str = "upstream"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python finetune/merge.py", description=__doc__.strip().splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python finetune/merge.py",
+        description=__doc__.strip().splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--adapter", required=True, help="output directory of finetune/lora.py (adapter_config.json)")
     p.add_argument("--out", required=True, help="new directory for the merged checkpoint")
-    p.add_argument("--layout", choices=LAYOUTS, default="upstream",
-                   help="upstream: original InternVL2 layout + tokenizer files (default); converted: transformers "
-                        "layout as `ivl convert` writes")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="upstream",
+        help="upstream: original InternVL2 layout + tokenizer files (default); converted: transformers "
+        "layout as `ivl convert` writes",
+    )
     p.add_argument("--base", default=None, help="base checkpoint (default: the one the adapter was trained on)")
     args = p.parse_args(argv)
     try:

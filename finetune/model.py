@@ -28,10 +28,14 @@ from torch import nn
 from finetune.preprocess import IGNORE_INDEX
 from ivl_ros.model.checkpoint import LoadedModel, load_model
 
-LLM_LORA_TARGETS = (r"model\.language_model\.layers\.\d+\."
-                    r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))")
-VIT_LORA_TARGETS = (r"model\.vision_tower\.encoder\.layer\.\d+\."
-                    r"(attention\.(q_proj|k_proj|v_proj|projection_layer)|mlp\.(fc1|fc2))")
+LLM_LORA_TARGETS = (
+    r"model\.language_model\.layers\.\d+\."
+    r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+)
+VIT_LORA_TARGETS = (
+    r"model\.vision_tower\.encoder\.layer\.\d+\."
+    r"(attention\.(q_proj|k_proj|v_proj|projection_layer)|mlp\.(fc1|fc2))"
+)
 PROJECTOR = "multi_modal_projector"
 LOSS_CHUNK = 2048  # positions per chunk of the packed loss: 2048 x 92553 fp32 logits = 0.76 GB at most
 PACKED_PREFIX = "ivl_packed_"
@@ -55,9 +59,17 @@ def apply_lora(vlm: nn.Module, r: int, alpha: int, dropout: float, vision_r: int
     targets = LLM_LORA_TARGETS if not vision_r else f"({LLM_LORA_TARGETS})|({VIT_LORA_TARGETS})"
     rank_pattern = {VIT_LORA_TARGETS: vision_r} if vision_r else {}
     alpha_pattern = {VIT_LORA_TARGETS: 2 * vision_r} if vision_r else {}
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
-                        task_type="CAUSAL_LM", rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
-                        modules_to_save=[PROJECTOR] if unfreeze_mlp else None)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        modules_to_save=[PROJECTOR] if unfreeze_mlp else None,
+    )
     return get_peft_model(vlm, config)
 
 
@@ -96,18 +108,31 @@ class CausalLoss(nn.Module):
         self.loss_chunk = loss_chunk
         # Image features need autograd only when something in the vision path trains (--vision-lora-r,
         # --unfreeze-mlp, --full): otherwise the ViT and projector run under no_grad (nothing saved or recomputed).
-        self.vision_trains = any(p.requires_grad for n, p in vlm.named_parameters()
-                                 if n.startswith(("model.vision_tower.", f"model.{PROJECTOR}.")))
+        self.vision_trains = any(
+            p.requires_grad
+            for n, p in vlm.named_parameters()
+            if n.startswith(("model.vision_tower.", f"model.{PROJECTOR}."))
+        )
 
-    def forward(self, input_ids, pixel_values=None, attention_mask=None, labels=None, position_ids=None,
-                targets=None, weights=None, segments=None):
+    def forward(
+        self,
+        input_ids,
+        pixel_values=None,
+        attention_mask=None,
+        labels=None,
+        position_ids=None,
+        targets=None,
+        weights=None,
+        segments=None,
+    ):
         if segments is None:
             return self._padded(input_ids, attention_mask, labels, pixel_values)
         return self._packed(input_ids, position_ids, targets, weights, segments, pixel_values)
 
     def _padded(self, input_ids, attention_mask, labels, pixel_values):
-        out = self.vlm.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                             use_cache=False)
+        out = self.vlm.model(
+            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, use_cache=False
+        )
         hidden = out.last_hidden_state[:, :-1]
         target = labels[:, 1:]
         keep = target != IGNORE_INDEX
@@ -133,14 +158,16 @@ class CausalLoss(nn.Module):
             if int(slots.sum()) != features.shape[0]:
                 raise ValueError(f"packed batch: {int(slots.sum())} image tokens for {features.shape[0]} features")
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), features)
-        out = model.language_model(inputs_embeds=embeds, position_ids=position_ids, use_cache=False,
-                                   ivl_segments=segments)
+        out = model.language_model(
+            inputs_embeds=embeds, position_ids=position_ids, use_cache=False, ivl_segments=segments
+        )
         hidden = out.last_hidden_state[0]
         keep = (weights != 0).nonzero().squeeze(1)
         if keep.numel() == 0:
             return hidden.sum() * 0.0
-        return linear_cross_entropy(hidden[keep], self.vlm.lm_head.weight, targets[keep], weights[keep],
-                                    self.loss_chunk)
+        return linear_cross_entropy(
+            hidden[keep], self.vlm.lm_head.weight, targets[keep], weights[keep], self.loss_chunk
+        )
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -155,20 +182,21 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, weights, chunk):
         w = weight.to(hidden.dtype)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-            if weight.requires_grad else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight.requires_grad else None
+        )
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
-            h = hidden[start:start + chunk]
-            tgt = targets[start:start + chunk].unsqueeze(1)
-            wt = weights[start:start + chunk].float().unsqueeze(1)
+            h = hidden[start : start + chunk]
+            tgt = targets[start : start + chunk].unsqueeze(1)
+            wt = weights[start : start + chunk].float().unsqueeze(1)
             logits = (h @ w.t()).float()
             lse = torch.logsumexp(logits, dim=-1, keepdim=True)
             total += ((lse - logits.gather(1, tgt)) * wt).sum()
             grad = logits.sub_(lse).exp_()  # softmax, in place of the logits
             grad.scatter_add_(1, tgt, torch.full_like(wt, -1.0))
             grad = grad.mul_(wt).to(hidden.dtype)
-            grad_hidden[start:start + chunk] = grad @ w
+            grad_hidden[start : start + chunk] = grad @ w
             if grad_weight is not None:
                 grad_weight += (grad.t() @ h).float()
         ctx.save_for_backward(grad_hidden, grad_weight)
@@ -182,8 +210,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden * grad_output.to(grad_hidden.dtype), gw, None, None, None
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                         chunk: int = LOSS_CHUNK) -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, chunk: int = LOSS_CHUNK
+) -> torch.Tensor:
     """Weighted sum of token cross entropies of ``hidden @ weight.T`` without materialising all logits."""
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, weights, chunk)
 
@@ -228,8 +257,7 @@ def _segmented(base: str):
         # split (not one slice per sample): its backward is a single concatenation of the gradients
         outs = []
         with packed_sdpa_backends():
-            for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2),
-                               strict=True):
+            for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2), strict=True):
                 mask = None
                 if needs_mask:
                     n = q.shape[2]

@@ -59,6 +59,7 @@ def upstream_labels(text: str, ids: list[int], tokenizer: InternLM2Tokenizer, ma
     The lengths of the pieces come from tokenizing each piece on its own (minus ``<s>``), as upstream does;
     if they do not add up to the full length, every label is masked (upstream's "tokenization mismatch").
     """
+
     def n_tokens(piece: str) -> int:
         return len(tokenizer.encode(piece, add_bos=False))
 
@@ -68,13 +69,13 @@ def upstream_labels(text: str, ids: list[int], tokenizer: InternLM2Tokenizer, ma
     cur = 1
     parts = text.split(ASSISTANT_ROLE)
     n = n_tokens(parts[0] + ASSISTANT_ROLE)
-    labels[cur:cur + n] = [IGNORE_INDEX] * len(labels[cur:cur + n])
+    labels[cur : cur + n] = [IGNORE_INDEX] * len(labels[cur : cur + n])
     cur += n
     for part in parts[1:-1]:
         answer, rest = part.split(USER_ROLE, 1)
         cur += n_tokens(answer)
         n = n_tokens(USER_ROLE + rest + ASSISTANT_ROLE)
-        labels[cur:cur + n] = [IGNORE_INDEX] * len(labels[cur:cur + n])
+        labels[cur : cur + n] = [IGNORE_INDEX] * len(labels[cur : cur + n])
         cur += n
     cur += n_tokens(parts[-1])
     labels[cur:] = [IGNORE_INDEX] * len(labels[cur:])
@@ -112,8 +113,9 @@ def _first_turn_with_media(sample: Sample, n_frames: int) -> list[dict]:
     return conv
 
 
-def _truncate_images(ids: list[int], tiles: list[int], tokens_per_tile: int, start_id: int,
-                     context_id: int) -> tuple[int, int]:
+def _truncate_images(
+    ids: list[int], tiles: list[int], tokens_per_tile: int, start_id: int, context_id: int
+) -> tuple[int, int]:
     """When truncation cut into an image, cut before that image's ``<img>`` instead.
 
     Returns (new length, number of whole images kept). Upstream keeps the partial image features; the native
@@ -142,9 +144,15 @@ def video_frames(sample: Sample, sampling: FrameSampling, rng: random.Random | N
     return [load_image(p) for p in files]
 
 
-def build_example(sample: Sample, tokenizer: InternLM2Tokenizer, spec: ModelSpec, max_dynamic_patch: int,
-                  max_seq_length: int, rng: random.Random | None = None,
-                  sampling: FrameSampling = FrameSampling()) -> Example:
+def build_example(
+    sample: Sample,
+    tokenizer: InternLM2Tokenizer,
+    spec: ModelSpec,
+    max_dynamic_patch: int,
+    max_seq_length: int,
+    rng: random.Random | None = None,
+    sampling: FrameSampling = FrameSampling(),
+) -> Example:
     """Tile the images, render and tokenize the conversation, mask the labels, truncate.
 
     ``rng`` drives the random parts (JPEG augmentation where the dataset asks for it, video frame sampling);
@@ -171,8 +179,9 @@ def build_example(sample: Sample, tokenizer: InternLM2Tokenizer, spec: ModelSpec
     labels = labels[:max_seq_length]
     truncated = len(full) > max_seq_length
     if truncated and tiles:
-        cut, keep = _truncate_images(ids, tiles, spec.tokens_per_tile, tokenizer.token_to_id(IMG_START),
-                                     spec.image_token_id)
+        cut, keep = _truncate_images(
+            ids, tiles, spec.tokens_per_tile, tokenizer.token_to_id(IMG_START), spec.image_token_id
+        )
         ids, labels, tiles, pixel_list = ids[:cut], labels[:cut], tiles[:keep], pixel_list[:keep]
     pixel_values = np.concatenate(pixel_list) if pixel_list else None
     return Example(ids, labels, pixel_values, tiles, truncated, mismatch)
@@ -193,11 +202,20 @@ class TokenCount:
     bound: int  # an upper bound of the built sample's length before truncation (plans memory)
 
 
-def sample_token_counts(samples: list[Sample], tokenizer: InternLM2Tokenizer, spec: ModelSpec,
-                        max_dynamic_patch: int, sampling: FrameSampling) -> list[TokenCount]:
+def sample_token_counts(
+    samples: list[Sample],
+    tokenizer: InternLM2Tokenizer,
+    spec: ModelSpec,
+    max_dynamic_patch: int,
+    sampling: FrameSampling,
+) -> list[TokenCount]:
     """Both counts for every sample, tokenizing each conversation once."""
-    overhead = len(tokenizer.encode(render_training_conversation(
-        [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], spec), add_bos=True))
+    overhead = len(
+        tokenizer.encode(
+            render_training_conversation([{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], spec),
+            add_bos=True,
+        )
+    )
     counts = []
     for sample in samples:
         text = _text_tokens(sample, tokenizer)
@@ -205,8 +223,12 @@ def sample_token_counts(samples: list[Sample], tokenizer: InternLM2Tokenizer, sp
         estimate = sample.length if sample.length is not None else text + spec.tokens_per_tile * budget
         # the template once, role markers per turn (8 is generous), and per tile its context tokens plus
         # <img></img> and, for video frames, the "FrameN: " line (8 is generous)
-        bound = text + overhead + 8 * len(sample.conversations) + \
-            (spec.tokens_per_tile + 8) * _most_tiles(sample, max_dynamic_patch, spec, sampling)
+        bound = (
+            text
+            + overhead
+            + 8 * len(sample.conversations)
+            + (spec.tokens_per_tile + 8) * _most_tiles(sample, max_dynamic_patch, spec, sampling)
+        )
         counts.append(TokenCount(estimate, bound))
     return counts
 

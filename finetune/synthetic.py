@@ -39,13 +39,21 @@ def draw(colour: str, shape: str, position: str, size: tuple[int, int], rng: ran
 
 
 def references(colour: str, shape: str, position: str) -> list[str]:
-    return [f"A {colour} {shape} on the {position}.",
-            f"There is a {colour} {shape} on the {position} side.",
-            f"A {colour} {shape} on the {position} of the image."]
+    return [
+        f"A {colour} {shape} on the {position}.",
+        f"There is a {colour} {shape} on the {position} side.",
+        f"A {colour} {shape} on the {position} of the image.",
+    ]
 
 
-def make_caption_dataset(out_dir: str | Path, n: int, seed: int = 0, size: tuple[int, int] = (112, 112),
-                         mixed: bool = False, name: str = "shapes") -> dict:
+def make_caption_dataset(
+    out_dir: str | Path,
+    n: int,
+    seed: int = 0,
+    size: tuple[int, int] = (112, 112),
+    mixed: bool = False,
+    name: str = "shapes",
+) -> dict:
     """Write images, ``<name>.jsonl`` and ``meta.json`` under ``out_dir``.
 
     ``mixed``: every 4th line is pure text, multi-image, video (frame folder) or single image in turn.
@@ -63,33 +71,78 @@ def make_caption_dataset(out_dir: str | Path, n: int, seed: int = 0, size: tuple
             rel = f"images/{i:05d}.png"
             draw(colour, shape, position, size, rng).save(out / rel)
             items.append((out / rel, colour, shape, position))
-            lines.append({"id": i, "image": rel, "conversations": [
-                {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"}, {"from": "gpt", "value": caption}]})
+            lines.append(
+                {
+                    "id": i,
+                    "image": rel,
+                    "conversations": [
+                        {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"},
+                        {"from": "gpt", "value": caption},
+                    ],
+                }
+            )
         elif kind == "text":
-            lines.append({"id": i, "conversations": [
-                {"from": "human", "value": f"What colour is a {colour} {shape}?"},
-                {"from": "gpt", "value": f"It is {colour}."},
-                {"from": "human", "value": "And which shape?"}, {"from": "gpt", "value": f"A {shape}."}]})
+            lines.append(
+                {
+                    "id": i,
+                    "conversations": [
+                        {"from": "human", "value": f"What colour is a {colour} {shape}?"},
+                        {"from": "gpt", "value": f"It is {colour}."},
+                        {"from": "human", "value": "And which shape?"},
+                        {"from": "gpt", "value": f"A {shape}."},
+                    ],
+                }
+            )
         elif kind == "multi_image":
             rels = []
             for j in range(2):
                 rel = f"images/{i:05d}_{j}.png"
                 draw(colour, shape, POSITIONS[j], size, rng).save(out / rel)
                 rels.append(rel)
-            lines.append({"id": i, "image": rels, "conversations": [
-                {"from": "human", "value": "Image-1: <image>\nImage-2: <image>\nWhere is the shape in each image?"},
-                {"from": "gpt", "value": f"Left in Image-1, right in Image-2; both are {colour} {shape}s."}]})
+            lines.append(
+                {
+                    "id": i,
+                    "image": rels,
+                    "conversations": [
+                        {
+                            "from": "human",
+                            "value": "Image-1: <image>\nImage-2: <image>\nWhere is the shape in each image?",
+                        },
+                        {"from": "gpt", "value": f"Left in Image-1, right in Image-2; both are {colour} {shape}s."},
+                    ],
+                }
+            )
         else:
             rel = f"videos/{i:05d}"
             (out / rel).mkdir(parents=True, exist_ok=True)
             for j in range(3):
                 draw(colour, shape, POSITIONS[j % 2], size, rng).save(out / rel / f"frame_{j:03d}.png")
-            lines.append({"id": i, "video": rel, "conversations": [
-                {"from": "human", "value": "<video>\nWhat moves in the video?"},
-                {"from": "gpt", "value": f"A {colour} {shape} moves from side to side."}]})
+            lines.append(
+                {
+                    "id": i,
+                    "video": rel,
+                    "conversations": [
+                        {"from": "human", "value": "<video>\nWhat moves in the video?"},
+                        {"from": "gpt", "value": f"A {colour} {shape} moves from side to side."},
+                    ],
+                }
+            )
     ann = out / f"{name}.jsonl"
     ann.write_text("".join(json.dumps(x) + "\n" for x in lines))
     meta = out / "meta.json"
-    meta.write_text(json.dumps({name: {"root": str(out), "annotation": str(ann), "data_augment": False,
-                                       "repeat_time": 1, "length": len(lines)}}, indent=2) + "\n")
+    meta.write_text(
+        json.dumps(
+            {
+                name: {
+                    "root": str(out),
+                    "annotation": str(ann),
+                    "data_augment": False,
+                    "repeat_time": 1,
+                    "length": len(lines),
+                }
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return {"meta": meta, "items": items}

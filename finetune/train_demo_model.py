@@ -54,9 +54,25 @@ def training_captions(data: Path) -> list[str]:
 def evaluate(model: Path, data: Path, out: Path, limit: int) -> dict:
     if out.exists():
         shutil.rmtree(out)
-    run([sys.executable, "-m", "ivl_ros.cli", "eval-caption", "--model", str(model), "--images",
-         str(data / "images"), "--annotations", str(data / "heldout_coco.json"), "--limit", str(limit),
-         "--out", str(out), "--no-progress"])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "ivl_ros.cli",
+            "eval-caption",
+            "--model",
+            str(model),
+            "--images",
+            str(data / "images"),
+            "--annotations",
+            str(data / "heldout_coco.json"),
+            "--limit",
+            str(limit),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -79,23 +95,59 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
     if not (args.data / "meta.json").is_file():
-        run([sys.executable, "-m", "habitat_sim_bridge.record", "--out", str(args.data), "--seed", str(DATA_SEED),
-             *RECORD_ARGS])
+        run(
+            [
+                sys.executable,
+                "-m",
+                "habitat_sim_bridge.record",
+                "--out",
+                str(args.data),
+                "--seed",
+                str(DATA_SEED),
+                *RECORD_ARGS,
+            ]
+        )
     init = args.work / "init"
     if not (init / "config.json").is_file():
-        make_tiny_checkpoint(init, seed=INIT_SEED, geometry=DEMO_GEOMETRY, corpus=training_captions(args.data),
-                             overwrite=True)
+        make_tiny_checkpoint(
+            init, seed=INIT_SEED, geometry=DEMO_GEOMETRY, corpus=training_captions(args.data), overwrite=True
+        )
         for stand_in in init.glob("*.py"):  # remote-code stand-ins of the test factory: not part of the demo
             stand_in.unlink()
     before = evaluate(init, args.data, args.work / "eval_init", args.eval_limit)
 
     train = args.work / "train"
-    command = [sys.executable, "finetune/lora.py", "--data", str(args.data / "meta.json"), "--model", str(init),
-               "--full", "--unfreeze-backbone", "--output-dir", str(train), "--epochs", str(args.epochs),
-               "--learning-rate", str(args.learning_rate), "--batch-size", str(args.batch_size),
-               "--per-device-batch-size", str(args.per_device_batch_size), "--warmup-ratio", "0.03",
-               "--device", args.device, "--dtype", "float32", "--no-gradient-checkpointing", "--save-steps", "500",
-               "--seed", "42"]
+    command = [
+        sys.executable,
+        "finetune/lora.py",
+        "--data",
+        str(args.data / "meta.json"),
+        "--model",
+        str(init),
+        "--full",
+        "--unfreeze-backbone",
+        "--output-dir",
+        str(train),
+        "--epochs",
+        str(args.epochs),
+        "--learning-rate",
+        str(args.learning_rate),
+        "--batch-size",
+        str(args.batch_size),
+        "--per-device-batch-size",
+        str(args.per_device_batch_size),
+        "--warmup-ratio",
+        "0.03",
+        "--device",
+        args.device,
+        "--dtype",
+        "float32",
+        "--no-gradient-checkpointing",
+        "--save-steps",
+        "500",
+        "--seed",
+        "42",
+    ]
     if not args.skip_train:
         if train.exists():
             shutil.rmtree(train)
@@ -120,8 +172,9 @@ def _examples(work: Path, data: Path, n: int = 6) -> list[dict]:
     init = {r["image_id"]: r["caption"] for r in json.loads((work / "eval_init" / "results.json").read_text())}
     trained = {r["image_id"]: r["caption"] for r in json.loads((work / "eval_trained" / "results.json").read_text())}
     picked = sorted(trained)[:: max(1, len(trained) // n)][:n]
-    return [{"image": files[i], "references": refs[i], "untrained": init.get(i, ""), "trained": trained[i]}
-            for i in picked]
+    return [
+        {"image": files[i], "references": refs[i], "untrained": init.get(i, ""), "trained": trained[i]} for i in picked
+    ]
 
 
 def _param_count(model: Path) -> int:
@@ -137,8 +190,9 @@ def _param_count(model: Path) -> int:
     return total
 
 
-def assemble(trained: Path, out: Path, before: dict, after: dict, command: list[str], args, seconds: float,
-             train: Path) -> None:
+def assemble(
+    trained: Path, out: Path, before: dict, after: dict, command: list[str], args, seconds: float, train: Path
+) -> None:
     """The shipped model folder: checkpoint (upstream layout), loss curve, metrics, model card."""
     if out.exists():
         shutil.rmtree(out)
@@ -157,7 +211,9 @@ def assemble(trained: Path, out: Path, before: dict, after: dict, command: list[
         "trained": {k: after.get(k) for k in METRIC_KEYS},
         "recipe": "python finetune/train_demo_model.py " + " ".join(sys.argv[1:]),
         "train_command": "python " + " ".join(relative),
-        "data_seed": DATA_SEED, "record_args": RECORD_ARGS, "init_seed": INIT_SEED,
+        "data_seed": DATA_SEED,
+        "record_args": RECORD_ARGS,
+        "init_seed": INIT_SEED,
         "wall_seconds": round(seconds, 1),
         "examples": _examples(args.work, args.data),
     }
@@ -180,7 +236,7 @@ whole product working with captions that mean something. Tiles are 112 px (16 im
 
 **What it was trained on.** Frames of procedurally generated indoor rooms (living room, bedroom, dining room, office;
 chairs, sofas, tables, beds, plants, TVs, cabinets, lamps, bookshelves in many colours) rendered on the CPU by
-`habitat_sim_bridge` (`python -m habitat_sim_bridge.record --seed {m['data_seed']} {' '.join(m['record_args'])}`),
+`habitat_sim_bridge` (`python -m habitat_sim_bridge.record --seed {m["data_seed"]} {" ".join(m["record_args"])}`),
 with captions, ObjectNav-style questions and multi-image trajectory samples derived from the renderer's semantic
 ground truth (3120 training samples from 1440 frames).
 
@@ -191,15 +247,15 @@ For real use point `--model` / `model_path:=` / `IVL_MODEL` at InternVL2-2B weig
 ## Held-out scores
 
 COCO caption metrics (`ivl eval-caption`, upstream caption settings: max 6 tiles, 8..30 new tokens, greedy) on
-{m['images_scored']} frames of held-out scenes (never seen in training), 3-4 references each:
+{m["images_scored"]} frames of held-out scenes (never seen in training), 3-4 references each:
 
 | metric | untrained init | trained |
 |---|---|---|
-{row('BLEU-1', 'Bleu_1')}
-{row('BLEU-4', 'Bleu_4')}
-{row('METEOR', 'METEOR')}
-{row('ROUGE_L', 'ROUGE_L')}
-{row('CIDEr', 'CIDEr')}
+{row("BLEU-1", "Bleu_1")}
+{row("BLEU-4", "Bleu_4")}
+{row("METEOR", "METEOR")}
+{row("ROUGE_L", "ROUGE_L")}
+{row("CIDEr", "CIDEr")}
 
 Examples (held-out frames; images in `data/habitat/images/` after recording):
 
@@ -209,7 +265,7 @@ Examples (held-out frames; images in `data/habitat/images/` after recording):
 
 ## Recipe
 
-`{m['recipe']}` ran `{m['train_command']}` ({m['wall_seconds'] / 60:.0f} minutes in all, on 2 CPU cores). Loss
+`{m["recipe"]}` ran `{m["train_command"]}` ({m["wall_seconds"] / 60:.0f} minutes in all, on 2 CPU cores). Loss
 curve: `loss_curve.png`; per-step log: `train_log.csv`; numbers: `demo_metrics.json`. The data and the init are
 seeded; a re-run of the recipe must land within ±0.10 held-out CIDEr of the numbers above (reproduction runs are
 listed below when made).

@@ -116,7 +116,7 @@ class Layout:
 
     def forwards(self, micro: list[list[int]]) -> list[list[list[int]]]:
         """The forward passes of one step: groups of its micro-batches."""
-        return [micro[i:i + self.per_forward] for i in range(0, len(micro), self.per_forward)]
+        return [micro[i : i + self.per_forward] for i in range(0, len(micro), self.per_forward)]
 
 
 class ForwardSet(torch.utils.data.Dataset):
@@ -129,9 +129,18 @@ class ForwardSet(torch.utils.data.Dataset):
     good sample instead, so every rank still runs every micro-batch of every step.
     """
 
-    def __init__(self, forwards: list[tuple[list[list[int]], int]], samples: list[Sample], build, pad_id: int,
-                 seed: int, epoch: int, skip_bad: bool = False, packed: bool = False,
-                 pixel_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        forwards: list[tuple[list[list[int]], int]],
+        samples: list[Sample],
+        build,
+        pad_id: int,
+        seed: int,
+        epoch: int,
+        skip_bad: bool = False,
+        packed: bool = False,
+        pixel_dtype: torch.dtype | None = None,
+    ) -> None:
         self.forwards, self.samples, self.build, self.pad_id = forwards, samples, build, pad_id
         self.seed, self.epoch, self.skip_bad, self.packed = seed, epoch, skip_bad, packed
         self.pixel_dtype = pixel_dtype
@@ -206,8 +215,10 @@ def load_data(cfg: TrainConfig, log) -> tuple[list[Sample], list[str]]:
     bad = [str(p) for p in report.problems]
     if bad and not cfg.skip_bad_samples:
         shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
-        raise DataError(f"{len(bad)} problem(s) in the training data (fix them, or pass --skip-bad-samples):\n  "
-                        f"{shown}\n(run with --check-data for the full list)")
+        raise DataError(
+            f"{len(bad)} problem(s) in the training data (fix them, or pass --skip-bad-samples):\n  "
+            f"{shown}\n(run with --check-data for the full list)"
+        )
     samples = training_samples(report)
     if not samples:
         raise DataError(f"{meta}: no usable training samples")
@@ -224,12 +235,12 @@ def optimizer_for(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
-
 def packs(packing: str, device_type: str) -> bool:
     """--packing on|off|auto -> whether a step's samples are packed end to end. auto: on the CPU, where the packed
     loss is checked equal to the padded reference; not on CUDA, where it has not been measured yet (see
     benchmarks/results/finetune_h200.json) and the padded layout is the one measured."""
     return packing == "on" or (packing == "auto" and device_type != "cuda")
+
 
 class Trainer:
     """One training run (every rank builds one): model, optimizer, data order, position, checkpoints."""
@@ -267,8 +278,9 @@ class Trainer:
         if cfg.full:
             unfreeze_full(vlm, backbone=cfg.unfreeze_backbone)
         else:
-            self.peft_model = apply_lora(vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.vision_lora_r,
-                                         cfg.unfreeze_mlp)
+            self.peft_model = apply_lora(
+                vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.vision_lora_r, cfg.unfreeze_mlp
+            )
         trainable_to_float32(vlm)
         self.n_train = sum(p.numel() for p in vlm.parameters() if p.requires_grad)
         n_total = sum(p.numel() for p in vlm.parameters())
@@ -288,8 +300,8 @@ class Trainer:
         if d.world > 1:
             unused = bool(cfg.full or cfg.vision_lora_r or cfg.unfreeze_mlp)  # text-only batches skip ViT/MLP
             self.model = torch.nn.parallel.DistributedDataParallel(
-                self.loss_module, device_ids=[dev.index] if dev.type == "cuda" else None,
-                find_unused_parameters=unused)
+                self.loss_module, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=unused
+            )
 
     def _build_schedule(self) -> None:
         cfg = self.cfg
@@ -301,8 +313,9 @@ class Trainer:
         self.optimizer = optimizer_for(self.loss_module, cfg)
         from transformers import get_cosine_schedule_with_warmup
 
-        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, math.ceil(cfg.warmup_ratio * self.total),
-                                                         self.total)
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, math.ceil(cfg.warmup_ratio * self.total), self.total
+        )
         self.trainable = [p for p in self.loss_module.parameters() if p.requires_grad]
         self.names = list(trainable_state(self.vlm))
         # Auto: on a GPU up to 8 workers (leaving two cores): each tiles and normalises whole samples on the CPU,
@@ -315,21 +328,24 @@ class Trainer:
         cfg, d = self.cfg, self.d
         seed = cfg.seed + epoch
         group = cfg.per_device_batch_size * d.world * cfg.gradient_acc
-        order = length_grouped_order(self.lengths, group, seed) if self.lengths else \
-            shuffled_order(len(self.samples), seed)
+        order = (
+            length_grouped_order(self.lengths, group, seed) if self.lengths else shuffled_order(len(self.samples), seed)
+        )
         mbs = micro_batches(order, cfg.per_device_batch_size, d.world, d.rank)
-        return [mbs[i:i + cfg.gradient_acc] for i in range(0, len(mbs), cfg.gradient_acc)]
+        return [mbs[i : i + cfg.gradient_acc] for i in range(0, len(mbs), cfg.gradient_acc)]
 
     def build(self, sample: Sample, rng: random.Random):
-        return build_example(sample, self.tok, self.spec, self.cfg.max_dynamic_patch, self.cfg.max_seq_length, rng,
-                             self.sampling)
+        return build_example(
+            sample, self.tok, self.spec, self.cfg.max_dynamic_patch, self.cfg.max_seq_length, rng, self.sampling
+        )
 
     # -- layout ------------------------------------------------------------------------------------------
     def token_counts(self) -> list:
         """Per sample: upstream's length estimate and an upper bound of its tokens (tokenizes once, on demand)."""
         if self._token_counts is None:
-            self._token_counts = sample_token_counts(self.samples, self.tok, self.spec, self.cfg.max_dynamic_patch,
-                                                     self.sampling)
+            self._token_counts = sample_token_counts(
+                self.samples, self.tok, self.spec, self.cfg.max_dynamic_patch, self.sampling
+            )
         return self._token_counts
 
     def set_layout(self) -> None:
@@ -369,11 +385,23 @@ class Trainer:
         cfg, dev = self.cfg, self.dev
         steps = self.epoch_steps(self.epoch)
         first = steps[min(self.skip, len(steps) - 1)][0]
-        probe = ForwardSet([([first], 1)], self.samples, self.build, self.tok.pad_id, cfg.seed, self.epoch,
-                           cfg.skip_bad_samples, packed=True, pixel_dtype=self.pv_dtype)[0]
+        probe = ForwardSet(
+            [([first], 1)],
+            self.samples,
+            self.build,
+            self.tok.pad_id,
+            cfg.seed,
+            self.epoch,
+            cfg.skip_bad_samples,
+            packed=True,
+            pixel_dtype=self.pv_dtype,
+        )[0]
         if "error" in probe:
-            return ForwardPlan(1, self.n_layers if forced_layers is None else forced_layers,
-                               "no probe batch could be built; planning conservatively")
+            return ForwardPlan(
+                1,
+                self.n_layers if forced_layers is None else forced_layers,
+                "no probe batch could be built; planning conservatively",
+            )
         tokens = probe["input_ids"].numel()
         full = self._probe_peak(probe, 0) if forced_layers != self.n_layers else math.inf
         ckpt = self._probe_peak(probe, self.n_layers) if forced_layers != 0 else math.inf
@@ -385,14 +413,30 @@ class Trainer:
         available = free + cached - optimizer_states - max(2 * GIB, 0.10 * total)
         bound = min(cfg.max_seq_length, max(c.bound for c in self.token_counts()))
         per_full, per_ckpt = ((peak - grads) / tokens for peak in (full, ckpt))
-        plan = choose_plan(available, per_full, per_ckpt, grads, self.n_layers, cfg.per_device_batch_size * bound,
-                           cfg.gradient_acc, checkpointed=forced_layers)
-        k = even_split(cfg.gradient_acc, cfg.forward_micro_batches) if cfg.forward_micro_batches else \
-            plan.micro_batches_per_forward
-        measured = ", ".join(f"{v / 2**20:.2f} MiB/token {what}" for v, what in
-                             ((per_full, "without"), (per_ckpt, "with")) if math.isfinite(v))
-        note = (f"measured {measured} checkpointing on a {tokens}-token micro-batch; samples up to {bound} tokens; "
-                f"{plan.note}")
+        plan = choose_plan(
+            available,
+            per_full,
+            per_ckpt,
+            grads,
+            self.n_layers,
+            cfg.per_device_batch_size * bound,
+            cfg.gradient_acc,
+            checkpointed=forced_layers,
+        )
+        k = (
+            even_split(cfg.gradient_acc, cfg.forward_micro_batches)
+            if cfg.forward_micro_batches
+            else plan.micro_batches_per_forward
+        )
+        measured = ", ".join(
+            f"{v / 2**20:.2f} MiB/token {what}"
+            for v, what in ((per_full, "without"), (per_ckpt, "with"))
+            if math.isfinite(v)
+        )
+        note = (
+            f"measured {measured} checkpointing on a {tokens}-token micro-batch; samples up to {bound} tokens; "
+            f"{plan.note}"
+        )
         return ForwardPlan(k, plan.checkpointed_layers, note)
 
     def _probe_peak(self, batch: dict, checkpointed: int) -> float:
@@ -460,9 +504,11 @@ class Trainer:
         cfg, st = self.cfg, ck.state
         batch = (self.d.world, cfg.per_device_batch_size, cfg.gradient_acc)
         if tuple(st["batch"]) != batch or st["seed"] != cfg.seed:
-            raise DataError(f"{ck.path}: written with (GPUS, PER_DEVICE_BATCH_SIZE, GRADIENT_ACC) = "
-                            f"{tuple(st['batch'])}, seed {st['seed']}; resume with the same settings "
-                            f"(now {batch}, seed {cfg.seed})")
+            raise DataError(
+                f"{ck.path}: written with (GPUS, PER_DEVICE_BATCH_SIZE, GRADIENT_ACC) = "
+                f"{tuple(st['batch'])}, seed {st['seed']}; resume with the same settings "
+                f"(now {batch}, seed {cfg.seed})"
+            )
 
     def _restore(self, ck: checkpoints.Checkpoint) -> None:
         """Load a checkpoint that fits this model, optimizer and world size (CheckpointDamaged if it does not)."""
@@ -491,12 +537,26 @@ class Trainer:
             rng_all = [mine]
         path = None
         if d.main:
-            state = {"global_step": self.global_step, "epoch": epoch, "step_in_epoch": step_in_epoch,
-                     "total_steps": self.total, "batch": [d.world, self.cfg.per_device_batch_size,
-                                                          self.cfg.gradient_acc],
-                     "seed": self.cfg.seed, "num_samples": len(self.samples), "layout": self.layout.to_json()}
-            path = checkpoints.save_checkpoint(self.out, self.global_step, trainable_state(self.vlm), self.optimizer,
-                                               self.scheduler, rng_all, state, self.cfg.save_total_limit)
+            state = {
+                "global_step": self.global_step,
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "total_steps": self.total,
+                "batch": [d.world, self.cfg.per_device_batch_size, self.cfg.gradient_acc],
+                "seed": self.cfg.seed,
+                "num_samples": len(self.samples),
+                "layout": self.layout.to_json(),
+            }
+            path = checkpoints.save_checkpoint(
+                self.out,
+                self.global_step,
+                trainable_state(self.vlm),
+                self.optimizer,
+                self.scheduler,
+                rng_all,
+                state,
+                self.cfg.save_total_limit,
+            )
         if d.world > 1:
             dist.barrier()
         self.last_saved = self.global_step
@@ -573,18 +633,37 @@ class Trainer:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0
-        return {"loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                "samples_per_s": n_seen * d.world / dt, "tokens_per_s": n_tokens * d.world / dt, "step_time_s": dt}
+        return {
+            "loss": float(mean_loss),
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            "samples_per_s": n_seen * d.world / dt,
+            "tokens_per_s": n_tokens * d.world / dt,
+            "step_time_s": dt,
+        }
 
     def _loader(self, forwards: list[tuple[list[list[int]], int]], epoch: int):
         cfg = self.cfg
         return torch.utils.data.DataLoader(
-            ForwardSet(forwards, self.samples, self.build, self.tok.pad_id, cfg.seed, epoch, cfg.skip_bad_samples,
-                       packed=self.layout.packed, pixel_dtype=self.pv_dtype),
-            batch_size=None, shuffle=False, num_workers=self.workers,
-            generator=torch.Generator().manual_seed(cfg.seed + epoch), persistent_workers=False,
+            ForwardSet(
+                forwards,
+                self.samples,
+                self.build,
+                self.tok.pad_id,
+                cfg.seed,
+                epoch,
+                cfg.skip_bad_samples,
+                packed=self.layout.packed,
+                pixel_dtype=self.pv_dtype,
+            ),
+            batch_size=None,
+            shuffle=False,
+            num_workers=self.workers,
+            generator=torch.Generator().manual_seed(cfg.seed + epoch),
+            persistent_workers=False,
             prefetch_factor=2 if self.workers else None,
-            pin_memory=self.dev.type == "cuda" and self.layout.packed)
+            pin_memory=self.dev.type == "cuda" and self.layout.packed,
+        )
 
     def _epochs(self) -> int:
         """Run steps from the current position until done or stopped; returns the agreed signal (0: none)."""
@@ -605,8 +684,14 @@ class Trainer:
                 self.rng_at_step = None
                 if self.global_step % cfg.logging_steps == 0 or self.global_step == self.total:
                     progress = round(epoch + (step_in_epoch + 1) / len(steps), 4)
-                    self.runlog.log({"step": self.global_step, "epoch": progress, **row,
-                                     "elapsed_s": time.perf_counter() - self.t_start})
+                    self.runlog.log(
+                        {
+                            "step": self.global_step,
+                            "epoch": progress,
+                            **row,
+                            "elapsed_s": time.perf_counter() - self.t_start,
+                        }
+                    )
                 interrupted = self.stop.agreed(self.d, self.dev)
                 if self.global_step % cfg.save_steps == 0 or (interrupted and self.global_step != self.last_saved):
                     self._saved(self.save(self.epoch, self.skip))
@@ -623,8 +708,10 @@ class Trainer:
         collective = self.d.world == 1 or isinstance(exc, DataError)  # DataError: every rank stopped together
         if self.global_step == self.last_saved or self.updating or not collective:
             if self.global_step != self.last_saved:
-                self.log(f"error at step {self.global_step + 1}: no checkpoint could be saved "
-                         f"(last one: step {self.last_saved})")
+                self.log(
+                    f"error at step {self.global_step + 1}: no checkpoint could be saved "
+                    f"(last one: step {self.last_saved})"
+                )
             return
         try:
             path = self.save(self.epoch, self.skip, rng=self.rng_at_step)
@@ -632,8 +719,10 @@ class Trainer:
             self.log(f"error at step {self.global_step + 1}; saving a checkpoint failed too ({save_exc})")
             return
         if path:
-            self.runlog.write(f"error at step {self.global_step + 1}: saved {path} first; fix the cause and continue "
-                              "with the same command plus --resume")
+            self.runlog.write(
+                f"error at step {self.global_step + 1}: saved {path} first; fix the cause and continue "
+                "with the same command plus --resume"
+            )
 
     def train(self) -> int:
         """Train; returns the process exit code (0 done, 128+signal when interrupted after saving)."""
@@ -672,15 +761,22 @@ class Trainer:
         if interrupted:
             if d.main:
                 name = signal.Signals(interrupted).name
-                print(f"{name}: stopped at step {self.global_step}/{self.total}; checkpoint saved in {out}. "
-                      f"Continue with the same command plus --resume.", flush=True)
+                print(
+                    f"{name}: stopped at step {self.global_step}/{self.total}; checkpoint saved in {out}. "
+                    f"Continue with the same command plus --resume.",
+                    flush=True,
+                )
             _finish(d)
             return 128 + interrupted
         if d.main:
             stats = _run_stats(self.runlog.rows, self.dev, self.n_train, d.world, self.cfg)
             stats["skipped_samples"] = skipped
-            stats["layout"] = {**self.layout.to_json(), "checkpointed_layers": self.plan.checkpointed_layers,
-                               "llm_layers": self.n_layers, "plan": self.plan.note}
+            stats["layout"] = {
+                **self.layout.to_json(),
+                "checkpointed_layers": self.plan.checkpointed_layers,
+                "llm_layers": self.n_layers,
+                "plan": self.plan.note,
+            }
             (out / "run_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
             use_packed_attention(self.vlm, False)  # outputs carry the model's own attention implementation
             _write_outputs(self.cfg, out, self.vlm, self.peft_model, self.loaded, self.runlog)
@@ -691,6 +787,7 @@ class Trainer:
 def run_training(cfg: TrainConfig) -> int:
     """Train; returns the process exit code (0 done, 128+signal when interrupted after saving)."""
     return Trainer(cfg).train()
+
 
 def _check_ranks_agree(d: Dist, vlm, out: Path) -> None:
     """DDP sanity check: every rank must hold bit-identical trainable weights (written to ddp_check.json)."""
@@ -712,13 +809,18 @@ def _run_stats(rows: list[dict], dev: torch.device, n_train: int, world: int, cf
     """Throughput summary of this run (first step left out of the means: it includes warm-up)."""
     timed = rows[1:] or rows
     step_times = [float(r["step_time_s"]) for r in timed]
-    stats = {"steps": len(rows), "trainable_parameters": n_train, "world_size": world,
-             "per_device_batch_size": cfg.per_device_batch_size, "gradient_acc": cfg.gradient_acc,
-             "samples_per_step": cfg.per_device_batch_size * cfg.gradient_acc * world,
-             "mean_step_time_s": sum(step_times) / len(step_times) if step_times else None,
-             "mean_samples_per_s": (sum(float(r["samples_per_s"]) for r in timed) / len(timed)) if timed else None,
-             "mean_tokens_per_s": _mean(timed, "tokens_per_s"),
-             "first_step_time_s": float(rows[0]["step_time_s"]) if rows else None}
+    stats = {
+        "steps": len(rows),
+        "trainable_parameters": n_train,
+        "world_size": world,
+        "per_device_batch_size": cfg.per_device_batch_size,
+        "gradient_acc": cfg.gradient_acc,
+        "samples_per_step": cfg.per_device_batch_size * cfg.gradient_acc * world,
+        "mean_step_time_s": sum(step_times) / len(step_times) if step_times else None,
+        "mean_samples_per_s": (sum(float(r["samples_per_s"]) for r in timed) / len(timed)) if timed else None,
+        "mean_tokens_per_s": _mean(timed, "tokens_per_s"),
+        "first_step_time_s": float(rows[0]["step_time_s"]) if rows else None,
+    }
     if dev.type == "cuda":
         stats["peak_gpu_memory_allocated_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         stats["peak_gpu_memory_reserved_gib"] = torch.cuda.max_memory_reserved(dev) / 2**30
@@ -738,9 +840,15 @@ def _finish(d: Dist) -> None:
 
 
 def _training_record(cfg: TrainConfig, spec, n_train: int, world: int) -> dict:
-    return {"base_model": str(Path(cfg.model).resolve()), "data": cfg.data, "trainable_parameters": n_train,
-            "world_size": world, "config": cfg.to_json(), "spec": spec.to_json(),
-            "lora_targets": "split q/k/v/o/gate/up/down (peft); upstream fused wqkv differs, see finetune/model.py"}
+    return {
+        "base_model": str(Path(cfg.model).resolve()),
+        "data": cfg.data,
+        "trainable_parameters": n_train,
+        "world_size": world,
+        "config": cfg.to_json(),
+        "spec": spec.to_json(),
+        "lora_targets": "split q/k/v/o/gate/up/down (peft); upstream fused wqkv differs, see finetune/model.py",
+    }
 
 
 def _write_outputs(cfg: TrainConfig, out: Path, vlm, peft_model, loaded, runlog: RunLog) -> None:

@@ -103,8 +103,7 @@ def _open(path: Path, shown: str | None = None):
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         cap.release()
-        raise VideoError(f"cannot read video {shown or path} (OpenCV cannot open it: not a video, or a codec it "
-                         "lacks)")
+        raise VideoError(f"cannot read video {shown or path} (OpenCV cannot open it: not a video, or a codec it lacks)")
     return cap
 
 
@@ -136,8 +135,11 @@ def probe_video(path: Path, shown: str | None = None) -> str | None:
         stated = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         ok, frame = cap.read()
         if not ok or frame is None:
-            return f"video has no frames: {shown}" if stated <= 0 else \
-                f"cannot read video {shown} (the container lists {stated} frames but the first does not decode)"
+            return (
+                f"video has no frames: {shown}"
+                if stated <= 0
+                else f"cannot read video {shown} (the container lists {stated} frames but the first does not decode)"
+            )
     finally:
         cap.release()
     return None

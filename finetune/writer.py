@@ -35,8 +35,14 @@ def _is_weight_file(p: Path) -> bool:
     return p.name in _WEIGHT_NAMES or p.suffix in (".safetensors", ".bin", ".pt")
 
 
-def write_full_checkpoint(vlm: torch.nn.Module, base: LoadedModel, out: str | Path, layout: str = "upstream",
-                          max_dynamic_patch: int | None = None, dtype: torch.dtype | None = None) -> Path:
+def write_full_checkpoint(
+    vlm: torch.nn.Module,
+    base: LoadedModel,
+    out: str | Path,
+    layout: str = "upstream",
+    max_dynamic_patch: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Save ``vlm`` (a plain InternVLForConditionalGeneration, adapters merged) next to ``base``'s files."""
     if layout not in LAYOUTS:
         raise OptionError(f"layout {layout!r} is not one of {LAYOUTS}")
@@ -44,8 +50,10 @@ def write_full_checkpoint(vlm: torch.nn.Module, base: LoadedModel, out: str | Pa
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out}: exists and is not empty; choose a new directory")
     if base.layout != "upstream":
-        raise CheckpointError(f"{base.path}: the base is in the converted layout; merging needs the original "
-                              "upstream checkpoint as base (the one that was converted)")
+        raise CheckpointError(
+            f"{base.path}: the base is in the converted layout; merging needs the original "
+            "upstream checkpoint as base (the one that was converted)"
+        )
     dtype = dtype or stored_dtype(base.path)
     state = {k: v.detach().to("cpu", dtype) for k, v in vlm.state_dict().items()}
     tensors = unconvert_state_dict(state, vlm.config)

@@ -28,6 +28,7 @@ from ivl_ros.model.options import (
 # Subcommands that live with their feature; each module has add_parser(subparsers) and run(args) -> int.
 PLUGIN_COMMANDS = {"eval-caption": "ivl_ros.eval.command"}
 
+
 def _size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)[xX](\d+)", text)
     if not m:
@@ -43,8 +44,12 @@ class IvlArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.print_usage(sys.stderr)
-        self.exit(2, f"ivl: error: {self.prog.removeprefix('ivl ')}: {message}\n" if self.prog != "ivl"
-                  else f"ivl: error: {message}\n")
+        self.exit(
+            2,
+            f"ivl: error: {self.prog.removeprefix('ivl ')}: {message}\n"
+            if self.prog != "ivl"
+            else f"ivl: error: {message}\n",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,8 +126,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise OptionError(f"--min-new-tokens ({args.min_new_tokens}) exceeds --max-new-tokens ({args.max_new_tokens})")
     settings = generation_settings(args)
     model = resolve_model_path(args.model, log=None if args.json else _say)
-    engine = VisionLanguageEngine.load(model, backend=args.backend, device=args.device, dtype=args.dtype,
-                                       engines_path=args.engines, attention=args.attention)
+    engine = VisionLanguageEngine.load(
+        model,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        engines_path=args.engines,
+        attention=args.attention,
+    )
     if args.command == "caption":
         answer = engine.caption(args.image, max_tiles=args.max_tiles, prompt=args.prompt, settings=settings)
     else:
@@ -131,8 +142,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(json.dumps(answer.to_json(), ensure_ascii=False))
     else:
         print(answer.answer)
-        print(f"[{engine.model_id}: {len(answer.token_ids)} tokens, {answer.num_tiles} tiles, "
-              f"{answer.latency_ms:.0f} ms]", file=sys.stderr)
+        print(
+            f"[{engine.model_id}: {len(answer.token_ids)} tokens, {answer.num_tiles} tiles, "
+            f"{answer.latency_ms:.0f} ms]",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -152,8 +166,13 @@ def _cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"tiles": _cmd_tiles, "ask": _cmd_generate, "caption": _cmd_generate, "convert": _cmd_convert,
-            "make-tiny": _cmd_make_tiny}
+COMMANDS = {
+    "tiles": _cmd_tiles,
+    "ask": _cmd_generate,
+    "caption": _cmd_generate,
+    "convert": _cmd_convert,
+    "make-tiny": _cmd_make_tiny,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

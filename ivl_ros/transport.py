@@ -31,8 +31,11 @@ from ivl_ros.share import find_share_file
 SUBSCRIBER = "subscriber"
 PUBLISHER = "publisher"
 PROFILE_FILES = {SUBSCRIBER: "config/fastdds_image_subscriber.xml", PUBLISHER: "config/fastdds_image_publisher.xml"}
-USER_CHOICE_VARIABLES = ("FASTDDS_BUILTIN_TRANSPORTS", "FASTDDS_DEFAULT_PROFILES_FILE",
-                         "FASTRTPS_DEFAULT_PROFILES_FILE")
+USER_CHOICE_VARIABLES = (
+    "FASTDDS_BUILTIN_TRANSPORTS",
+    "FASTDDS_DEFAULT_PROFILES_FILE",
+    "FASTRTPS_DEFAULT_PROFILES_FILE",
+)
 OPT_OUT_VARIABLE = "IVL_ROS_DDS_PROFILE"
 # Socket receive buffer the subscriber profile asks for; the kernel caps it at net.core.rmem_max.
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
@@ -75,6 +78,8 @@ def receive_buffer_warning(rmem_max_file: Path = RMEM_MAX_FILE) -> str | None:
         return None
     if rmem_max >= RECEIVE_BUFFER_BYTES:
         return None
-    return (f"net.core.rmem_max is {rmem_max} bytes: best-effort camera frames larger than about that from other "
-            f"processes may be lost. Raise it: sudo sysctl -w net.core.rmem_max={RECEIVE_BUFFER_BYTES} (and add it "
-            "to /etc/sysctl.d/ to keep it)")
+    return (
+        f"net.core.rmem_max is {rmem_max} bytes: best-effort camera frames larger than about that from other "
+        f"processes may be lost. Raise it: sudo sysctl -w net.core.rmem_max={RECEIVE_BUFFER_BYTES} (and add it "
+        "to /etc/sysctl.d/ to keep it)"
+    )

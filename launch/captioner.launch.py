@@ -18,14 +18,21 @@ def _nodes(context):
     # override the YAML only when they are given.
     launches = launch_spec.plan(dict(context.launch_configurations), strict=False)
     return [
-        Node(package=launch_spec.PACKAGE, executable=launch.spec.executable, name=launch.spec.name,
-             output="screen", emulate_tty=True,
-             parameters=[str(launch.params_file)] + ([launch.overrides] if launch.overrides else []))
+        Node(
+            package=launch_spec.PACKAGE,
+            executable=launch.spec.executable,
+            name=launch.spec.name,
+            output="screen",
+            emulate_tty=True,
+            parameters=[str(launch.params_file)] + ([launch.overrides] if launch.overrides else []),
+        )
         for launch in launches
     ]
 
 
 def generate_launch_description():
-    arguments = [DeclareLaunchArgument(name, default_value=default, description=description)
-                 for name, (default, description) in launch_spec.LAUNCH_ARGUMENTS.items()]
+    arguments = [
+        DeclareLaunchArgument(name, default_value=default, description=description)
+        for name, (default, description) in launch_spec.LAUNCH_ARGUMENTS.items()
+    ]
     return LaunchDescription([*arguments, OpaqueFunction(function=_nodes)])

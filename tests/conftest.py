@@ -62,8 +62,17 @@ def tiny_engine(tiny_checkpoint):
 
 def export_demo(out: Path, *options: str) -> Path:
     """The demo model's engines, built the way a user does it (``python export/build_engines.py``)."""
-    cmd = [sys.executable, "export/build_engines.py", "--model", str(DEMO), "--out", str(out), "--max-tiles", "6",
-           *options]
+    cmd = [
+        sys.executable,
+        "export/build_engines.py",
+        "--model",
+        str(DEMO),
+        "--out",
+        str(out),
+        "--max-tiles",
+        "6",
+        *options,
+    ]
     build = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]
     return out

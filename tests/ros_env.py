@@ -20,9 +20,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Settings a user's shell does not have; the tests must not depend on them (nor inherit them from the developer).
 NON_DEFAULT_VARIABLES = (
-    "FASTDDS_BUILTIN_TRANSPORTS", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE",
-    "RMW_FASTRTPS_USE_QOS_FROM_XML", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC_PEERS", "ROS_LOCALHOST_ONLY",
-    "ROS_DISCOVERY_SERVER", "ROS_DOMAIN_ID", "IVL_ROS_DDS_PROFILE", "RMW_IMPLEMENTATION",
+    "FASTDDS_BUILTIN_TRANSPORTS",
+    "FASTDDS_DEFAULT_PROFILES_FILE",
+    "FASTRTPS_DEFAULT_PROFILES_FILE",
+    "RMW_FASTRTPS_USE_QOS_FROM_XML",
+    "ROS_AUTOMATIC_DISCOVERY_RANGE",
+    "ROS_STATIC_PEERS",
+    "ROS_LOCALHOST_ONLY",
+    "ROS_DISCOVERY_SERVER",
+    "ROS_DOMAIN_ID",
+    "IVL_ROS_DDS_PROFILE",
+    "RMW_IMPLEMENTATION",
 )
 # ROS_DOMAIN_ID 1..101 maps to well-separated UDP ports on Linux (0 is everybody's default).
 DOMAINS = range(1, 102)
@@ -50,10 +58,13 @@ def allocate_domain() -> int:
 def default_ros_env(domain: int, **extra: str) -> dict[str, str]:
     """The environment of a default-configured ROS 2 process on ``domain`` (plus test-only extras)."""
     env = {k: v for k, v in os.environ.items() if k not in NON_DEFAULT_VARIABLES}
-    env.update(ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1",
-               # Several processes share 2 cores here: torch's spinning OpenMP threads would slow the tiny model
-               # 10x under that contention (this is about CPU time, not DDS).
-               OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env.update(
+        ROS_DOMAIN_ID=str(domain),
+        PYTHONUNBUFFERED="1",
+        # Several processes share 2 cores here: torch's spinning OpenMP threads would slow the tiny model
+        # 10x under that contention (this is about CPU time, not DDS).
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
     env.update(extra)
     return env

@@ -1,4 +1,4 @@
-"""The code base stays `ruff` clean (ruff.toml) and the model core type-checks (pyrightconfig.json)."""
+"""The code base stays `ruff` clean and `ruff format`ted (ruff.toml) and the model core type-checks (pyrightconfig.json)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ def test_ruff_clean():
         pytest.skip("ruff is not installed (requirements/dev.txt)")
     proc = subprocess.run([ruff, "check", "--quiet", "."], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # One style for the whole tree.
+    proc = subprocess.run([ruff, "format", "--check", "."], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
@@ -26,6 +29,11 @@ def test_model_core_type_checks():
     checker = shutil.which("basedpyright", path=str(Path(sys.executable).parent)) or shutil.which("basedpyright")
     if checker is None:
         pytest.skip("basedpyright is not installed (requirements/dev.txt)")
-    proc = subprocess.run([checker, "--pythonpath", sys.executable, "--project", str(REPO / "pyrightconfig.json")],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [checker, "--pythonpath", sys.executable, "--project", str(REPO / "pyrightconfig.json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

@@ -20,7 +20,7 @@ def habitat_sim_available() -> str | None:
     """None when ``import habitat_sim`` works, else why it does not."""
     try:
         importlib.import_module("habitat_sim")
-    except Exception as exc:  # noqa: BLE001 - a broken install raises all sorts (ImportError, OSError, ...)
+    except Exception as exc:
         return f"habitat_sim is not importable ({type(exc).__name__}: {exc}); install it with conda"
     return None
 
@@ -75,7 +75,7 @@ class HabitatSimSource(FrameSource):
         }
         try:
             self.sim = hs.Simulator(hs.Configuration(backend, [agent]))
-        except Exception as exc:  # noqa: BLE001 - surface scene/config problems as a user error
+        except Exception as exc:
             raise BridgeError(f"habitat-sim could not load scene {scene!r}: {exc}") from exc
         self.agent = self.sim.initialize_agent(0)
         self.intrinsics = CameraIntrinsics.from_hfov(width, height, hfov)

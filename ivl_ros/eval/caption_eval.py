@@ -43,8 +43,14 @@ def caption_settings(max_tiles: int, backend: str) -> dict:
     from ivl_ros.model.engine import CAPTION_PROMPT, CAPTION_SETTINGS
 
     gen = asdict(CAPTION_SETTINGS)
-    return {"prompt": CAPTION_PROMPT, "max_tiles": max_tiles, "dynamic": True, "backend": backend,
-            "num_beams": 1, **{k: gen[k] for k in ("max_new_tokens", "min_new_tokens", "do_sample")}}
+    return {
+        "prompt": CAPTION_PROMPT,
+        "max_tiles": max_tiles,
+        "dynamic": True,
+        "backend": backend,
+        "num_beams": 1,
+        **{k: gen[k] for k in ("max_new_tokens", "min_new_tokens", "do_sample")},
+    }
 
 
 def read_done(out_dir: Path) -> dict[int, dict]:
@@ -78,27 +84,41 @@ def _check_run(out_dir: Path, identity: dict) -> None:
         except json.JSONDecodeError:
             previous = None
         if previous != identity:
-            diff = sorted(k for k in set(identity) | set(previous or {})
-                          if (previous or {}).get(k) != identity.get(k))
-            raise IvlError(f"{out_dir} holds captions from a different run (differs in: {', '.join(diff)}); "
-                           f"use another --out directory or delete {out_dir / CAPTIONS_FILE}")
+            diff = sorted(k for k in set(identity) | set(previous or {}) if (previous or {}).get(k) != identity.get(k))
+            raise IvlError(
+                f"{out_dir} holds captions from a different run (differs in: {', '.join(diff)}); "
+                f"use another --out directory or delete {out_dir / CAPTIONS_FILE}"
+            )
     path.write_text(json.dumps(identity, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def caption_images(engine: CaptionEngine, dataset: CaptionDataset, out_dir: Path, max_tiles: int,
-                   progress: bool = True) -> tuple[dict[int, dict], int]:
+def caption_images(
+    engine: CaptionEngine, dataset: CaptionDataset, out_dir: Path, max_tiles: int, progress: bool = True
+) -> tuple[dict[int, dict], int]:
     """Caption every image not yet in ``captions.jsonl``; returns (all records, number captioned now)."""
     done = read_done(out_dir)
     todo = [img for img in dataset.images if img.image_id not in done]
-    with (out_dir / CAPTIONS_FILE).open("a", encoding="utf-8") as f, \
-            tqdm(total=len(dataset.images), initial=len(dataset.images) - len(todo), desc="captioning",
-                 unit="img", disable=not progress) as bar:
+    with (
+        (out_dir / CAPTIONS_FILE).open("a", encoding="utf-8") as f,
+        tqdm(
+            total=len(dataset.images),
+            initial=len(dataset.images) - len(todo),
+            desc="captioning",
+            unit="img",
+            disable=not progress,
+        ) as bar,
+    ):
         for img in todo:
             start = time.perf_counter()
             ans = engine.caption(img.path, max_tiles=max_tiles)
-            rec = {"image_id": img.image_id, "file": img.file, "caption": ans.answer,
-                   "num_tiles": ans.num_tiles, "num_tokens": len(ans.token_ids),
-                   "seconds": round(time.perf_counter() - start, 4)}
+            rec = {
+                "image_id": img.image_id,
+                "file": img.file,
+                "caption": ans.answer,
+                "num_tiles": ans.num_tiles,
+                "num_tokens": len(ans.token_ids),
+                "seconds": round(time.perf_counter() - start, 4),
+            }
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())  # a crash right after must not lose this image's (possibly minutes of) work
@@ -107,8 +127,14 @@ def caption_images(engine: CaptionEngine, dataset: CaptionDataset, out_dir: Path
     return done, len(todo)
 
 
-def build_metrics(scores: CaptionScores, records: list[dict], model_id: str, settings: dict,
-                  dataset: CaptionDataset, images_root: Path) -> dict:
+def build_metrics(
+    scores: CaptionScores,
+    records: list[dict],
+    model_id: str,
+    settings: dict,
+    dataset: CaptionDataset,
+    images_root: Path,
+) -> dict:
     seconds = sum(float(r.get("seconds", 0.0)) for r in records)
     return {
         **scores.to_json(),
@@ -127,10 +153,19 @@ def build_metrics(scores: CaptionScores, records: list[dict], model_id: str, set
     }
 
 
-def evaluate_captions(engine: CaptionEngine, images_root: str | Path, annotations: str | Path, out_dir: str | Path,
-                      max_tiles: int = 6, limit: int | None = None, backend: str = "torch", *,
-                      gt: str | Path | None = None, progress: bool = True,
-                      log: Callable[[str], None] | None = None) -> dict:
+def evaluate_captions(
+    engine: CaptionEngine,
+    images_root: str | Path,
+    annotations: str | Path,
+    out_dir: str | Path,
+    max_tiles: int = 6,
+    limit: int | None = None,
+    backend: str = "torch",
+    *,
+    gt: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Caption (resumably), score and report; returns the metrics dict also written to ``metrics.json``."""
     require_java()  # fail before captioning, not after an hour of it
     images_root = Path(images_root)

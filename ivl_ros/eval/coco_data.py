@@ -24,7 +24,7 @@ from ivl_ros.jsonfile import read_json as read_jsonfile
 @dataclass(frozen=True)
 class CaptionImage:
     image_id: int
-    file: str   # as written in the annotation file
+    file: str  # as written in the annotation file
     path: Path  # resolved against the image root
 
 
@@ -32,7 +32,7 @@ class CaptionImage:
 class CaptionDataset:
     images: list[CaptionImage]
     references: dict[int, list[str]]
-    source: str   # "karpathy" or "coco"
+    source: str  # "karpathy" or "coco"
     annotations: Path
 
 
@@ -47,8 +47,10 @@ def karpathy_image_id(image: str) -> int:
     try:
         return int(stem.rsplit("_", 1)[-1])
     except ValueError:
-        raise IvlError(f"cannot take an image id from {image!r}: expected a name ending in _<digits>, "
-                       "like val2014/COCO_val2014_000000391895.jpg") from None
+        raise IvlError(
+            f"cannot take an image id from {image!r}: expected a name ending in _<digits>, "
+            "like val2014/COCO_val2014_000000391895.jpg"
+        ) from None
 
 
 def _field(record: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -102,8 +104,10 @@ def _karpathy(records: list, path: Path, root: Path, gt: Path | None) -> tuple[l
         return images, coco_references(read_json(gt, "ground-truth file"), gt)
     if len(own_refs) == len(images):
         return images, own_refs
-    raise IvlError(f"{path}: a Karpathy image list needs its COCO-format ground truth: pass --gt FILE "
-                   f"(upstream: coco_karpathy_test_gt.json) or put {path.stem}_gt.json next to it")
+    raise IvlError(
+        f"{path}: a Karpathy image list needs its COCO-format ground truth: pass --gt FILE "
+        f"(upstream: coco_karpathy_test_gt.json) or put {path.stem}_gt.json next to it"
+    )
 
 
 def _coco(data: dict, path: Path, root: Path) -> tuple[list[CaptionImage], dict]:
@@ -119,8 +123,14 @@ def _coco(data: dict, path: Path, root: Path) -> tuple[list[CaptionImage], dict]
     return images, coco_references(data, path)
 
 
-def load_caption_dataset(annotations: str | Path, images_root: str | Path, *, gt: str | Path | None = None,
-                         limit: int | None = None, check_files: bool = True) -> CaptionDataset:
+def load_caption_dataset(
+    annotations: str | Path,
+    images_root: str | Path,
+    *,
+    gt: str | Path | None = None,
+    limit: int | None = None,
+    check_files: bool = True,
+) -> CaptionDataset:
     """Read an annotation file (Karpathy list or COCO captions) and check that its images exist.
 
     ``limit`` keeps the first N images (in file order); only those are checked on disk.
@@ -139,8 +149,10 @@ def load_caption_dataset(annotations: str | Path, images_root: str | Path, *, gt
         source = "coco"
         images, refs = _coco(data, path, root)
     else:
-        raise IvlError(f"{path}: expected a list of image records (Karpathy) or an object with 'images' and "
-                       f"'annotations' (COCO), got {type(data).__name__}")
+        raise IvlError(
+            f"{path}: expected a list of image records (Karpathy) or an object with 'images' and "
+            f"'annotations' (COCO), got {type(data).__name__}"
+        )
     if not images:
         raise IvlError(f"{path}: lists no images")
 
@@ -160,6 +172,7 @@ def load_caption_dataset(annotations: str | Path, images_root: str | Path, *, gt
         missing = [img for img in images if not img.path.is_file()]
         if missing:
             shown = ", ".join(str(i.path) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise IvlError(f"{len(missing)} of {len(images)} image file(s) listed in {path} are missing under "
-                           f"{root}: {shown}")
+            raise IvlError(
+                f"{len(missing)} of {len(images)} image file(s) listed in {path} are missing under {root}: {shown}"
+            )
     return CaptionDataset(images, {img.image_id: refs[img.image_id] for img in images}, source, path)

@@ -36,8 +36,9 @@ def baseline_cider(baseline: str | Path | dict) -> float:
     data = baseline if isinstance(baseline, dict) else read_json(baseline, "baseline metrics file")
     value = data.get("CIDEr") if isinstance(data, dict) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise IvlError(f"{baseline if not isinstance(baseline, dict) else 'baseline'}: needs a numeric 'CIDEr', "
-                       f"got {value!r}")
+        raise IvlError(
+            f"{baseline if not isinstance(baseline, dict) else 'baseline'}: needs a numeric 'CIDEr', got {value!r}"
+        )
     return float(value)
 
 
@@ -50,13 +51,19 @@ def compare_cider(cider: float, baseline: float, tolerance: float = DEFAULT_TOLE
     delta = cider - baseline
     word = "PASS" if passed else "FAIL"
     how = "within" if passed else "more than"
-    message = (f"{word}: CIDEr {cider:.4f} vs baseline {baseline:.4f} ({delta:+.4f}; "
-               f"{how} the allowed drop of {tolerance:.4f}, floor {floor:.4f})")
+    message = (
+        f"{word}: CIDEr {cider:.4f} vs baseline {baseline:.4f} ({delta:+.4f}; "
+        f"{how} the allowed drop of {tolerance:.4f}, floor {floor:.4f})"
+    )
     return RegressionVerdict(passed, cider, baseline, tolerance, message)
 
 
-def check_caption_regression(predictions: Iterable[tuple[int, str]], references: str | Path,
-                             baseline: str | Path | dict, tolerance: float = DEFAULT_TOLERANCE) -> RegressionVerdict:
+def check_caption_regression(
+    predictions: Iterable[tuple[int, str]],
+    references: str | Path,
+    baseline: str | Path | dict,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> RegressionVerdict:
     """Score ``(image_id, caption)`` pairs against a COCO-format reference file and compare with the baseline.
 
     Every image of the reference file must be predicted: a missing image would silently change CIDEr's IDF.
@@ -66,7 +73,6 @@ def check_caption_regression(predictions: Iterable[tuple[int, str]], references:
     preds = dict(predictions)
     missing = sorted(set(refs) - set(preds))
     if missing:
-        raise IvlError(f"{len(missing)} image(s) of {refs_path} have no prediction: "
-                       f"{', '.join(map(str, missing[:5]))}")
+        raise IvlError(f"{len(missing)} image(s) of {refs_path} have no prediction: {', '.join(map(str, missing[:5]))}")
     scores = score_captions(refs, preds, tokenize=True, spice=False)
     return compare_cider(scores.metrics["CIDEr"], baseline_cider(baseline), tolerance)

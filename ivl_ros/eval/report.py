@@ -47,8 +47,9 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-def write_report(out_dir: Path, dataset: CaptionDataset, records: list[dict], scores: CaptionScores,
-                 metrics: dict) -> Path:
+def write_report(
+    out_dir: Path, dataset: CaptionDataset, records: list[dict], scores: CaptionScores, metrics: dict
+) -> Path:
     """Write ``report.html`` (and ``thumbs/``) into ``out_dir``; returns the page's path."""
     esc = html.escape
     paths = {img.image_id: img.path for img in dataset.images}
@@ -70,17 +71,21 @@ def write_report(out_dir: Path, dataset: CaptionDataset, records: list[dict], sc
         ok = make_thumbnail(paths[image_id], out_dir / thumb)
         img = f'<img src="{thumb.as_posix()}" alt="{image_id}">' if ok else "<p>(image unreadable)</p>"
         refs = "".join(f"<li>{_text(r)}</li>" for r in dataset.references[image_id])
-        cards.append(f'<div class="card">{img}<span class="score">CIDEr {_fmt(cider.get(image_id))}</span>'
-                     f'<div>{esc(rec.get("file", str(image_id)))}</div>'
-                     f'<div class="pred">{_text(rec["caption"])}</div><ol class="refs">{refs}</ol></div>')
+        cards.append(
+            f'<div class="card">{img}<span class="score">CIDEr {_fmt(cider.get(image_id))}</span>'
+            f"<div>{esc(rec.get('file', str(image_id)))}</div>"
+            f'<div class="pred">{_text(rec["caption"])}</div><ol class="refs">{refs}</ol></div>'
+        )
 
-    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Caption evaluation: "
-            f"{esc(str(metrics.get('model_id')))}</title><style>{_STYLE}</style></head><body>\n"
-            f"<h1>Caption evaluation</h1><p>{esc(str(dataset.annotations))}</p>\n"
-            f"<table class=\"summary\">{rows}</table>\n<h2>Images</h2>\n"
-            "<p>Bold: the model's caption; numbered: the reference captions. Per-image CIDEr uses the IDF of the "
-            "whole evaluated set.</p>\n"
-            f"<div class=\"grid\">\n{chr(10).join(cards)}\n</div>\n</body></html>\n")
+    page = (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Caption evaluation: '
+        f"{esc(str(metrics.get('model_id')))}</title><style>{_STYLE}</style></head><body>\n"
+        f"<h1>Caption evaluation</h1><p>{esc(str(dataset.annotations))}</p>\n"
+        f'<table class="summary">{rows}</table>\n<h2>Images</h2>\n'
+        "<p>Bold: the model's caption; numbered: the reference captions. Per-image CIDEr uses the IDF of the "
+        "whole evaluated set.</p>\n"
+        f'<div class="grid">\n{chr(10).join(cards)}\n</div>\n</body></html>\n'
+    )
     path = out_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return path

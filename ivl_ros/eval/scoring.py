@@ -50,8 +50,10 @@ def require_java() -> str:
     """The path of ``java``, or an IvlError saying how to install it."""
     java = shutil.which("java")
     if java is None:
-        raise IvlError("COCO caption scoring needs Java (METEOR and the PTB tokenizer run on the JVM), "
-                       f"but `java` was not found on PATH; {JAVA_HINT}")
+        raise IvlError(
+            "COCO caption scoring needs Java (METEOR and the PTB tokenizer run on the JVM), "
+            f"but `java` was not found on PATH; {JAVA_HINT}"
+        )
     return java
 
 
@@ -70,8 +72,11 @@ def spice_status() -> SpiceStatus:
     needed = [lib / "stanford-corenlp-3.6.0.jar", lib / "stanford-corenlp-3.6.0-models.jar"]
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
-        return SpiceStatus(False, f"SPICE needs Stanford CoreNLP 3.6.0 ({', '.join(missing)}) in {lib}; pycocoevalcap "
-                                  "would download it from nlp.stanford.edu at first use, which is not done offline")
+        return SpiceStatus(
+            False,
+            f"SPICE needs Stanford CoreNLP 3.6.0 ({', '.join(missing)}) in {lib}; pycocoevalcap "
+            "would download it from nlp.stanford.edu at first use, which is not done offline",
+        )
     return SpiceStatus(True)
 
 
@@ -93,8 +98,9 @@ def _meteor_score(gts: dict, res: dict) -> tuple[float, list[float]]:
         except Exception as exc:
             # The wrapper leaves its own lock held and its pipe in an unknown state on errors: start afresh next time.
             _meteor = None
-            raise IvlError(f"METEOR scoring failed ({type(exc).__name__}: {exc}); is `java` a working Java 8+ "
-                           "runtime?") from None
+            raise IvlError(
+                f"METEOR scoring failed ({type(exc).__name__}: {exc}); is `java` a working Java 8+ runtime?"
+            ) from None
 
 
 def _clean(text: str) -> str:
@@ -111,15 +117,16 @@ def _ptb_tokenize(captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, 
     try:
         out = PTBTokenizer().tokenize(data)
     except OSError as exc:  # it writes its input file next to its jar, inside the installed package
-        raise IvlError(f"the PTB tokenizer (pycocoevalcap, Java) could not run: {exc}; pycocoevalcap's "
-                       "tokenizer folder must be writable") from None
+        raise IvlError(
+            f"the PTB tokenizer (pycocoevalcap, Java) could not run: {exc}; pycocoevalcap's "
+            "tokenizer folder must be writable"
+        ) from None
     if set(out) != set(data) or any(len(out[k]) != len(data[k]) for k in data):
         raise IvlError("the PTB tokenizer returned a different number of captions than it was given")
     return out
 
 
-def _check_inputs(references: Mapping[Hashable, Sequence[str]],
-                  predictions: Mapping[Hashable, str]) -> None:
+def _check_inputs(references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str]) -> None:
     if not predictions:
         raise IvlError("no predictions to score: the prediction list is empty")
     missing = [k for k in predictions if k not in references]
@@ -134,8 +141,13 @@ def _check_inputs(references: Mapping[Hashable, Sequence[str]],
             raise IvlError(f"references for image {k} must be a non-empty list of strings, got {refs!r}")
 
 
-def score_captions(references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str], *,
-                   tokenize: bool = True, spice: bool | None = None) -> CaptionScores:
+def score_captions(
+    references: Mapping[Hashable, Sequence[str]],
+    predictions: Mapping[Hashable, str],
+    *,
+    tokenize: bool = True,
+    spice: bool | None = None,
+) -> CaptionScores:
     """Score one caption per image against its references, the way coco-caption does.
 
     ``tokenize=True`` runs the PTB tokenizer (lower-cases, strips punctuation) as ``COCOEvalCap`` does;
@@ -155,8 +167,9 @@ def score_captions(references: Mapping[Hashable, Sequence[str]], predictions: Ma
     if tokenize:
         # One tokenizer JVM for references and predictions together (it works line by line, so this equals
         # COCOEvalCap's two calls). The scorers return per-image lists in key order: keep it equal to ``ids``.
-        tok = _ptb_tokenize({**{("ref", k): list(references[k]) for k in ids},
-                             **{("hyp", k): [predictions[k]] for k in ids}})
+        tok = _ptb_tokenize(
+            {**{("ref", k): list(references[k]) for k in ids}, **{("hyp", k): [predictions[k]] for k in ids}}
+        )
         gts = {k: tok[("ref", k)] for k in ids}
         res = {k: tok[("hyp", k)] for k in ids}
     else:
@@ -169,8 +182,11 @@ def score_captions(references: Mapping[Hashable, Sequence[str]], predictions: Ma
     for n in range(4):
         metrics[f"Bleu_{n + 1}"] = float(bleu[n])
         per_image[f"Bleu_{n + 1}"] = dict(zip(ids, map(float, bleu_each[n]), strict=True))
-    for name, scorer in (("METEOR", _meteor_score), ("ROUGE_L", Rouge().compute_score),
-                         ("CIDEr", Cider().compute_score)):
+    for name, scorer in (
+        ("METEOR", _meteor_score),
+        ("ROUGE_L", Rouge().compute_score),
+        ("CIDEr", Cider().compute_score),
+    ):
         score, each = scorer(gts, res)
         metrics[name] = float(score)
         per_image[name] = dict(zip(ids, map(float, each), strict=True))

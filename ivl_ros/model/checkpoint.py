@@ -53,33 +53,59 @@ def hf_config_from_upstream(config: dict, spec: ModelSpec):
     config = check_upstream_config(config, Path("config.json"))
     vision, llm = config["vision_config"], config["llm_config"]
     vision_cfg = InternVLVisionConfig(
-        hidden_size=vision["hidden_size"], num_hidden_layers=vision["num_hidden_layers"],
-        num_attention_heads=vision["num_attention_heads"], intermediate_size=vision["intermediate_size"],
-        image_size=[spec.tile_size, spec.tile_size], patch_size=[vision["patch_size"]] * 2,
-        num_channels=vision["num_channels"], attention_bias=vision["qkv_bias"],
-        use_qk_norm=False, norm_type=vision["norm_type"],
-        layer_norm_eps=vision["layer_norm_eps"], hidden_act=vision["hidden_act"],
+        hidden_size=vision["hidden_size"],
+        num_hidden_layers=vision["num_hidden_layers"],
+        num_attention_heads=vision["num_attention_heads"],
+        intermediate_size=vision["intermediate_size"],
+        image_size=[spec.tile_size, spec.tile_size],
+        patch_size=[vision["patch_size"]] * 2,
+        num_channels=vision["num_channels"],
+        attention_bias=vision["qkv_bias"],
+        use_qk_norm=False,
+        norm_type=vision["norm_type"],
+        layer_norm_eps=vision["layer_norm_eps"],
+        hidden_act=vision["hidden_act"],
         # "mean pooling" true means: no final LayerNorm after the last layer, as upstream.
-        use_mean_pooling=True, layer_scale_init_value=vision["initializer_factor"],
-        attention_dropout=0.0, projection_dropout=0.0, hidden_dropout_prob=0.0,
-        drop_path_rate=0.0)  # pyright: ignore[reportCallIssue]  (an extra config attribute, kept as given)
+        use_mean_pooling=True,
+        layer_scale_init_value=vision["initializer_factor"],
+        attention_dropout=0.0,
+        projection_dropout=0.0,
+        hidden_dropout_prob=0.0,
+        drop_path_rate=0.0,
+    )  # pyright: ignore[reportCallIssue]  (an extra config attribute, kept as given)
     rope = llm["rope_scaling"]
     text_cfg = LlamaConfig(
-        hidden_size=llm["hidden_size"], num_hidden_layers=llm["num_hidden_layers"],
-        num_attention_heads=llm["num_attention_heads"], num_key_value_heads=llm["num_key_value_heads"],
-        intermediate_size=llm["intermediate_size"], vocab_size=llm["vocab_size"],
-        max_position_embeddings=llm["max_position_embeddings"], rms_norm_eps=llm["rms_norm_eps"],
+        hidden_size=llm["hidden_size"],
+        num_hidden_layers=llm["num_hidden_layers"],
+        num_attention_heads=llm["num_attention_heads"],
+        num_key_value_heads=llm["num_key_value_heads"],
+        intermediate_size=llm["intermediate_size"],
+        vocab_size=llm["vocab_size"],
+        max_position_embeddings=llm["max_position_embeddings"],
+        rms_norm_eps=llm["rms_norm_eps"],
         # Legacy names, not in the signature: transformers 5 folds them into rope_parameters.
         rope_theta=llm["rope_theta"],  # pyright: ignore[reportCallIssue]
         rope_scaling={"type": rope["type"], "factor": rope["factor"]} if rope else None,  # pyright: ignore[reportCallIssue]
-        hidden_act=llm["hidden_act"], attention_bias=llm["bias"], mlp_bias=False,
-        tie_word_embeddings=False, bos_token_id=llm["bos_token_id"], eos_token_id=llm["eos_token_id"],
-        pad_token_id=llm["pad_token_id"])
+        hidden_act=llm["hidden_act"],
+        attention_bias=llm["bias"],
+        mlp_bias=False,
+        tie_word_embeddings=False,
+        bos_token_id=llm["bos_token_id"],
+        eos_token_id=llm["eos_token_id"],
+        pad_token_id=llm["pad_token_id"],
+    )
     # tie_word_embeddings must be given at the top level too: InternVLConfig defaults it to true.
     return InternVLConfig(
-        vision_config=vision_cfg, text_config=text_cfg, image_token_id=spec.image_token_id,
-        downsample_ratio=spec.downsample_ratio, projector_hidden_act="gelu", vision_feature_layer=-1,
-        vision_feature_select_strategy="default", image_seq_length=spec.tokens_per_tile, tie_word_embeddings=False)
+        vision_config=vision_cfg,
+        text_config=text_cfg,
+        image_token_id=spec.image_token_id,
+        downsample_ratio=spec.downsample_ratio,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        image_seq_length=spec.tokens_per_tile,
+        tie_word_embeddings=False,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,8 +165,11 @@ HF_LLM = "model.language_model.layers.{0}."
 KEY_RULES: list[tuple[str, tuple[str, ...], Fused | None]] = [
     (r"vision_model\.embeddings\.class_embedding", ("model.vision_tower.embeddings.cls_token",), None),
     (r"vision_model\.embeddings\.position_embedding", ("model.vision_tower.embeddings.position_embeddings",), None),
-    (r"vision_model\.embeddings\.patch_embedding\.(weight|bias)",
-     ("model.vision_tower.embeddings.patch_embeddings.projection.{0}",), None),
+    (
+        r"vision_model\.embeddings\.patch_embedding\.(weight|bias)",
+        ("model.vision_tower.embeddings.patch_embeddings.projection.{0}",),
+        None,
+    ),
     (VIT + r"attn\.qkv\.(weight|bias)", tuple(HF_VIT + f"attention.{p}_proj.{{1}}" for p in "qkv"), VIT_QKV),
     (VIT + r"attn\.proj\.(weight|bias)", (HF_VIT + "attention.projection_layer.{1}",), None),
     (VIT + r"norm1\.(weight|bias)", (HF_VIT + "layernorm_before.{1}",), None),
@@ -199,19 +228,36 @@ def convert_state_dict(tensors: dict[str, torch.Tensor], hf_config, source: str)
 def upstream_names(hf_config) -> list[str]:
     """Every tensor name of an upstream checkpoint with this geometry, in upstream order."""
     vision, text = hf_config.vision_config, hf_config.text_config
-    names = ["vision_model.embeddings.class_embedding", "vision_model.embeddings.position_embedding",
-             "vision_model.embeddings.patch_embedding.weight", "vision_model.embeddings.patch_embedding.bias"]
+    names = [
+        "vision_model.embeddings.class_embedding",
+        "vision_model.embeddings.position_embedding",
+        "vision_model.embeddings.patch_embedding.weight",
+        "vision_model.embeddings.patch_embedding.bias",
+    ]
     for i in range(vision.num_hidden_layers):
         p = f"vision_model.encoder.layers.{i}."
         names += [p + "ls1", p + "ls2"]
-        names += [p + f"{m}.{w}" for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2")
-                  for w in ("weight", "bias")]
+        names += [
+            p + f"{m}.{w}"
+            for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2")
+            for w in ("weight", "bias")
+        ]
     names += [f"mlp1.{j}.{w}" for j in (0, 1, 3) for w in ("weight", "bias")]
     names.append("language_model.model.tok_embeddings.weight")
     for i in range(text.num_hidden_layers):
         p = f"language_model.model.layers.{i}."
-        names += [p + m + ".weight" for m in ("attention.wqkv", "attention.wo", "feed_forward.w1", "feed_forward.w2",
-                                              "feed_forward.w3", "attention_norm", "ffn_norm")]
+        names += [
+            p + m + ".weight"
+            for m in (
+                "attention.wqkv",
+                "attention.wo",
+                "feed_forward.w1",
+                "feed_forward.w2",
+                "feed_forward.w3",
+                "attention_norm",
+                "ffn_norm",
+            )
+        ]
     names += ["language_model.model.norm.weight", "language_model.output.weight"]
     return names
 
@@ -330,8 +376,9 @@ def load_config_and_spec(path: str | Path):
     return info.layout, hf_config, info.spec, info.tokenizer
 
 
-def load_model(path: str | Path, device: str = "cpu", dtype: str | torch.dtype = "float32",
-               attention: str | None = None) -> LoadedModel:
+def load_model(
+    path: str | Path, device: str = "cpu", dtype: str | torch.dtype = "float32", attention: str | None = None
+) -> LoadedModel:
     """Load either layout into ``InternVLForConditionalGeneration`` in eval mode.
 
     ``attention``: ``exact`` (upstream-identical numerics: eager, scores divided by sqrt(d)),
@@ -352,7 +399,8 @@ def load_model(path: str | Path, device: str = "cpu", dtype: str | torch.dtype =
     else:
         weight_files(path)  # headers checked: a truncated file is a CheckpointError, not a loader traceback
         with_info = InternVLForConditionalGeneration.from_pretrained(
-            path, dtype=torch_dtype, attn_implementation=attn, output_loading_info=True)
+            path, dtype=torch_dtype, attn_implementation=attn, output_loading_info=True
+        )
         model, info = cast("tuple[InternVLForConditionalGeneration, dict]", with_info)
         problems = info.get("missing_keys") or info.get("unexpected_keys") or info.get("mismatched_keys")
         if problems:
@@ -377,8 +425,9 @@ def _build_from_state_dict(hf_config, tensors, dtype, device, attn, path: Path):
     for name, ref in expected.items():
         got = tensors[name]
         if tuple(got.shape) != tuple(ref.shape):
-            raise CheckpointError(f"{path}: tensor for {name} has shape {tuple(got.shape)}, the config expects "
-                                  f"{tuple(ref.shape)}")
+            raise CheckpointError(
+                f"{path}: tensor for {name} has shape {tuple(got.shape)}, the config expects {tuple(ref.shape)}"
+            )
         if not got.is_floating_point():
             raise CheckpointError(f"{path}: tensor for {name} has dtype {got.dtype}; expected a floating point type")
         tensors[name] = got.to(device=device, dtype=dtype)
@@ -419,8 +468,10 @@ def stored_dtype(path: str | Path) -> torch.dtype:
     """The dtype a checkpoint's tensors are stored in (copies written from it keep it), from the file header."""
     name = stored_dtype_name(Path(path))
     if name not in SAFETENSORS_DTYPES:
-        raise CheckpointError(f"{weight_files(Path(path))[0]}: tensors are stored as {name}; expected a floating "
-                              f"point type ({', '.join(SAFETENSORS_DTYPES)})")
+        raise CheckpointError(
+            f"{weight_files(Path(path))[0]}: tensors are stored as {name}; expected a floating "
+            f"point type ({', '.join(SAFETENSORS_DTYPES)})"
+        )
     return SAFETENSORS_DTYPES[name]
 
 
@@ -428,10 +479,18 @@ def _write_processor_config(dst: Path, spec: ModelSpec) -> None:
     """A GotOcr2 image-processor config reproducing upstream tiling (for plain transformers users)."""
     processor = {
         "image_processor_type": "GotOcr2ImageProcessor",
-        "crop_to_patches": True, "min_patches": spec.min_dynamic_patch, "max_patches": spec.max_dynamic_patch,
-        "size": {"height": spec.tile_size, "width": spec.tile_size}, "do_resize": True, "resample": 3,
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "do_convert_rgb": True,
+        "crop_to_patches": True,
+        "min_patches": spec.min_dynamic_patch,
+        "max_patches": spec.max_dynamic_patch,
+        "size": {"height": spec.tile_size, "width": spec.tile_size},
+        "do_resize": True,
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+        "do_convert_rgb": True,
     }
     (dst / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
 

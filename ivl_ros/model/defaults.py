@@ -13,9 +13,11 @@ from ivl_ros.errors import OptionError
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "ivl-demo"
 
-DEMO_NOTICE = ("using the embedded demo model {path}: a ~4M-parameter InternVL2-architecture captioner trained on "
-               "procedural Habitat-bridge rooms (see its README.md). For real InternVL2-2B weights pass "
-               "--model / model_path:=/path/to/InternVL2-2B or set IVL_MODEL")
+DEMO_NOTICE = (
+    "using the embedded demo model {path}: a ~4M-parameter InternVL2-architecture captioner trained on "
+    "procedural Habitat-bridge rooms (see its README.md). For real InternVL2-2B weights pass "
+    "--model / model_path:=/path/to/InternVL2-2B or set IVL_MODEL"
+)
 
 
 def default_model_path() -> Path:
@@ -24,8 +26,10 @@ def default_model_path() -> Path:
         return Path(env)
     if (DEMO_MODEL_DIR / "config.json").is_file():
         return DEMO_MODEL_DIR
-    raise OptionError("no model given: pass --model DIR / model_path:=DIR (an InternVL2 checkpoint directory), set "
-                      "IVL_MODEL, or create a tiny test model with `ivl make-tiny DIR`")
+    raise OptionError(
+        "no model given: pass --model DIR / model_path:=DIR (an InternVL2 checkpoint directory), set "
+        "IVL_MODEL, or create a tiny test model with `ivl make-tiny DIR`"
+    )
 
 
 def is_demo_model(path: str | Path) -> bool:

@@ -26,15 +26,22 @@ from ivl_ros.model.spec import ModelSpec
 from ivl_ros.model.tiling import pixel_values_for
 from ivl_ros.model.tokenizer import InternLM2Tokenizer
 
-__all__ = ["Answer", "CAPTION_PROMPT", "CAPTION_SETTINGS", "GenerationSettings", "PreparedPrompt",
-           "VisionLanguageEngine", "collate_prompts"]
+__all__ = [
+    "Answer",
+    "CAPTION_PROMPT",
+    "CAPTION_SETTINGS",
+    "GenerationSettings",
+    "PreparedPrompt",
+    "VisionLanguageEngine",
+    "collate_prompts",
+]
 
 
 @dataclass
 class PreparedPrompt:
     """One request after tiling and prompting, before the model runs."""
 
-    question: str                  # as sent (with "<image>\n" prepended when upstream does)
+    question: str  # as sent (with "<image>\n" prepended when upstream does)
     prompt_ids: list[int]
     pixel_values: np.ndarray | None  # (tiles, 3, S, S) float32 (a torch tensor on the device with device tiling)
     num_tiles: int
@@ -52,8 +59,13 @@ class Answer:
     history: list[tuple[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"answer": self.answer, "token_ids": self.token_ids, "prompt_ids": self.prompt_ids,
-                "num_tiles": self.num_tiles, "latency_ms": self.latency_ms}
+        return {
+            "answer": self.answer,
+            "token_ids": self.token_ids,
+            "prompt_ids": self.prompt_ids,
+            "num_tiles": self.num_tiles,
+            "latency_ms": self.latency_ms,
+        }
 
 
 def _concat_tiles(tiles: list):
@@ -67,8 +79,7 @@ def _concat_tiles(tiles: list):
     return torch.cat(tiles)
 
 
-def collate_prompts(prepared: Sequence[PreparedPrompt], pad_id: int
-                    ) -> tuple[np.ndarray, np.ndarray, Any]:
+def collate_prompts(prepared: Sequence[PreparedPrompt], pad_id: int) -> tuple[np.ndarray, np.ndarray, Any]:
     """The batch a backend session takes, as upstream ``batch_chat()`` builds it: prompt ids left-padded with
     ``pad_id`` (attention mask 0 there), and every row's tiles concatenated in row order (a numpy array, or a torch
     tensor from a device tiler; None: no images)."""
@@ -76,8 +87,8 @@ def collate_prompts(prepared: Sequence[PreparedPrompt], pad_id: int
     ids = np.full((len(prepared), longest), pad_id, dtype=np.int64)
     mask = np.zeros_like(ids)
     for row, p in enumerate(prepared):
-        ids[row, longest - len(p.prompt_ids):] = p.prompt_ids
-        mask[row, longest - len(p.prompt_ids):] = 1
+        ids[row, longest - len(p.prompt_ids) :] = p.prompt_ids
+        mask[row, longest - len(p.prompt_ids) :] = 1
     tiles = [p.pixel_values for p in prepared if p.pixel_values is not None]
     return ids, mask, (_concat_tiles(tiles) if tiles else None)
 
@@ -96,9 +107,16 @@ class VisionLanguageEngine:
     in characters without being tokenized) and whole prompts over the model's context.
     """
 
-    def __init__(self, backend: Backend, tokenizer: InternLM2Tokenizer, spec: ModelSpec, model_id: str, *,
-                 max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        tokenizer: InternLM2Tokenizer,
+        spec: ModelSpec,
+        model_id: str,
+        *,
+        max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
         self.spec = spec
@@ -110,10 +128,18 @@ class VisionLanguageEngine:
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, model_path: str | Path, backend: str = "torch", device: str = "cpu", dtype: str = "float32",
-             engines_path: str | Path | None = None, attention: str | None = None,
-             fast: bool | None = None, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> VisionLanguageEngine:
+    def load(
+        cls,
+        model_path: str | Path,
+        backend: str = "torch",
+        device: str = "cpu",
+        dtype: str = "float32",
+        engines_path: str | Path | None = None,
+        attention: str | None = None,
+        fast: bool | None = None,
+        max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> VisionLanguageEngine:
         """Load a checkpoint (upstream or converted layout) with the named backend.
 
         ``fast`` (torch only): the static-cache, CUDA-graph path of :mod:`backends.torch_fast`; by default
@@ -132,14 +158,17 @@ class VisionLanguageEngine:
             if fast:
                 from ivl_ros.model.backends.torch_fast import FastTorchBackend
 
-                return cls(FastTorchBackend(loaded), loaded.tokenizer, loaded.spec, model_id=path.resolve().name,
-                           **limits)
+                return cls(
+                    FastTorchBackend(loaded), loaded.tokenizer, loaded.spec, model_id=path.resolve().name, **limits
+                )
             return cls(TorchBackend(loaded), loaded.tokenizer, loaded.spec, model_id=path.resolve().name, **limits)
         try:
             from ivl_ros.model.backends.exported import load_exported_backend
         except ImportError:
-            raise OptionError(f"backend {backend!r} needs exported engines (export/build_engines.py); "
-                              "this installation has no exported-backend support yet") from None
+            raise OptionError(
+                f"backend {backend!r} needs exported engines (export/build_engines.py); "
+                "this installation has no exported-backend support yet"
+            ) from None
         exported, tokenizer, spec = load_exported_backend(backend, path, engines_path, device=device)
         return cls(exported, tokenizer, spec, model_id=path.resolve().name, **limits)
 
@@ -150,8 +179,9 @@ class VisionLanguageEngine:
             raise OptionError(f"max_tiles must be in 1..{MAX_TILES_LIMIT}, got {value}")
         return value
 
-    def check_prompt_length(self, question: str, history: Sequence[tuple[str, str]] = (),
-                            max_tokens: int | None = None) -> int:
+    def check_prompt_length(
+        self, question: str, history: Sequence[tuple[str, str]] = (), max_tokens: int | None = None
+    ) -> int:
         """The prompt-length rule: the text a request adds (``question`` and every ``history`` turn) must be
         valid UTF-8 text of at most ``max_tokens`` tokens (default: this engine's ``max_question_tokens``).
 
@@ -164,19 +194,28 @@ class VisionLanguageEngine:
         for turn, pair in enumerate(history):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise OptionError(f"history turn {turn} must be a (question, answer) pair, got {pair!r:.60}")
-            texts += [check_text(pair[0], f"history turn {turn} question"),
-                      check_text(pair[1], f"history turn {turn} answer")]
+            texts += [
+                check_text(pair[0], f"history turn {turn} question"),
+                check_text(pair[1], f"history turn {turn} answer"),
+            ]
         chars = sum(len(t) for t in texts)
         if chars > limit * self.tokenizer.max_piece_chars:
-            raise OptionError(f"the question is {chars} characters, more than {limit} tokens can hold; the limit is "
-                              f"max_question_tokens={limit}")
+            raise OptionError(
+                f"the question is {chars} characters, more than {limit} tokens can hold; the limit is "
+                f"max_question_tokens={limit}"
+            )
         tokens = sum(len(self.tokenizer.encode(t, add_bos=False)) for t in texts)
         if tokens > limit:
             raise OptionError(f"the question is {tokens} tokens; the limit is max_question_tokens={limit}")
         return tokens
 
-    def prepare(self, image: ImageInput | None, question: str, max_tiles: int | None = None,
-                history: Sequence[tuple[str, str]] = ()) -> PreparedPrompt:
+    def prepare(
+        self,
+        image: ImageInput | None,
+        question: str,
+        max_tiles: int | None = None,
+        history: Sequence[tuple[str, str]] = (),
+    ) -> PreparedPrompt:
         if isinstance(question, str) and not question.strip():
             raise OptionError("the question is empty")
         self.check_prompt_length(question, history)
@@ -188,16 +227,24 @@ class VisionLanguageEngine:
             tiler = getattr(self.backend, "pixel_values_for", pixel_values_for)
             pixel_values = tiler(pil, self.spec.tile_size, self._max_tiles(max_tiles), self.spec.use_thumbnail)
             num_tiles = int(pixel_values.shape[0])
-        sent, prompt = chat_prompt(question, num_tiles if image is not None else None, self.spec.tokens_per_tile,
-                                   history, self.spec.system_message, self.spec.template)
+        sent, prompt = chat_prompt(
+            question,
+            num_tiles if image is not None else None,
+            self.spec.tokens_per_tile,
+            history,
+            self.spec.system_message,
+            self.spec.template,
+        )
         prepared = PreparedPrompt(sent, self.tokenizer.encode(prompt), pixel_values, num_tiles, tuple(history))
         self._check_context(prepared)
         return prepared
 
     def _check_context(self, p: PreparedPrompt) -> None:
         if len(p.prompt_ids) > self.spec.context_length:
-            raise OptionError(f"the prompt is {len(p.prompt_ids)} tokens ({p.num_tiles} tiles), over the model's "
-                              f"context of {self.spec.context_length} tokens; ask with fewer tiles or less text")
+            raise OptionError(
+                f"the prompt is {len(p.prompt_ids)} tokens ({p.num_tiles} tiles), over the model's "
+                f"context of {self.spec.context_length} tokens; ask with fewer tiles or less text"
+            )
 
     def check_prepared(self, p: PreparedPrompt, row: int = 0) -> None:
         """The engine boundary: a prompt's pixel values must be (num_tiles, 3, S, S) float32 for this model's
@@ -213,20 +260,27 @@ class VisionLanguageEngine:
         expected = (p.num_tiles, 3, s, s)
         # A numpy array from the CPU tiler, or a torch tensor from a backend's device tiler: same shape and dtype.
         if not (isinstance(pv, np.ndarray) or type(pv).__name__ == "Tensor"):
-            raise OptionError(f"{where}: pixel values must be an array of shape {expected}, "
-                              f"got {type(pv).__name__}")
+            raise OptionError(f"{where}: pixel values must be an array of shape {expected}, got {type(pv).__name__}")
         if tuple(pv.shape) != expected or str(pv.dtype).removeprefix("torch.") != "float32":
-            raise OptionError(f"{where}: pixel values have shape {tuple(pv.shape)} and dtype {pv.dtype}; expected "
-                              f"shape {expected} (num_tiles={p.num_tiles}, channels, tile_size, tile_size) float32")
+            raise OptionError(
+                f"{where}: pixel values have shape {tuple(pv.shape)} and dtype {pv.dtype}; expected "
+                f"shape {expected} (num_tiles={p.num_tiles}, channels, tile_size, tile_size) float32"
+            )
         if slots != p.num_tiles * self.spec.tokens_per_tile:
-            raise OptionError(f"{where}: the prompt has {slots} image-context tokens; {p.num_tiles} tiles need "
-                              f"{p.num_tiles} * {self.spec.tokens_per_tile} = "
-                              f"{p.num_tiles * self.spec.tokens_per_tile}")
+            raise OptionError(
+                f"{where}: the prompt has {slots} image-context tokens; {p.num_tiles} tiles need "
+                f"{p.num_tiles} * {self.spec.tokens_per_tile} = "
+                f"{p.num_tiles * self.spec.tokens_per_tile}"
+            )
         self._check_context(p)
 
     # -- running -------------------------------------------------------------------------------------
-    def run(self, prepared: Sequence[PreparedPrompt], settings: GenerationSettings,
-            on_text: Callable[[str], None] | None = None) -> list[Answer]:
+    def run(
+        self,
+        prepared: Sequence[PreparedPrompt],
+        settings: GenerationSettings,
+        on_text: Callable[[str], None] | None = None,
+    ) -> list[Answer]:
         """Generate for a batch of prepared prompts (left padding); each row equals its single run."""
         if not prepared:
             return []
@@ -239,6 +293,7 @@ class VisionLanguageEngine:
 
         on_step: Callable[[list[list[int]]], None] | None = None
         if on_text is not None:
+
             def stream_text(outputs: list[list[int]]) -> None:
                 on_text(cut_response(self.tokenizer.decode(outputs[0])))
 
@@ -257,33 +312,61 @@ class VisionLanguageEngine:
         answers = []
         for p, out in zip(prepared, outputs, strict=True):
             text = cut_response(self.tokenizer.decode(out))
-            answers.append(Answer(text, out, p.prompt_ids, p.num_tiles, latency_ms, p.question,
-                                  [*p.history, (p.question, text)]))
+            answers.append(
+                Answer(text, out, p.prompt_ids, p.num_tiles, latency_ms, p.question, [*p.history, (p.question, text)])
+            )
         return answers
 
-    def ask(self, image: ImageInput | None, question: str, *, max_tiles: int | None = None,
-            settings: GenerationSettings | None = None, history: Sequence[tuple[str, str]] = (),
-            on_text: Callable[[str], None] | None = None) -> Answer:
+    def ask(
+        self,
+        image: ImageInput | None,
+        question: str,
+        *,
+        max_tiles: int | None = None,
+        settings: GenerationSettings | None = None,
+        history: Sequence[tuple[str, str]] = (),
+        on_text: Callable[[str], None] | None = None,
+    ) -> Answer:
         """Answer ``question`` about ``image`` (or text only), like upstream ``chat()``."""
         prepared = self.prepare(image, question, max_tiles, history)
         return self.run([prepared], settings or GenerationSettings(), on_text)[0]
 
-    def ask_batch(self, images: Sequence[ImageInput | None], questions: Sequence[str], *,
-                  max_tiles: int | None = None, settings: GenerationSettings | None = None) -> list[Answer]:
+    def ask_batch(
+        self,
+        images: Sequence[ImageInput | None],
+        questions: Sequence[str],
+        *,
+        max_tiles: int | None = None,
+        settings: GenerationSettings | None = None,
+    ) -> list[Answer]:
         """Several (image, question) pairs in one model call, like upstream ``batch_chat()``."""
         if len(images) != len(questions):
             raise OptionError(f"{len(images)} images but {len(questions)} questions")
         prepared = [self.prepare(img, q, max_tiles) for img, q in zip(images, questions, strict=True)]
         return self.run(prepared, settings or GenerationSettings())
 
-    def caption(self, image: ImageInput, *, max_tiles: int | None = CAPTION_MAX_TILES,
-                prompt: str | None = None, settings: GenerationSettings | None = None,
-                on_text: Callable[[str], None] | None = None) -> Answer:
+    def caption(
+        self,
+        image: ImageInput,
+        *,
+        max_tiles: int | None = CAPTION_MAX_TILES,
+        prompt: str | None = None,
+        settings: GenerationSettings | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Answer:
         """A one-sentence caption with upstream's caption-eval prompt and settings."""
-        return self.ask(image, prompt or CAPTION_PROMPT, max_tiles=max_tiles, settings=settings or CAPTION_SETTINGS,
-                        on_text=on_text)
+        return self.ask(
+            image, prompt or CAPTION_PROMPT, max_tiles=max_tiles, settings=settings or CAPTION_SETTINGS, on_text=on_text
+        )
 
-    def caption_batch(self, images: Sequence[ImageInput], *, max_tiles: int | None = CAPTION_MAX_TILES,
-                      prompt: str | None = None, settings: GenerationSettings | None = None) -> list[Answer]:
-        return self.ask_batch(images, [prompt or CAPTION_PROMPT] * len(images), max_tiles=max_tiles,
-                              settings=settings or CAPTION_SETTINGS)
+    def caption_batch(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        max_tiles: int | None = CAPTION_MAX_TILES,
+        prompt: str | None = None,
+        settings: GenerationSettings | None = None,
+    ) -> list[Answer]:
+        return self.ask_batch(
+            images, [prompt or CAPTION_PROMPT] * len(images), max_tiles=max_tiles, settings=settings or CAPTION_SETTINGS
+        )

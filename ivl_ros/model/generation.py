@@ -46,16 +46,19 @@ class GenerationSettings:
                 raise OptionError(f"{name} must be an integer, got {value!r}")
         for name in ("temperature", "top_p"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or \
-                    not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
                 raise OptionError(f"{name} must be a finite number, got {value!r}")
         if self.max_new_tokens < 1:
             raise OptionError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise OptionError(f"min_new_tokens must be in 0..max_new_tokens ({self.max_new_tokens}), "
-                              f"got {self.min_new_tokens}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
-                                      or not 0 <= self.seed <= SEED_MAX):
+            raise OptionError(
+                f"min_new_tokens must be in 0..max_new_tokens ({self.max_new_tokens}), got {self.min_new_tokens}"
+            )
+        if self.seed is not None and (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, (int, np.integer))
+            or not 0 <= self.seed <= SEED_MAX
+        ):
             raise OptionError(f"seed must be an integer in 0..{SEED_MAX}, got {self.seed!r}")
         if self.do_sample:
             if self.temperature <= 0:
@@ -122,8 +125,14 @@ def _sample(scores: np.ndarray, settings: GenerationSettings, rng: np.random.Gen
     return np.array([rng.choice(probs.shape[-1], p=row) for row in probs], dtype=np.int64)
 
 
-def generate(session: DecoderSession, batch_size: int, settings: GenerationSettings, eos_id: int, pad_id: int,
-             on_step: Callable[[list[list[int]]], None] | None = None) -> list[list[int]]:
+def generate(
+    session: DecoderSession,
+    batch_size: int,
+    settings: GenerationSettings,
+    eos_id: int,
+    pad_id: int,
+    on_step: Callable[[list[list[int]]], None] | None = None,
+) -> list[list[int]]:
     """Generate new token ids per row; a row's list ends with ``eos_id`` when it stopped on it."""
     settings = settings.validated()
     rng = np.random.default_rng(settings.seed)

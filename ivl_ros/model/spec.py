@@ -75,7 +75,8 @@ def checkpoint_layout(config: dict, cfg_file: Path) -> str:
         return "converted"
     raise CheckpointError(
         f"{cfg_file}: unknown architecture {archs or config['model_type']!r}; expected InternVLChatModel "
-        "(upstream InternVL2 layout) or InternVLForConditionalGeneration (converted by `ivl convert`)")
+        "(upstream InternVL2 layout) or InternVLForConditionalGeneration (converted by `ivl convert`)"
+    )
 
 
 def upstream_spec(config: dict, cfg_file: Path, image_token_id: int) -> ModelSpec:
@@ -83,11 +84,19 @@ def upstream_spec(config: dict, cfg_file: Path, image_token_id: int) -> ModelSpe
     config = check_upstream_config(config, cfg_file)
     tile, patch, ratio = config["force_image_size"], config["vision_config"]["patch_size"], config["downsample_ratio"]
     return ModelSpec(
-        tile_size=tile, tokens_per_tile=int((tile // patch) ** 2 * ratio**2),
-        max_dynamic_patch=config["max_dynamic_patch"], min_dynamic_patch=config["min_dynamic_patch"],
-        use_thumbnail=config["use_thumbnail"], downsample_ratio=float(ratio), ps_version="v2", select_layer=-1,
-        template=config["template"], system_message=INTERNLM2_SYSTEM_MESSAGE, image_token_id=image_token_id,
-        context_length=config["llm_config"]["max_position_embeddings"])
+        tile_size=tile,
+        tokens_per_tile=int((tile // patch) ** 2 * ratio**2),
+        max_dynamic_patch=config["max_dynamic_patch"],
+        min_dynamic_patch=config["min_dynamic_patch"],
+        use_thumbnail=config["use_thumbnail"],
+        downsample_ratio=float(ratio),
+        ps_version="v2",
+        select_layer=-1,
+        template=config["template"],
+        system_message=INTERNLM2_SYSTEM_MESSAGE,
+        image_token_id=image_token_id,
+        context_length=config["llm_config"]["max_position_embeddings"],
+    )
 
 
 def load_checkpoint_info(path: str | Path, weights: bool = True) -> CheckpointInfo:
@@ -104,8 +113,10 @@ def load_checkpoint_info(path: str | Path, weights: bool = True) -> CheckpointIn
     tokenizer = InternLM2Tokenizer.from_dir(path)
     if layout == "upstream":
         if IMG_CONTEXT not in tokenizer.added_tokens:
-            raise CheckpointError(f"{path}: the tokenizer has no {IMG_CONTEXT} token (tokenizer_config.json / "
-                                  "added_tokens.json); expected the 9 InternVL image/grounding tokens")
+            raise CheckpointError(
+                f"{path}: the tokenizer has no {IMG_CONTEXT} token (tokenizer_config.json / "
+                "added_tokens.json); expected the 9 InternVL image/grounding tokens"
+            )
         spec = upstream_spec(config, cfg_file, tokenizer.added_tokens[IMG_CONTEXT])
     else:
         spec = ModelSpec(**config["ivl_ros"])
@@ -133,8 +144,10 @@ def weight_files(path: Path) -> list[Path]:
     elif (path / "model.safetensors").is_file():
         files = [path / "model.safetensors"]
     elif list(path.glob("*.bin")) or list(path.glob("*.pt")):
-        raise CheckpointError(f"{path}: only pickle weights (.bin/.pt) found; convert them to safetensors "
-                              "(pickle files can execute code and are not loaded)")
+        raise CheckpointError(
+            f"{path}: only pickle weights (.bin/.pt) found; convert them to safetensors "
+            "(pickle files can execute code and are not loaded)"
+        )
     else:
         raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
     for f in files:
@@ -148,6 +161,8 @@ def stored_dtype_name(path: Path) -> str:
     if not header:
         raise CheckpointError(f"{weight_files(path)[0]}: holds no tensors")
     return next(iter(header.values()))["dtype"]
+
+
 def checkpoint_hash(path: str | Path) -> str:
     """A content hash of the weight files + config (used to match exported engines to a checkpoint)."""
     path = Path(path)

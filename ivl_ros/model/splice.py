@@ -22,8 +22,9 @@ Pixels = TypeVar("Pixels")
 # that pairing through reshape and item assignment.
 
 
-def splice_image_features(embeds: Array, input_ids, image_token_id: int, pixel_values: Pixels | None,
-                          image_features: Callable[[Pixels], Any]) -> Array:
+def splice_image_features(
+    embeds: Array, input_ids, image_token_id: int, pixel_values: Pixels | None, image_features: Callable[[Pixels], Any]
+) -> Array:
     """``embeds`` (batch, seq, hidden), writable, with every image-context row replaced; returns ``embeds``.
 
     ``image_features(pixel_values)`` runs the vision model, (tiles, tokens_per_tile, hidden); it is only
@@ -38,7 +39,8 @@ def splice_image_features(embeds: Array, input_ids, image_token_id: int, pixel_v
     features = image_features(pixel_values)
     features = features.reshape(-1, features.shape[-1])
     if features.shape[0] != n_slots:
-        raise OptionError(f"image features ({features.shape[0]} tokens) do not match the prompt's "
-                          f"{n_slots} image-context tokens")
+        raise OptionError(
+            f"image features ({features.shape[0]} tokens) do not match the prompt's {n_slots} image-context tokens"
+        )
     embeds[slots] = features
     return embeds

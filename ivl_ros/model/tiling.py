@@ -147,7 +147,7 @@ def pixel_values_for(image: Image.Image, tile_size: int, max_tiles: int, use_thu
     out = np.empty((grid.num_tiles, 3, s, s), dtype=np.float32)
     for r in range(grid.rows):
         for c in range(grid.cols):
-            _normalize_into(out[r * grid.cols + c], resized[r * s:(r + 1) * s, c * s:(c + 1) * s])
+            _normalize_into(out[r * grid.cols + c], resized[r * s : (r + 1) * s, c * s : (c + 1) * s])
     if thumb is not None:
         _normalize_into(out[-1], np.asarray(thumb.result()))
     return out

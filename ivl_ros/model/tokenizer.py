@@ -26,8 +26,18 @@ from ivl_ros.model.validation import check_added_tokens, check_special_tokens_ma
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json")
 
 # Upstream's ``clean_up_tokenization`` replacements, in order.
-_CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-            (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+_CLEANUP = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
 
 
 def clean_up_tokenization(text: str) -> str:
@@ -43,9 +53,17 @@ def _optional_json(path: Path) -> dict:
 class InternLM2Tokenizer:
     """Encode/decode text exactly as upstream InternVL2 does with its slow InternLM2 tokenizer."""
 
-    def __init__(self, sp_model_proto: bytes, added_tokens: dict[str, int], special_tokens: Iterable[str],
-                 bos_token: str = "<s>", eos_token: str = "</s>", pad_token: str = "</s>", unk_token: str = "<unk>",
-                 source: str = "<memory>") -> None:
+    def __init__(
+        self,
+        sp_model_proto: bytes,
+        added_tokens: dict[str, int],
+        special_tokens: Iterable[str],
+        bos_token: str = "<s>",
+        eos_token: str = "</s>",
+        pad_token: str = "</s>",
+        unk_token: str = "<unk>",
+        source: str = "<memory>",
+    ) -> None:
         self.sp = spm.SentencePieceProcessor(model_proto=sp_model_proto)
         self.source = source
         self.sp_size = self.sp.get_piece_size()
@@ -54,7 +72,8 @@ class InternLM2Tokenizer:
             if idx < self.sp_size and self.sp.id_to_piece(idx) != content:
                 raise CheckpointError(
                     f"{source}: added token {content!r} has id {idx}, but the sentencepiece model has "
-                    f"{self.sp.id_to_piece(idx)!r} there")
+                    f"{self.sp.id_to_piece(idx)!r} there"
+                )
         self.id_to_added = {idx: content for content, idx in self.added_tokens.items()}
         self.special_tokens = set(special_tokens) | {bos_token, eos_token, pad_token, unk_token}
         self.special_ids = {self.token_to_id(t) for t in self.special_tokens}
@@ -78,14 +97,17 @@ class InternLM2Tokenizer:
         if not proto:
             raise CheckpointError(f"{model_file}: file is empty")
         added, special, names, extra = check_tokenizer_config(
-            _optional_json(path / "tokenizer_config.json"), path / "tokenizer_config.json")
+            _optional_json(path / "tokenizer_config.json"), path / "tokenizer_config.json"
+        )
         if (path / "added_tokens.json").is_file():
-            for content, idx in check_added_tokens(_optional_json(path / "added_tokens.json"),
-                                                   path / "added_tokens.json").items():
+            for content, idx in check_added_tokens(
+                _optional_json(path / "added_tokens.json"), path / "added_tokens.json"
+            ).items():
                 added.setdefault(content, idx)
                 special.add(content)
-        map_names, map_extra = check_special_tokens_map(_optional_json(path / "special_tokens_map.json"),
-                                                        path / "special_tokens_map.json")
+        map_names, map_extra = check_special_tokens_map(
+            _optional_json(path / "special_tokens_map.json"), path / "special_tokens_map.json"
+        )
         defaults = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"}
         # special_tokens_map.json wins over tokenizer_config.json, as in transformers.
         source = {key: "special_tokens_map.json" if map_names[key] else "tokenizer_config.json" for key in defaults}
@@ -170,8 +192,14 @@ class InternLM2Tokenizer:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "tokenizer.model").write_bytes(self.sp.serialized_model_proto())
         decoder = {
-            str(idx): {"content": tok, "lstrip": False, "normalized": False, "rstrip": False,
-                       "single_word": False, "special": tok in self.special_tokens}
+            str(idx): {
+                "content": tok,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": tok in self.special_tokens,
+            }
             for tok, idx in sorted(self.added_tokens.items(), key=lambda kv: kv[1])
         }
         config = {
@@ -191,9 +219,14 @@ class InternLM2Tokenizer:
         (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         added_json = {t: i for t, i in self.added_tokens.items() if i >= self.sp_size}
         (out_dir / "added_tokens.json").write_text(json.dumps(added_json, indent=2, ensure_ascii=False) + "\n")
-        stm = {"bos_token": config["bos_token"], "eos_token": config["eos_token"],
-               "pad_token": config["pad_token"], "unk_token": config["unk_token"],
-               "additional_special_tokens": sorted(self.special_tokens - {config["bos_token"], config["eos_token"],
-                                                                         config["unk_token"]},
-                                                   key=self.token_to_id)}
+        stm = {
+            "bos_token": config["bos_token"],
+            "eos_token": config["eos_token"],
+            "pad_token": config["pad_token"],
+            "unk_token": config["unk_token"],
+            "additional_special_tokens": sorted(
+                self.special_tokens - {config["bos_token"], config["eos_token"], config["unk_token"]},
+                key=self.token_to_id,
+            ),
+        }
         (out_dir / "special_tokens_map.json").write_text(json.dumps(stm, indent=2, ensure_ascii=False) + "\n")

@@ -28,8 +28,19 @@ from ivl_ros.model.prompt import SUPPORTED_TEMPLATES
 REQUIRED = object()  # a Key default meaning "must be present"
 
 # Activation names the loaders accept (all are keys of transformers' ACT2FN; a test checks that).
-HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_accurate", "quick_gelu", "relu", "silu",
-               "swish", "tanh", "sigmoid")
+HIDDEN_ACTS = (
+    "gelu",
+    "gelu_new",
+    "gelu_fast",
+    "gelu_pytorch_tanh",
+    "gelu_accurate",
+    "quick_gelu",
+    "relu",
+    "silu",
+    "swish",
+    "tanh",
+    "sigmoid",
+)
 ROPE_TYPES = ("dynamic", "linear")
 NORM_TYPES = ("layer_norm", "rms_norm")
 
@@ -38,18 +49,25 @@ NORM_TYPES = ("layer_norm", "rms_norm")
 class Key:
     """One value of a JSON file: where it is, its kind, its range, and its default when absent."""
 
-    path: str                      # dotted, from the top of the file
-    kind: str                      # int | number | bool | str | object | list | size (an int or an [int, int] pair)
+    path: str  # dotted, from the top of the file
+    kind: str  # int | number | bool | str | object | list | size (an int or an [int, int] pair)
     default: Any = REQUIRED
-    low: float | None = None       # inclusive, for int / number
+    low: float | None = None  # inclusive, for int / number
     high: float | None = None
-    above: float | None = None     # exclusive lower bound, for number
+    above: float | None = None  # exclusive lower bound, for number
     choices: tuple = ()
-    nullable: bool = False         # null is accepted (and kept)
+    nullable: bool = False  # null is accepted (and kept)
 
     def expected(self) -> str:
-        noun = {"int": "an integer", "number": "a finite number", "bool": "true or false", "str": "a string",
-                "object": "a JSON object", "list": "a list", "size": "an integer or a pair of equal integers"}
+        noun = {
+            "int": "an integer",
+            "number": "a finite number",
+            "bool": "true or false",
+            "str": "a string",
+            "object": "a JSON object",
+            "list": "a list",
+            "size": "an integer or a pair of equal integers",
+        }
         text = noun[self.kind]
         if self.choices:
             text = "one of " + ", ".join(json.dumps(c, ensure_ascii=False) for c in self.choices)
@@ -66,8 +84,7 @@ class Key:
 
 
 def _found(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, float) or math.isfinite(value) else \
-        str(value)
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, float) or math.isfinite(value) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -86,8 +103,12 @@ def _is_number(v: Any) -> bool:
 
 
 _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "int": _is_int, "number": _is_number, "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str),
-    "object": lambda v: isinstance(v, dict), "list": lambda v: isinstance(v, list),
+    "int": _is_int,
+    "number": _is_number,
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "object": lambda v: isinstance(v, dict),
+    "list": lambda v: isinstance(v, list),
     "size": lambda v: _is_int(v) or (isinstance(v, list) and len(v) == 2 and all(map(_is_int, v)) and v[0] == v[1]),
 }
 
@@ -102,8 +123,10 @@ def _check_value(key: Key, value: Any, file: str | Path) -> None:
     if key.choices and value not in key.choices:
         raise fail(file, key.path, key.expected(), value)
     if key.kind in ("int", "number", "size") and (
-            (key.low is not None and number < key.low) or (key.high is not None and number > key.high)
-            or (key.above is not None and number <= key.above)):
+        (key.low is not None and number < key.low)
+        or (key.high is not None and number > key.high)
+        or (key.above is not None and number <= key.above)
+    ):
         raise fail(file, key.path, key.expected(), value)
 
 
@@ -120,7 +143,7 @@ def check_keys(data: dict, keys: Sequence[Key], file: str | Path) -> dict:
             if node is None:
                 break
             if not isinstance(node, dict):
-                raise fail(file, ".".join(parents[:i + 1]), "a JSON object", node)
+                raise fail(file, ".".join(parents[: i + 1]), "a JSON object", node)
         if node is None:
             continue
         if leaf not in node:
@@ -134,16 +157,19 @@ def check_keys(data: dict, keys: Sequence[Key], file: str | Path) -> dict:
 
 def check_top_object(data: Any, file: str | Path) -> dict:
     if not isinstance(data, dict):
-        raise CheckpointError(f"{file}: expected a JSON object at the top level, found {type(data).__name__} "
-                              f"{_found(data)}")
+        raise CheckpointError(
+            f"{file}: expected a JSON object at the top level, found {type(data).__name__} {_found(data)}"
+        )
     return data
 
 
 # ------------------------------------------------------------------------------------------------
 # config.json
 # ------------------------------------------------------------------------------------------------
-LAYOUT_KEYS = (Key("architectures", "list", default=None, nullable=True),
-               Key("model_type", "str", default=None, nullable=True))
+LAYOUT_KEYS = (
+    Key("architectures", "list", default=None, nullable=True),
+    Key("model_type", "str", default=None, nullable=True),
+)
 
 
 def _positive(path: str, default: Any = REQUIRED) -> Key:
@@ -155,7 +181,8 @@ def _activation(path: str, default: str) -> Key:
 
 
 UPSTREAM_KEYS: tuple[Key, ...] = (
-    Key("vision_config", "object"), Key("llm_config", "object"),
+    Key("vision_config", "object"),
+    Key("llm_config", "object"),
     Key("ps_version", "str", choices=("v2",)),
     Key("select_layer", "int", default=-1, choices=(-1,)),
     Key("template", "str", default="internlm2-chat", choices=SUPPORTED_TEMPLATES),
@@ -164,8 +191,10 @@ UPSTREAM_KEYS: tuple[Key, ...] = (
     Key("max_dynamic_patch", "int", default=12, low=1, high=MAX_TILES_LIMIT),
     Key("min_dynamic_patch", "int", default=1, low=1, high=MAX_TILES_LIMIT),
     Key("use_thumbnail", "bool", default=True),
-    _positive("vision_config.hidden_size"), _positive("vision_config.num_hidden_layers"),
-    _positive("vision_config.num_attention_heads"), _positive("vision_config.intermediate_size"),
+    _positive("vision_config.hidden_size"),
+    _positive("vision_config.num_hidden_layers"),
+    _positive("vision_config.num_attention_heads"),
+    _positive("vision_config.intermediate_size"),
     Key("vision_config.image_size", "int", default=None, low=1, nullable=True),
     _positive("vision_config.patch_size"),
     Key("vision_config.num_channels", "int", default=3, choices=(3,)),
@@ -176,8 +205,10 @@ UPSTREAM_KEYS: tuple[Key, ...] = (
     _activation("vision_config.hidden_act", "gelu"),
     Key("vision_config.initializer_factor", "number", default=1.0),
     Key("llm_config.model_type", "str", choices=("internlm2",)),
-    _positive("llm_config.hidden_size"), _positive("llm_config.num_hidden_layers"),
-    _positive("llm_config.num_attention_heads"), _positive("llm_config.intermediate_size"),
+    _positive("llm_config.hidden_size"),
+    _positive("llm_config.num_hidden_layers"),
+    _positive("llm_config.num_attention_heads"),
+    _positive("llm_config.intermediate_size"),
     _positive("llm_config.vocab_size"),
     Key("llm_config.num_key_value_heads", "int", default=None, low=1, nullable=True),
     _positive("llm_config.max_position_embeddings", 32768),
@@ -195,27 +226,36 @@ UPSTREAM_KEYS: tuple[Key, ...] = (
 
 # The InternVL-level block ``ivl convert`` writes (ModelSpec fields; context_length came later: optional).
 SPEC_KEYS: tuple[Key, ...] = (
-    _positive("ivl_ros.tile_size"), _positive("ivl_ros.tokens_per_tile"),
+    _positive("ivl_ros.tile_size"),
+    _positive("ivl_ros.tokens_per_tile"),
     Key("ivl_ros.max_dynamic_patch", "int", low=1, high=MAX_TILES_LIMIT),
     Key("ivl_ros.min_dynamic_patch", "int", low=1, high=MAX_TILES_LIMIT),
-    Key("ivl_ros.use_thumbnail", "bool"), Key("ivl_ros.downsample_ratio", "number", above=0, high=1),
-    Key("ivl_ros.ps_version", "str", choices=("v2",)), Key("ivl_ros.select_layer", "int", choices=(-1,)),
-    Key("ivl_ros.template", "str", choices=SUPPORTED_TEMPLATES), Key("ivl_ros.system_message", "str"),
-    Key("ivl_ros.image_token_id", "int", low=0), _positive("ivl_ros.context_length", None),
+    Key("ivl_ros.use_thumbnail", "bool"),
+    Key("ivl_ros.downsample_ratio", "number", above=0, high=1),
+    Key("ivl_ros.ps_version", "str", choices=("v2",)),
+    Key("ivl_ros.select_layer", "int", choices=(-1,)),
+    Key("ivl_ros.template", "str", choices=SUPPORTED_TEMPLATES),
+    Key("ivl_ros.system_message", "str"),
+    Key("ivl_ros.image_token_id", "int", low=0),
+    _positive("ivl_ros.context_length", None),
 )
 
 CONVERTED_KEYS: tuple[Key, ...] = (
-    Key("ivl_ros", "object"), *SPEC_KEYS,
+    Key("ivl_ros", "object"),
+    *SPEC_KEYS,
     Key("image_token_id", "int", low=0),
     Key("downsample_ratio", "number", default=0.5, above=0, high=1),
     Key("projector_hidden_act", "str", default="gelu", choices=HIDDEN_ACTS),
     Key("vision_feature_layer", "int", default=-1, choices=(-1,)),
-    Key("text_config", "object"), Key("vision_config", "object"),
+    Key("text_config", "object"),
+    Key("vision_config", "object"),
     Key("text_config.model_type", "str", choices=("llama",)),
-    _positive("text_config.hidden_size"), _positive("text_config.num_hidden_layers"),
-    _positive("text_config.num_attention_heads"), _positive("text_config.intermediate_size"),
-    _positive("text_config.vocab_size"), Key("text_config.num_key_value_heads", "int", default=None, low=1,
-                                              nullable=True),
+    _positive("text_config.hidden_size"),
+    _positive("text_config.num_hidden_layers"),
+    _positive("text_config.num_attention_heads"),
+    _positive("text_config.intermediate_size"),
+    _positive("text_config.vocab_size"),
+    Key("text_config.num_key_value_heads", "int", default=None, low=1, nullable=True),
     Key("text_config.head_dim", "int", default=None, low=1, nullable=True),
     _positive("text_config.max_position_embeddings", 2048),
     Key("text_config.rms_norm_eps", "number", default=1e-6, above=0),
@@ -227,9 +267,12 @@ CONVERTED_KEYS: tuple[Key, ...] = (
     Key("text_config.bos_token_id", "int", default=None, low=0, nullable=True),
     Key("text_config.eos_token_id", "int", default=None, low=0, nullable=True),
     Key("text_config.pad_token_id", "int", default=None, low=0, nullable=True),
-    _positive("vision_config.hidden_size"), _positive("vision_config.num_hidden_layers"),
-    _positive("vision_config.num_attention_heads"), _positive("vision_config.intermediate_size"),
-    Key("vision_config.image_size", "size", low=1), Key("vision_config.patch_size", "size", low=1),
+    _positive("vision_config.hidden_size"),
+    _positive("vision_config.num_hidden_layers"),
+    _positive("vision_config.num_attention_heads"),
+    _positive("vision_config.intermediate_size"),
+    Key("vision_config.image_size", "size", low=1),
+    Key("vision_config.patch_size", "size", low=1),
     Key("vision_config.num_channels", "int", default=3, choices=(3,)),
     Key("vision_config.layer_norm_eps", "number", default=1e-6, above=0),
     Key("vision_config.norm_type", "str", default="layer_norm", choices=NORM_TYPES),
@@ -244,11 +287,23 @@ def _divides(file: Path, key: str, what: str, part: int, whole: int, whole_key: 
 
 
 def _check_attention(file: Path, section: str, hidden: int, heads: int, kv: int | None) -> None:
-    _divides(file, f"{section}.num_attention_heads", "each head gets hidden_size / heads channels", heads, hidden,
-             f"{section}.hidden_size")
+    _divides(
+        file,
+        f"{section}.num_attention_heads",
+        "each head gets hidden_size / heads channels",
+        heads,
+        hidden,
+        f"{section}.hidden_size",
+    )
     if kv is not None:
-        _divides(file, f"{section}.num_key_value_heads", "query heads are shared out in equal groups", kv, heads,
-                 f"{section}.num_attention_heads")
+        _divides(
+            file,
+            f"{section}.num_key_value_heads",
+            "query heads are shared out in equal groups",
+            kv,
+            heads,
+            f"{section}.num_attention_heads",
+        )
 
 
 def _check_tiles(file: Path, tile: int, tile_key: str, patch: int, ratio: float, ratio_key: str) -> int:
@@ -275,13 +330,27 @@ def check_upstream_config(config: dict, file: Path) -> dict:
     _check_attention(file, "vision_config", vision["hidden_size"], vision["num_attention_heads"], None)
     _check_attention(file, "llm_config", llm["hidden_size"], llm["num_attention_heads"], llm["num_key_value_heads"])
     if (llm["hidden_size"] // llm["num_attention_heads"]) % 2:
-        raise fail(file, "llm_config.num_attention_heads", "a head size (hidden_size / heads) that is even (RoPE "
-                   "rotates channel pairs)", llm["num_attention_heads"])
-    _check_tiles(file, config["force_image_size"], "force_image_size", vision["patch_size"],
-                 config["downsample_ratio"], "downsample_ratio")
+        raise fail(
+            file,
+            "llm_config.num_attention_heads",
+            "a head size (hidden_size / heads) that is even (RoPE rotates channel pairs)",
+            llm["num_attention_heads"],
+        )
+    _check_tiles(
+        file,
+        config["force_image_size"],
+        "force_image_size",
+        vision["patch_size"],
+        config["downsample_ratio"],
+        "downsample_ratio",
+    )
     if config["min_dynamic_patch"] > config["max_dynamic_patch"]:
-        raise fail(file, "min_dynamic_patch", f"at most max_dynamic_patch ({config['max_dynamic_patch']})",
-                   config["min_dynamic_patch"])
+        raise fail(
+            file,
+            "min_dynamic_patch",
+            f"at most max_dynamic_patch ({config['max_dynamic_patch']})",
+            config["min_dynamic_patch"],
+        )
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if llm[name] >= llm["vocab_size"]:
             raise fail(file, f"llm_config.{name}", f"a token id below vocab_size ({llm['vocab_size']})", llm[name])
@@ -297,24 +366,35 @@ def check_converted_config(config: dict, file: Path) -> dict:
     _check_attention(file, "vision_config", vision["hidden_size"], vision["num_attention_heads"], None)
     tile = vision["image_size"] if isinstance(vision["image_size"], int) else vision["image_size"][0]
     patch = vision["patch_size"] if isinstance(vision["patch_size"], int) else vision["patch_size"][0]
-    tokens = _check_tiles(file, tile, "vision_config.image_size", patch, config["downsample_ratio"],
-                          "downsample_ratio")
-    agreed = {"tile_size": tile, "tokens_per_tile": tokens, "image_token_id": config["image_token_id"],
-              "downsample_ratio": config["downsample_ratio"]}
+    tokens = _check_tiles(file, tile, "vision_config.image_size", patch, config["downsample_ratio"], "downsample_ratio")
+    agreed = {
+        "tile_size": tile,
+        "tokens_per_tile": tokens,
+        "image_token_id": config["image_token_id"],
+        "downsample_ratio": config["downsample_ratio"],
+    }
     for key, expected in agreed.items():
         if spec[key] != expected:
             raise fail(file, f"ivl_ros.{key}", f"{expected} (as the rest of config.json says)", spec[key])
     if spec["min_dynamic_patch"] > spec["max_dynamic_patch"]:
-        raise fail(file, "ivl_ros.min_dynamic_patch", f"at most ivl_ros.max_dynamic_patch "
-                   f"({spec['max_dynamic_patch']})", spec["min_dynamic_patch"])
+        raise fail(
+            file,
+            "ivl_ros.min_dynamic_patch",
+            f"at most ivl_ros.max_dynamic_patch ({spec['max_dynamic_patch']})",
+            spec["min_dynamic_patch"],
+        )
     if spec["context_length"] is None:
         spec["context_length"] = text["max_position_embeddings"]
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if text[name] is not None and text[name] >= text["vocab_size"]:
             raise fail(file, f"text_config.{name}", f"a token id below vocab_size ({text['vocab_size']})", text[name])
     if config["image_token_id"] >= text["vocab_size"]:
-        raise fail(file, "image_token_id", f"a token id below text_config.vocab_size ({text['vocab_size']})",
-                   config["image_token_id"])
+        raise fail(
+            file,
+            "image_token_id",
+            f"a token id below text_config.vocab_size ({text['vocab_size']})",
+            config["image_token_id"],
+        )
     return config
 
 
@@ -360,8 +440,9 @@ def check_tokenizer_config(config: Any, file: Path) -> tuple[dict[str, int], set
     for idx, entry in decoder.items():
         key = f"added_tokens_decoder.{idx}"
         if not idx.isdigit():
-            raise CheckpointError(f"{file}: key {key!r}: expected a token id (a non-negative integer) as the key, "
-                                  f"found {idx!r}")
+            raise CheckpointError(
+                f"{file}: key {key!r}: expected a token id (a non-negative integer) as the key, found {idx!r}"
+            )
         if not isinstance(entry, dict):
             raise fail(file, key, 'a JSON object {"content": string, "special": bool}', entry)
         content = entry.get("content", REQUIRED)
@@ -415,22 +496,47 @@ def check_tokenizer_against_config(tokenizer, config: dict, layout: str, image_t
     vocab = model_vocab_size(config, layout)
     if tokenizer.vocab_size > vocab:
         highest = max(tokenizer.added_tokens.items(), key=lambda kv: kv[1], default=("", tokenizer.vocab_size - 1))
-        raise fail(cfg_file, f"{section}.vocab_size", f"at least the tokenizer's {tokenizer.vocab_size} tokens "
-                   f"(its highest id is {highest[1]}, {highest[0]!r})", vocab)
+        raise fail(
+            cfg_file,
+            f"{section}.vocab_size",
+            f"at least the tokenizer's {tokenizer.vocab_size} tokens (its highest id is {highest[1]}, {highest[0]!r})",
+            vocab,
+        )
     for token in (IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT):
         if token not in tokenizer.added_tokens:
-            raise CheckpointError(f"{path}: the tokenizer has no {token} token (tokenizer_config.json "
-                                  "added_tokens_decoder / added_tokens.json); InternVL2 prompts need it")
+            raise CheckpointError(
+                f"{path}: the tokenizer has no {token} token (tokenizer_config.json "
+                "added_tokens_decoder / added_tokens.json); InternVL2 prompts need it"
+            )
     if tokenizer.added_tokens[IMG_CONTEXT] != image_token_id:
-        raise fail(cfg_file, "image_token_id" if layout == "converted" else "ivl_ros.image_token_id",
-                   f"the tokenizer's {IMG_CONTEXT} id {tokenizer.added_tokens[IMG_CONTEXT]}", image_token_id)
+        raise fail(
+            cfg_file,
+            "image_token_id" if layout == "converted" else "ivl_ros.image_token_id",
+            f"the tokenizer's {IMG_CONTEXT} id {tokenizer.added_tokens[IMG_CONTEXT]}",
+            image_token_id,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # Weights: the shard index and the safetensors headers
 # ------------------------------------------------------------------------------------------------
-SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                           "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+SAFETENSORS_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
 
 
@@ -453,12 +559,15 @@ def read_safetensors_header(file: Path) -> dict[str, dict]:
     with open(file, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
-            raise CheckpointError(f"{file}: truncated safetensors file ({size} bytes; the 8-byte header length "
-                                  "is missing)")
+            raise CheckpointError(
+                f"{file}: truncated safetensors file ({size} bytes; the 8-byte header length is missing)"
+            )
         header_len = int.from_bytes(head, "little")
         if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
-            raise CheckpointError(f"{file}: truncated or not a safetensors file (header of {header_len} bytes "
-                                  f"declared, the file has {size} bytes)")
+            raise CheckpointError(
+                f"{file}: truncated or not a safetensors file (header of {header_len} bytes "
+                f"declared, the file has {size} bytes)"
+            )
         raw = fh.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -470,19 +579,28 @@ def read_safetensors_header(file: Path) -> dict[str, dict]:
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     end = 0
     for name, info in tensors.items():
-        ok = isinstance(info, dict) and info.get("dtype") in SAFETENSORS_DTYPE_BYTES and \
-            isinstance(info.get("shape"), list) and all(_is_int(d) and d >= 0 for d in info["shape"]) and \
-            isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2 and \
-            all(_is_int(o) for o in info["data_offsets"])
+        ok = (
+            isinstance(info, dict)
+            and info.get("dtype") in SAFETENSORS_DTYPE_BYTES
+            and isinstance(info.get("shape"), list)
+            and all(_is_int(d) and d >= 0 for d in info["shape"])
+            and isinstance(info.get("data_offsets"), list)
+            and len(info["data_offsets"]) == 2
+            and all(_is_int(o) for o in info["data_offsets"])
+        )
         if not ok:
             raise CheckpointError(f"{file}: corrupt safetensors header entry for {name!r}: {_found(info)}")
         begin, stop = info["data_offsets"]
         numel = math.prod(info["shape"])
         if not 0 <= begin <= stop or stop - begin != numel * SAFETENSORS_DTYPE_BYTES[info["dtype"]]:
-            raise CheckpointError(f"{file}: corrupt safetensors header entry for {name!r}: offsets {begin}..{stop} "
-                                  f"do not hold {info['dtype']} {info['shape']}")
+            raise CheckpointError(
+                f"{file}: corrupt safetensors header entry for {name!r}: offsets {begin}..{stop} "
+                f"do not hold {info['dtype']} {info['shape']}"
+            )
         end = max(end, stop)
     if end > data_size:
-        raise CheckpointError(f"{file}: truncated safetensors file: its tensors need {end} bytes of data, the file "
-                              f"holds {data_size} (re-download or re-write it)")
+        raise CheckpointError(
+            f"{file}: truncated safetensors file: its tensors need {end} bytes of data, the file "
+            f"holds {data_size} (re-download or re-write it)"
+        )
     return tensors

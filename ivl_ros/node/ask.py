@@ -29,8 +29,15 @@ def _wait(executor, future, timeout: float):
     return future.result()
 
 
-def ask(question: str, camera: str = "", image: str | None = None, max_new_tokens: int = 0, stream: bool = False,
-        timeout: float = 60.0, as_json: bool = False) -> int:
+def ask(
+    question: str,
+    camera: str = "",
+    image: str | None = None,
+    max_new_tokens: int = 0,
+    stream: bool = False,
+    timeout: float = 60.0,
+    as_json: bool = False,
+) -> int:
     import rclpy
     from rclpy.action import ActionClient
     from rclpy.executors import SingleThreadedExecutor
@@ -55,8 +62,10 @@ def ask(question: str, camera: str = "", image: str | None = None, max_new_token
         if stream:
             client = ActionClient(node, Describe, "/ivl/describe")
             if not client.wait_for_server(timeout_sec=min(timeout, 10.0)):
-                print("ivl-ros-ask: /ivl/describe is not available (is ivl_captioner running, same "
-                      "ROS_DOMAIN_ID?)", file=sys.stderr)
+                print(
+                    "ivl-ros-ask: /ivl/describe is not available (is ivl_captioner running, same ROS_DOMAIN_ID?)",
+                    file=sys.stderr,
+                )
                 return 2
 
             def on_feedback(msg) -> None:
@@ -64,24 +73,35 @@ def ask(question: str, camera: str = "", image: str | None = None, max_new_token
                 # Partial text only grows, except that a multi-byte character may complete late: then
                 # start the line again.
                 if not as_json:
-                    delta = text[len(shown[0]):] if text.startswith(shown[0]) else "\r" + text
+                    delta = text[len(shown[0]) :] if text.startswith(shown[0]) else "\r" + text
                     sys.stdout.write(delta)
                     sys.stdout.flush()
                 shown[0] = text
 
-            handle = _wait(executor, client.send_goal_async(Describe.Goal(**fields), feedback_callback=on_feedback),
-                           timeout)
+            handle = _wait(
+                executor, client.send_goal_async(Describe.Goal(**fields), feedback_callback=on_feedback), timeout
+            )
             result = _wait(executor, handle.get_result_async(), timeout).result
         else:
             client = node.create_client(Ask, "/ivl/ask")
             if not client.wait_for_service(timeout_sec=min(timeout, 10.0)):
-                print("ivl-ros-ask: /ivl/ask is not available (is ivl_captioner running, same ROS_DOMAIN_ID?)",
-                      file=sys.stderr)
+                print(
+                    "ivl-ros-ask: /ivl/ask is not available (is ivl_captioner running, same ROS_DOMAIN_ID?)",
+                    file=sys.stderr,
+                )
                 return 2
             result = _wait(executor, client.call_async(Ask.Request(**fields)), timeout)
         if as_json:
-            print(json.dumps({"answer": result.answer, "success": result.success, "message": result.message,
-                              "latency_ms": result.latency_ms}))
+            print(
+                json.dumps(
+                    {
+                        "answer": result.answer,
+                        "success": result.success,
+                        "message": result.message,
+                        "latency_ms": result.latency_ms,
+                    }
+                )
+            )
         elif result.success:
             if not stream:
                 print(result.answer)

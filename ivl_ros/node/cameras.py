@@ -47,10 +47,10 @@ def reliability_parameter(topic: str) -> str:
 
 @dataclass
 class _Camera:
-    camera: str            # the image_topics entry (Caption.camera)
-    topic: str             # what is subscribed (…/compressed for CompressedImage)
-    mode: str              # auto | best_effort | reliable
-    reliability: str       # what the current subscription uses
+    camera: str  # the image_topics entry (Caption.camera)
+    topic: str  # what is subscribed (…/compressed for CompressedImage)
+    mode: str  # auto | best_effort | reliable
+    reliability: str  # what the current subscription uses
     group: MutuallyExclusiveCallbackGroup
     subscription: Any = None
     publishers: int = 0
@@ -59,8 +59,15 @@ class _Camera:
 class CameraSubscriptions:
     """One subscription per camera; ``callback(camera, msg)`` gets every frame."""
 
-    def __init__(self, node: Node, cameras: list[str], msg_type: Any, topic_of: Callable[[str], str],
-                 default_mode: str, callback: Callable[[str, Any], None]) -> None:
+    def __init__(
+        self,
+        node: Node,
+        cameras: list[str],
+        msg_type: Any,
+        topic_of: Callable[[str], str],
+        default_mode: str,
+        callback: Callable[[str, Any], None],
+    ) -> None:
         self._node = node
         self._msg_type = msg_type
         self._callback = callback
@@ -78,23 +85,34 @@ class CameraSubscriptions:
 
     def _declare_mode(self, topic: str, default_mode: str) -> str:
         name = reliability_parameter(topic)
-        descriptor = ParameterDescriptor(description=f"reliability of the subscription to {topic}: "
-                                         f"{' | '.join(RELIABILITY_MODES)}", read_only=True)
+        descriptor = ParameterDescriptor(
+            description=f"reliability of the subscription to {topic}: {' | '.join(RELIABILITY_MODES)}", read_only=True
+        )
         mode = str(self._node.declare_parameter(name, default_mode, descriptor).value).lower()
         if mode not in RELIABILITY_MODES:
-            self._node.get_logger().error(f"parameter {name}={mode!r} must be one of {RELIABILITY_MODES}; "
-                                          f"using {default_mode!r}")
+            self._node.get_logger().error(
+                f"parameter {name}={mode!r} must be one of {RELIABILITY_MODES}; using {default_mode!r}"
+            )
             mode = default_mode
         return mode
 
     def _subscribe(self, cam: _Camera) -> None:
-        qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=qos_profile_sensor_data.depth,
-                         reliability=_POLICY[cam.reliability], durability=qos_profile_sensor_data.durability)
+        qos = QoSProfile(
+            history=QoSHistoryPolicy.KEEP_LAST,
+            depth=qos_profile_sensor_data.depth,
+            reliability=_POLICY[cam.reliability],
+            durability=qos_profile_sensor_data.durability,
+        )
         # History and depth stay overridable the standard way (qos_overrides.<topic>.subscription.depth).
         overriding = QoSOverridingOptions(policy_kinds=(QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH))
         cam.subscription = self._node.create_subscription(
-            self._msg_type, cam.topic, lambda msg, camera=cam.camera: self._callback(camera, msg), qos,
-            callback_group=cam.group, qos_overriding_options=overriding)
+            self._msg_type,
+            cam.topic,
+            lambda msg, camera=cam.camera: self._callback(camera, msg),
+            qos,
+            callback_group=cam.group,
+            qos_overriding_options=overriding,
+        )
 
     def refresh(self) -> None:
         """Match each ``auto`` camera's reliability to its current publishers (timer callback)."""
@@ -109,12 +127,20 @@ class CameraSubscriptions:
             self._node.get_logger().info(
                 f"{cam.topic}: {len(infos)} publisher(s) offering "
                 f"{sorted({info.qos_profile.reliability.name.lower() for info in infos})}; subscribing {wanted} "
-                f"(was {cam.reliability})")
+                f"(was {cam.reliability})"
+            )
             self._node.destroy_subscription(cam.subscription)
             cam.reliability = wanted
             self._subscribe(cam)
 
     def describe(self) -> dict[str, dict[str, str]]:
         """camera -> values for /diagnostics."""
-        return {cam.camera: {"topic": cam.topic, "reliability": cam.reliability, "reliability_mode": cam.mode,
-                             "publishers": str(cam.publishers)} for cam in self._cams}
+        return {
+            cam.camera: {
+                "topic": cam.topic,
+                "reliability": cam.reliability,
+                "reliability_mode": cam.mode,
+                "publishers": str(cam.publishers),
+            }
+            for cam in self._cams
+        }

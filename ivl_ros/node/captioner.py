@@ -92,8 +92,9 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
     if spec.low is not None and isinstance(spec.default, int) and not isinstance(spec.default, bool):
         desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
     elif spec.low is not None and isinstance(spec.default, float):
-        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high),
-                                                        step=0.0)]
+        desc.floating_point_range = [
+            FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high), step=0.0)
+        ]
     return desc
 
 
@@ -117,9 +118,14 @@ class CaptionNode(Node):
         self.debug_pub = self.create_publisher(Image, "~/debug_image", QoSProfile(depth=1))
         self.camera_subs = self._subscribe_cameras()
         self.create_service(Ask, ASK_SERVICE, self._on_ask, callback_group=self._requests_group)
-        self._describe_server = ActionServer(self, Describe, DESCRIBE_ACTION, execute_callback=self._on_describe,
-                                             cancel_callback=lambda _req: CancelResponse.ACCEPT,
-                                             callback_group=self._requests_group)
+        self._describe_server = ActionServer(
+            self,
+            Describe,
+            DESCRIBE_ACTION,
+            execute_callback=self._on_describe,
+            cancel_callback=lambda _req: CancelResponse.ACCEPT,
+            callback_group=self._requests_group,
+        )
         self._diag_pub = self._diagnostics_publisher()
 
         self.worker = InferenceWorker(self._caption_due, self._caption, self._on_worker_error)
@@ -130,7 +136,8 @@ class CaptionNode(Node):
         self.get_logger().info(
             f"{NODE_NAME}: model {p('model_path') or '(model_path not set)'} (backend {p('backend')}, device "
             f"{p('device')}, dtype {p('dtype')}); cameras {self.cameras}{' (compressed)' if p('compressed') else ''}; "
-            f"caption_rate_hz {p('caption_rate_hz')}; serving {ASK_SERVICE} and {DESCRIBE_ACTION}")
+            f"caption_rate_hz {p('caption_rate_hz')}; serving {ASK_SERVICE} and {DESCRIBE_ACTION}"
+        )
         self.worker.start()
         self.model.start()
 
@@ -143,8 +150,9 @@ class CaptionNode(Node):
             self.declare_parameter(spec.name, spec.default, _descriptor(spec))
         except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
             # A bad value from the YAML/command line must not kill the node: say so and use the default.
-            self.get_logger().error(f"parameter {spec.name}: the given value was rejected ({exc}); "
-                                    f"using the default {spec.default!r}")
+            self.get_logger().error(
+                f"parameter {spec.name}: the given value was rejected ({exc}); using the default {spec.default!r}"
+            )
             self.declare_parameter(spec.name, spec.default, _descriptor(spec), ignore_override=True)
 
     def _camera_list(self) -> list[str]:
@@ -212,9 +220,14 @@ class CaptionNode(Node):
         from ivl_ros.model.engine import VisionLanguageEngine  # deferred: torch import takes seconds
 
         # The node checks frames against its own (run-time) max_pixels parameter before the engine sees them.
-        engine = VisionLanguageEngine.load(model_path, backend=self.p("backend"), device=self.p("device"),
-                                           dtype=self.p("dtype"), engines_path=self.p("engines_path") or None,
-                                           max_pixels=MAX_PIXELS_LIMIT)
+        engine = VisionLanguageEngine.load(
+            model_path,
+            backend=self.p("backend"),
+            device=self.p("device"),
+            dtype=self.p("dtype"),
+            engines_path=self.p("engines_path") or None,
+            max_pixels=MAX_PIXELS_LIMIT,
+        )
         return DelayedEngine(engine, lambda: float(self.p("debug_inference_delay_s")))
 
     def _on_model_ready(self, engine: Any, seconds: float) -> None:
@@ -229,8 +242,10 @@ class CaptionNode(Node):
         self.worker.wake()
 
     def _on_model_failed(self, message: str) -> None:
-        self.get_logger().error(f"model failed to load: {message}. The node stays up; every request will "
-                                "report this error until the node is restarted with a working model_path")
+        self.get_logger().error(
+            f"model failed to load: {message}. The node stays up; every request will "
+            "report this error until the node is restarted with a working model_path"
+        )
 
     # -- frames --------------------------------------------------------------------------------------------
     def _subscribe_cameras(self) -> CameraSubscriptions:
@@ -242,8 +257,14 @@ class CaptionNode(Node):
                 return camera.rstrip("/") + "/compressed"  # image_transport's naming
             return camera
 
-        return CameraSubscriptions(self, self.cameras, msg_type, topic_of, self.p("image_reliability"),
-                                   partial(self._on_frame, convert=convert))
+        return CameraSubscriptions(
+            self,
+            self.cameras,
+            msg_type,
+            topic_of,
+            self.p("image_reliability"),
+            partial(self._on_frame, convert=convert),
+        )
 
     def _on_frame(self, camera: str, msg: Any, convert: Any) -> None:
         try:
@@ -251,7 +272,7 @@ class CaptionNode(Node):
         except FrameError as exc:
             self._reject(camera, str(exc))
             return
-        except Exception as exc:  # noqa: BLE001 - a frame must never take the node down
+        except Exception as exc:
             self._reject(camera, f"unexpected {type(exc).__name__}: {exc}")
             return
         self.frames.put(camera, rgb, msg.header)
@@ -274,8 +295,10 @@ class CaptionNode(Node):
 
     def _caption_settings(self) -> GenerationSettings:
         limit = int(self.p("max_new_tokens"))
-        return CAPTION_SETTINGS.with_(max_new_tokens=min(CAPTION_SETTINGS.max_new_tokens, limit),
-                                      min_new_tokens=min(CAPTION_SETTINGS.min_new_tokens, limit))
+        return CAPTION_SETTINGS.with_(
+            max_new_tokens=min(CAPTION_SETTINGS.max_new_tokens, limit),
+            min_new_tokens=min(CAPTION_SETTINGS.min_new_tokens, limit),
+        )
 
     def _caption(self) -> None:
         frames = self.frames.take_new()
@@ -284,8 +307,12 @@ class CaptionNode(Node):
         self._last_caption_start = time.monotonic()
         engine = self.model.engine
         try:
-            answers = engine.caption_batch([f.rgb for f in frames], max_tiles=int(self.p("max_tiles")),
-                                           prompt=self.p("prompt") or None, settings=self._caption_settings())
+            answers = engine.caption_batch(
+                [f.rgb for f in frames],
+                max_tiles=int(self.p("max_tiles")),
+                prompt=self.p("prompt") or None,
+                settings=self._caption_settings(),
+            )
         except IvlError as exc:
             self.last_error = f"caption: {exc}"
             self.get_logger().error(f"captioning {[f.camera for f in frames]} failed: {exc}")
@@ -294,12 +321,19 @@ class CaptionNode(Node):
             return  # Ctrl-C arrived during the model call: the publishers are gone
         debug = self.p("publish_debug_image")
         for frame, answer in zip(frames, answers, strict=True):
-            msg = Caption(header=frame.header, camera=frame.camera, text=answer.answer, model_id=engine.model_id,
-                          tiles=answer.num_tiles, latency_ms=float(answer.latency_ms))
+            msg = Caption(
+                header=frame.header,
+                camera=frame.camera,
+                text=answer.answer,
+                model_id=engine.model_id,
+                tiles=answer.num_tiles,
+                latency_ms=float(answer.latency_ms),
+            )
             self.caption_pub.publish(msg)
             if debug:
-                self.debug_pub.publish(rgb_to_image(annotate(frame.rgb, answer.answer, frame.camera),
-                                                    header=frame.header))
+                self.debug_pub.publish(
+                    rgb_to_image(annotate(frame.rgb, answer.answer, frame.camera), header=frame.header)
+                )
         self.counters["captions_published"] += len(frames)
         self.last_latency_ms = float(answers[0].latency_ms)
 
@@ -361,8 +395,9 @@ class CaptionNode(Node):
 
         return check
 
-    async def _answer(self, what: str, question: str, image: Any, camera: str, max_new_tokens: int,
-                      on_text: Any = None) -> Reply:
+    async def _answer(
+        self, what: str, question: str, image: Any, camera: str, max_new_tokens: int, on_text: Any = None
+    ) -> Reply:
         try:
             req = self._prepare(question, image, camera, max_new_tokens)
         except IvlError as exc:
@@ -383,8 +418,9 @@ class CaptionNode(Node):
 
         def job() -> Any:
             check()  # abandoned while it waited for the model: skip it
-            return engine.ask(req.rgb, req.question, max_tiles=int(self.p("max_tiles")), settings=req.settings,
-                              on_text=guarded)
+            return engine.ask(
+                req.rgb, req.question, max_tiles=int(self.p("max_tiles")), settings=req.settings, on_text=guarded
+            )
 
         def finish(result: Any, error: BaseException | None) -> None:
             if error is not None:
@@ -401,7 +437,7 @@ class CaptionNode(Node):
             return self._failed(what, str(exc))
         except IvlError as exc:
             return self._failed(what, str(exc))
-        except Exception as exc:  # noqa: BLE001 - reported in the response, the node goes on
+        except Exception as exc:
             return self._failed(what, f"internal error: {type(exc).__name__}: {exc}")
         self.counters["requests_served"] += 1
         self.last_latency_ms = float(answer.latency_ms)
@@ -413,8 +449,7 @@ class CaptionNode(Node):
         return Reply(message=message)
 
     async def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
-        reply = await self._answer(ASK_SERVICE, request.question, request.image, request.camera,
-                                   request.max_new_tokens)
+        reply = await self._answer(ASK_SERVICE, request.question, request.image, request.camera, request.max_new_tokens)
         response.answer, response.success, response.message = reply.answer, reply.success, reply.message
         response.latency_ms = reply.latency_ms
         response.image_stamp = reply.image_stamp or Time()
@@ -431,10 +466,16 @@ class CaptionNode(Node):
             count += 1
             goal_handle.publish_feedback(Describe.Feedback(partial_text=text, tokens=count))
 
-        reply = await self._answer(DESCRIBE_ACTION, goal.question, goal.image, goal.camera, goal.max_new_tokens,
-                                   on_text)
-        result = Describe.Result(answer=reply.answer, success=reply.success, message=reply.message,
-                                 latency_ms=reply.latency_ms, image_stamp=reply.image_stamp or Time())
+        reply = await self._answer(
+            DESCRIBE_ACTION, goal.question, goal.image, goal.camera, goal.max_new_tokens, on_text
+        )
+        result = Describe.Result(
+            answer=reply.answer,
+            success=reply.success,
+            message=reply.message,
+            latency_ms=reply.latency_ms,
+            image_stamp=reply.image_stamp or Time(),
+        )
         if reply.cancelled:
             goal_handle.canceled()
         elif reply.success:
@@ -448,8 +489,9 @@ class CaptionNode(Node):
         try:
             from diagnostic_msgs.msg import DiagnosticArray
         except ImportError:
-            self.get_logger().warning("diagnostic_msgs is not installed (pip install ros-diagnostic-msgs); "
-                                      "no /diagnostics")
+            self.get_logger().warning(
+                "diagnostic_msgs is not installed (pip install ros-diagnostic-msgs); no /diagnostics"
+            )
             return None
         pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
         self.create_timer(1.0, self._publish_diagnostics, callback_group=self._diag_group)
@@ -458,15 +500,25 @@ class CaptionNode(Node):
     def health(self) -> list[diagnostics.Status]:
         cams = self.frames.stats()
         engine = self.model.engine
-        info = {"model_id": engine.model_id if engine is not None else "", "model_path": self.p("model_path"),
-                "backend": self.p("backend"), "device": self.p("device"), "dtype": self.p("dtype"),
-                "load_seconds": f"{self.model.load_seconds:.2f}", "last_latency_ms": f"{self.last_latency_ms:.1f}",
-                "frames_received": sum(s.received for s in cams.values()),
-                "frames_dropped": sum(s.dropped for s in cams.values()),
-                "frames_rejected": sum(s.rejected for s in cams.values()),
-                "pending_requests": self.worker.pending, "last_error": self.last_error, **self.counters}
-        return [diagnostics.model_status(NODE_NAME, self.model.state, self.model.error, info),
-                *diagnostics.camera_statuses(NODE_NAME, cams, extra=self.camera_subs.describe())]
+        info = {
+            "model_id": engine.model_id if engine is not None else "",
+            "model_path": self.p("model_path"),
+            "backend": self.p("backend"),
+            "device": self.p("device"),
+            "dtype": self.p("dtype"),
+            "load_seconds": f"{self.model.load_seconds:.2f}",
+            "last_latency_ms": f"{self.last_latency_ms:.1f}",
+            "frames_received": sum(s.received for s in cams.values()),
+            "frames_dropped": sum(s.dropped for s in cams.values()),
+            "frames_rejected": sum(s.rejected for s in cams.values()),
+            "pending_requests": self.worker.pending,
+            "last_error": self.last_error,
+            **self.counters,
+        }
+        return [
+            diagnostics.model_status(NODE_NAME, self.model.state, self.model.error, info),
+            *diagnostics.camera_statuses(NODE_NAME, cams, extra=self.camera_subs.describe()),
+        ]
 
     def _publish_diagnostics(self) -> None:
         self._diag_pub.publish(diagnostics.to_msg(self.health(), self.get_clock().now().to_msg()))

@@ -41,8 +41,9 @@ def _still_frame_fallback(model: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ivl-ros-demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ivl-ros-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--captions", type=int, default=5, help="stop after this many captions (default 5)")
     ap.add_argument("--timeout", type=float, default=180.0, help="give up after this many seconds")
     ap.add_argument("launch_args", nargs="*", metavar="name:=value", help="passed to ivl-ros-launch captioner")
@@ -51,14 +52,17 @@ def main(argv: list[str] | None = None) -> int:
 
     problem = _ros_problem()
     if problem:
-        print(f"ivl-ros-demo: no ROS 2 runtime here ({problem}). Set it up with `bash scripts/setup.sh` (pip "
-              "wheels + ivl_interfaces) or source a ROS 2 install. Captioning a still frame instead:")
+        print(
+            f"ivl-ros-demo: no ROS 2 runtime here ({problem}). Set it up with `bash scripts/setup.sh` (pip "
+            "wheels + ivl_interfaces) or source a ROS 2 install. Captioning a still frame instead:"
+        )
         return _still_frame_fallback(model)
 
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     from ivl_interfaces.msg import Caption
+
     launch = [sys.executable, "-m", "ivl_ros.node.launcher", "captioner", "use_sim:=true", *args.launch_args]
     print("+ ivl-ros-launch " + " ".join(launch[4:]), flush=True)
     launcher = subprocess.Popen(launch, start_new_session=True)
@@ -69,19 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     def on_caption(msg: Caption) -> None:
         received.append(msg)
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        print(f"[frame {stamp:.2f}] {msg.camera}: {msg.text}  ({msg.tiles} tiles, {msg.latency_ms:.0f} ms)",
-              flush=True)
+        print(f"[frame {stamp:.2f}] {msg.camera}: {msg.text}  ({msg.tiles} tiles, {msg.latency_ms:.0f} ms)", flush=True)
 
-    node.create_subscription(Caption, CAPTION_TOPIC, on_caption,
-                             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    node.create_subscription(
+        Caption, CAPTION_TOPIC, on_caption, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    )
     deadline = time.monotonic() + args.timeout
     rc = 0
     try:
         while len(received) < args.captions:
             rclpy.spin_once(node, timeout_sec=0.2)
             if launcher.poll() is not None:
-                print(f"ivl-ros-demo: the launcher exited with {launcher.returncode} before {args.captions} "
-                      "captions arrived", file=sys.stderr)
+                print(
+                    f"ivl-ros-demo: the launcher exited with {launcher.returncode} before {args.captions} "
+                    "captions arrived",
+                    file=sys.stderr,
+                )
                 rc = 1
                 break
             if time.monotonic() > deadline:

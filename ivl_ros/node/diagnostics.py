@@ -25,14 +25,16 @@ class Status:
 
 def model_status(node: str, state: str, error: str, info: dict[str, object]) -> Status:
     level, message = {"ready": (OK, "model loaded"), "loading": (WARN, "model loading")}.get(
-        state, (ERROR, f"model failed to load: {error}"))
+        state, (ERROR, f"model failed to load: {error}")
+    )
     values = {"model_loaded": str(state == "ready").lower(), "load_error": error}
     values.update({k: str(v) for k, v in info.items()})
     return Status(level, f"{node}: model", message, str(info.get("model_id", "")), values)
 
 
-def camera_statuses(node: str, cameras: dict[str, CameraStats], now: float | None = None,
-                    extra: dict[str, dict[str, str]] | None = None) -> list[Status]:
+def camera_statuses(
+    node: str, cameras: dict[str, CameraStats], now: float | None = None, extra: dict[str, dict[str, str]] | None = None
+) -> list[Status]:
     """One status per camera; ``extra`` adds values per camera (e.g. its subscription's reliability)."""
     now = time.monotonic() if now is None else now
     out = []
@@ -46,9 +48,15 @@ def camera_statuses(node: str, cameras: dict[str, CameraStats], now: float | Non
             level, message = OK, "receiving frames"
         if s.last_error and s.rejected:
             message += f"; last rejected frame: {s.last_error}"
-        values = {"received": str(s.received), "dropped": str(s.dropped), "rejected": str(s.rejected),
-                  "captioned": str(s.captioned), "last_frame_age_s": "" if age is None else f"{age:.3f}",
-                  "last_error": s.last_error, **(extra or {}).get(camera, {})}
+        values = {
+            "received": str(s.received),
+            "dropped": str(s.dropped),
+            "rejected": str(s.rejected),
+            "captioned": str(s.captioned),
+            "last_frame_age_s": "" if age is None else f"{age:.3f}",
+            "last_error": s.last_error,
+            **(extra or {}).get(camera, {}),
+        }
         out.append(Status(level, f"{node}: camera {camera}", message, camera, values))
     return out
 
@@ -60,7 +68,13 @@ def to_msg(statuses: list[Status], stamp) -> object:
     msg = DiagnosticArray()
     msg.header.stamp = stamp
     for s in statuses:
-        msg.status.append(DiagnosticStatus(level=bytes([s.level]), name=s.name, message=s.message[:1000],
-                                           hardware_id=s.hardware_id,
-                                           values=[KeyValue(key=k, value=v) for k, v in s.values.items()]))
+        msg.status.append(
+            DiagnosticStatus(
+                level=bytes([s.level]),
+                name=s.name,
+                message=s.message[:1000],
+                hardware_id=s.hardware_id,
+                values=[KeyValue(key=k, value=v) for k, v in s.values.items()],
+            )
+        )
     return msg

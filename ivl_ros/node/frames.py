@@ -17,17 +17,17 @@ import numpy as np
 @dataclass
 class Frame:
     camera: str
-    rgb: np.ndarray        # HxWx3 uint8 RGB
-    header: Any            # std_msgs/Header of the source message (stamp + frame_id)
-    seq: int               # per-camera arrival number
+    rgb: np.ndarray  # HxWx3 uint8 RGB
+    header: Any  # std_msgs/Header of the source message (stamp + frame_id)
+    seq: int  # per-camera arrival number
     received: float = field(default_factory=time.monotonic)
 
 
 @dataclass
 class CameraStats:
     received: int = 0
-    rejected: int = 0      # malformed frames (never stored)
-    dropped: int = 0       # replaced before being captioned
+    rejected: int = 0  # malformed frames (never stored)
+    dropped: int = 0  # replaced before being captioned
     captioned: int = 0
     last_received: float | None = None
     last_error: str = ""

@@ -47,14 +47,16 @@ def image_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise FrameError(f"image encoding is empty; expected one of {', '.join(ENCODINGS)}")
     if encoding not in ENCODINGS:
         hint = " (a depth image on a colour topic?)" if encoding in DEPTH_ENCODINGS else ""
-        raise FrameError(f"image encoding {msg.encoding!r} is not supported{hint}; expected one of "
-                         f"{', '.join(ENCODINGS)}")
+        raise FrameError(
+            f"image encoding {msg.encoding!r} is not supported{hint}; expected one of {', '.join(ENCODINGS)}"
+        )
     width, height, step = int(msg.width), int(msg.height), int(msg.step)
     _check_pixels(width, height, max_pixels)
     channels = ENCODINGS[encoding]
     if step < width * channels:
-        raise FrameError(f"image step {step} is less than width*channels = {width}*{channels} = {width * channels}"
-                         f" for {encoding}")
+        raise FrameError(
+            f"image step {step} is less than width*channels = {width}*{channels} = {width * channels} for {encoding}"
+        )
     size = len(msg.data)
     if size != step * height:
         raise FrameError(f"image data is {size} bytes; expected step*height = {step}*{height} = {step * height}")

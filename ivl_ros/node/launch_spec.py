@@ -23,9 +23,9 @@ PARAMS_FILE_NAME = "captioner.yaml"
 
 @dataclass(frozen=True)
 class NodeSpec:
-    name: str                  # ROS node name, also its key in the params YAML
-    module: str                # `python -m module` (pip launcher)
-    executable: str            # console script in lib/ivl_ros (ros2 launch)
+    name: str  # ROS node name, also its key in the params YAML
+    module: str  # `python -m module` (pip launcher)
+    executable: str  # console script in lib/ivl_ros (ros2 launch)
     condition: str | None = None  # a boolean launch argument that must be true
 
 
@@ -105,8 +105,10 @@ def plan(args: Mapping[str, str], strict: bool = True) -> list[NodeLaunch]:
     """The nodes to start for ``name:=value`` launch arguments (``strict``: unknown names are errors)."""
     unknown = [k for k in args if k not in LAUNCH_ARGUMENTS and k not in PARAM_BY_NAME]
     if unknown and strict:
-        raise LaunchError(f"unknown launch argument(s) {unknown}; known: {sorted(LAUNCH_ARGUMENTS)} and the node "
-                          f"parameters {sorted(PARAM_BY_NAME)}")
+        raise LaunchError(
+            f"unknown launch argument(s) {unknown}; known: {sorted(LAUNCH_ARGUMENTS)} and the node "
+            f"parameters {sorted(PARAM_BY_NAME)}"
+        )
     params_file = Path(args["params_file"]) if args.get("params_file") else default_params_file()
     if not params_file.is_file():
         raise LaunchError(f"params_file {params_file} does not exist")

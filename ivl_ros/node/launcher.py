@@ -45,8 +45,16 @@ def _die_with_parent() -> None:
 
 
 def command(launch: launch_spec.NodeLaunch, overrides_file: Path | None) -> list[str]:
-    cmd = [sys.executable, "-m", launch.spec.module, "--ros-args", "-r", f"__node:={launch.spec.name}",
-           "--params-file", str(launch.params_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        launch.spec.module,
+        "--ros-args",
+        "-r",
+        f"__node:={launch.spec.name}",
+        "--params-file",
+        str(launch.params_file),
+    ]
     if overrides_file is not None:
         cmd += ["--params-file", str(overrides_file)]
     return cmd
@@ -129,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="ivl-ros-launch",
         description="Start the ivl_ros nodes without ros2 launch (pip-installed ROS 2).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="launch arguments:\n" + "\n".join(f"  {k}:=...  {d} (default {v!r})"
-                                                 for k, (v, d) in launch_spec.LAUNCH_ARGUMENTS.items())
-        + "\nnode parameters (override the params file):\n" + "\n".join(f"  {p.name}:=...  {p.description}"
-                                                                         for p in PARAMS)
+        epilog="launch arguments:\n"
+        + "\n".join(f"  {k}:=...  {d} (default {v!r})" for k, (v, d) in launch_spec.LAUNCH_ARGUMENTS.items())
+        + "\nnode parameters (override the params file):\n"
+        + "\n".join(f"  {p.name}:=...  {p.description}" for p in PARAMS)
         + "\nexample: ivl-ros-launch captioner model_path:=DIR image_topics:=\"['/cam/image_raw']\" "
-          "caption_rate_hz:=2.0 use_sim:=true")
+        "caption_rate_hz:=2.0 use_sim:=true",
+    )
     parser.add_argument("launch", choices=LAUNCHES, help="what to launch")
     parser.add_argument("arguments", nargs="*", metavar="name:=value")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and overrides, start nothing")

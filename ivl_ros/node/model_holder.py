@@ -46,8 +46,9 @@ class DelayedEngine:
 class ModelHolder:
     """state: 'loading' | 'ready' | 'failed'; ``engine`` is set once ready."""
 
-    def __init__(self, load: Callable[[], Any], on_ready: Callable[[Any, float], None],
-                 on_failed: Callable[[str], None]) -> None:
+    def __init__(
+        self, load: Callable[[], Any], on_ready: Callable[[Any, float], None], on_failed: Callable[[str], None]
+    ) -> None:
         self._load = load
         self._on_ready = on_ready
         self._on_failed = on_failed
@@ -67,7 +68,7 @@ class ModelHolder:
         except IvlError as exc:
             self._fail(str(exc))
             return
-        except Exception as exc:  # noqa: BLE001 - any load failure must leave the node up and say why
+        except Exception as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
             return
         self.load_seconds = time.perf_counter() - start

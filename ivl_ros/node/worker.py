@@ -19,8 +19,12 @@ Done = Callable[[Any, BaseException | None], None]
 class InferenceWorker:
     """``caption_due()`` -> seconds until the next caption (<= 0: now, None: off); ``caption()`` runs one."""
 
-    def __init__(self, caption_due: Callable[[], float | None], caption: Callable[[], None],
-                 on_error: Callable[[str, BaseException], None]) -> None:
+    def __init__(
+        self,
+        caption_due: Callable[[], float | None],
+        caption: Callable[[], None],
+        on_error: Callable[[str, BaseException], None],
+    ) -> None:
         self._caption_due = caption_due
         self._caption = caption
         self._on_error = on_error
@@ -77,18 +81,18 @@ class InferenceWorker:
             if item is None:
                 try:
                     self._caption()
-                except Exception as exc:  # noqa: BLE001 - a failed caption must not end the thread
+                except Exception as exc:
                     self._on_error("caption", exc)
                     time.sleep(0.1)  # a persistent failure should not spin the CPU
                 continue
             job, done = item
             try:
                 result, error = job(), None
-            except Exception as exc:  # noqa: BLE001 - reported to the requester
+            except Exception as exc:
                 result, error = None, exc
             try:
                 done(result, error)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self._on_error("request", exc)
 
 

@@ -11,9 +11,30 @@ from benchmarks.command import main
 
 @pytest.mark.slow
 def test_bench_runs_on_cpu_and_writes_results(tmp_path, capsys):
-    argv = ["--random-init", "tiny", "--device", "cpu", "--backends", "hf-baseline,torch,torch-fast,onnx",
-            "--tiles", "1,3", "--decode-tokens", "4", "--decode-batch", "2", "--warmup", "0", "--reps", "1",
-            "--slow-reps", "1", "--out", str(tmp_path), "--tag", "smoke"]
+    argv = [
+        "--random-init",
+        "tiny",
+        "--device",
+        "cpu",
+        "--backends",
+        "hf-baseline,torch,torch-fast,onnx",
+        "--tiles",
+        "1,3",
+        "--decode-tokens",
+        "4",
+        "--decode-batch",
+        "2",
+        "--warmup",
+        "0",
+        "--reps",
+        "1",
+        "--slow-reps",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--tag",
+        "smoke",
+    ]
     assert main(argv) == 0
     results = json.loads((tmp_path / "smoke.json").read_text())
     assert [b["name"] for b in results["backends"]] == ["hf-baseline", "torch", "torch-fast"]

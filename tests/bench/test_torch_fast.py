@@ -20,11 +20,14 @@ def _frame(seed: int) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("settings", [
-    GenerationSettings(max_new_tokens=40),
-    GenerationSettings(max_new_tokens=30, min_new_tokens=8),
-    GenerationSettings(max_new_tokens=25, min_new_tokens=25),
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        GenerationSettings(max_new_tokens=40),
+        GenerationSettings(max_new_tokens=30, min_new_tokens=8),
+        GenerationSettings(max_new_tokens=25, min_new_tokens=25),
+    ],
+)
 def test_greedy_tokens_identical_single(engines, sample_frame, settings):
     plain, fast = engines
     questions = ["Provide a one-sentence caption for the provided image.", "Hi", "Where?", "Is there a chair?"]
@@ -64,16 +67,19 @@ def test_streaming_and_sampling_use_the_session_protocol(engines, sample_frame):
     streamed = fast.ask(sample_frame, "Hi", settings=settings, on_text=pieces.append)
     assert streamed.token_ids == plain.ask(sample_frame, "Hi", settings=settings).token_ids and pieces
     sampled = GenerationSettings(max_new_tokens=12, do_sample=True, temperature=0.7, top_k=20, seed=3)
-    assert fast.ask(sample_frame, "Hi", settings=sampled).token_ids == plain.ask(
-        sample_frame, "Hi", settings=sampled).token_ids
+    assert (
+        fast.ask(sample_frame, "Hi", settings=sampled).token_ids
+        == plain.ask(sample_frame, "Hi", settings=sampled).token_ids
+    )
 
 
 def test_device_tiling_through_the_engine_gives_the_same_tokens(engines, tiny_checkpoint, sample_frame):
     from ivl_ros.model.backends.torch_fast import FastTorchBackend
 
     plain, fast = engines
-    tiled = VisionLanguageEngine(FastTorchBackend(fast.backend.loaded, device_tiling=True), fast.tokenizer,
-                                 fast.spec, fast.model_id)
+    tiled = VisionLanguageEngine(
+        FastTorchBackend(fast.backend.loaded, device_tiling=True), fast.tokenizer, fast.spec, fast.model_id
+    )
     prepared = tiled.prepare(sample_frame, "Describe.", max_tiles=4)
     assert not isinstance(prepared.pixel_values, np.ndarray)  # tiles made (and kept) on the model's device
     assert np.array_equal(prepared.pixel_values.numpy(), plain.prepare(sample_frame, "Describe.", 4).pixel_values)

@@ -79,7 +79,7 @@ def test_qkv_rope_cache_write(batch, gather):
     x = embed[ids] if gather else _rand(batch, HIDDEN)
     nw = (1 + 0.1 * torch.randn(HIDDEN, device=DEVICE)).to(BF16)
     rows = (HEADS + 2 * KV_HEADS) * HEAD_DIM
-    w = _rand(rows, HIDDEN, scale=HIDDEN ** -0.5)
+    w = _rand(rows, HIDDEN, scale=HIDDEN**-0.5)
     cos, sin = _rope_tables(CACHE)
     positions = torch.randint(0, CACHE - 1, (batch,), device=DEVICE)
     slot = torch.tensor([int(positions.max()) + 1], device=DEVICE)
@@ -89,16 +89,40 @@ def test_qkv_rope_cache_write(batch, gather):
     vc = torch.full_like(kc, 7.0)
     rows_per, chunk, warps = td.CONFIGS["qkv"]
     grid = ((HEADS + 2 * KV_HEADS) * (HEAD_DIM // 2) // rows_per,)
-    td.qkv_rope_kernel[grid](embed if gather else x, ids, nw, w, w, cos, sin, positions, slot,
-                             valid.view(torch.int8), q, kc, vc, batch, CACHE, EPS, K=HIDDEN, HEADS=HEADS,
-                             KV_HEADS=KV_HEADS, D=HEAD_DIM, BLOCK_B=td._next_pow2(batch), BLOCK_N=rows_per,
-                             BLOCK_K=min(chunk, HIDDEN), GATHER=gather, HAS_BIAS=False, num_warps=warps)
+    td.qkv_rope_kernel[grid](
+        embed if gather else x,
+        ids,
+        nw,
+        w,
+        w,
+        cos,
+        sin,
+        positions,
+        slot,
+        valid.view(torch.int8),
+        q,
+        kc,
+        vc,
+        batch,
+        CACHE,
+        EPS,
+        K=HIDDEN,
+        HEADS=HEADS,
+        KV_HEADS=KV_HEADS,
+        D=HEAD_DIM,
+        BLOCK_B=td._next_pow2(batch),
+        BLOCK_N=rows_per,
+        BLOCK_K=min(chunk, HIDDEN),
+        GATHER=gather,
+        HAS_BIAS=False,
+        num_warps=warps,
+    )
     qkv = _rms(x, nw) @ w.double().T
     nq, nkv = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
     c, s = cos[positions].double()[:, None], sin[positions].double()[:, None]
     ref_q = _rotate(qkv[:, :nq].view(batch, HEADS, HEAD_DIM), c, s)
-    ref_k = _rotate(qkv[:, nq:nq + nkv].view(batch, KV_HEADS, HEAD_DIM), c, s)
-    ref_v = qkv[:, nq + nkv:].view(batch, KV_HEADS, HEAD_DIM)
+    ref_k = _rotate(qkv[:, nq : nq + nkv].view(batch, KV_HEADS, HEAD_DIM), c, s)
+    ref_v = qkv[:, nq + nkv :].view(batch, KV_HEADS, HEAD_DIM)
     s0 = int(slot)
     assert _rel(q.view(batch, HEADS, HEAD_DIM), ref_q) < 1e-2
     assert _rel(kc[:, :, s0], ref_k) < 1e-2
@@ -116,11 +140,11 @@ def _attention_inputs(batch: int, seed: int):
     vc = _rand(batch, KV_HEADS, CACHE, HEAD_DIM)
     slot = torch.tensor([CACHE * 3 // 4 + 5], device=DEVICE)
     valid = torch.zeros((batch, CACHE), dtype=torch.bool, device=DEVICE)
-    valid[:, :int(slot) + 1] = True
+    valid[:, : int(slot) + 1] = True
     for b in range(1, batch):
-        valid[b, :7 * b] = False  # left padding of the other rows
-    kc[:, :, int(slot) + 1:] = float("nan")  # beyond the slot: never read
-    vc[:, :, int(slot) + 1:] = float("nan")
+        valid[b, : 7 * b] = False  # left padding of the other rows
+    kc[:, :, int(slot) + 1 :] = float("nan")  # beyond the slot: never read
+    vc[:, :, int(slot) + 1 :] = float("nan")
     return q, kc, vc, slot, valid
 
 
@@ -134,8 +158,9 @@ def _attention_reference(q, kc, vc, valid):
     return torch.einsum("bkgl,bkld->bkgd", torch.softmax(scores, -1), v).reshape(batch, HEADS * HEAD_DIM)
 
 
-@pytest.mark.parametrize("batch,merge,merge_block", [(1, True, None), (1, False, None), (4, True, None), (1, True, 2),
-                                                     (2, False, 2)])
+@pytest.mark.parametrize(
+    "batch,merge,merge_block", [(1, True, None), (1, False, None), (4, True, None), (1, True, 2), (2, False, 2)]
+)
 def test_attention_over_valid_cache(batch, merge, merge_block):
     q, kc, vc, slot, valid = _attention_inputs(batch, seed=batch + 2 * merge)
     _, chunk, warps = td.ATTENTION
@@ -151,13 +176,43 @@ def test_attention_over_valid_cache(batch, merge, merge_block):
         part_l = torch.full((bk, p2, g), float("nan"), device=DEVICE)
         counters = torch.zeros(bk, dtype=torch.int32, device=DEVICE)
         out = torch.full((batch, HEADS * HEAD_DIM), float("nan"), dtype=BF16, device=DEVICE)
-        td.attention_kernel[(bk, splits)](q, kc, vc, valid.view(torch.int8), slot, part_o, part_m, part_l, counters,
-                                          out, CACHE, splits, 1.0 / math.sqrt(HEAD_DIM), CHUNK=chunk, HEADS=HEADS,
-                                          KV_HEADS=KV_HEADS, D=HEAD_DIM, SPLITS_P2=p2, MB=mb,
-                                          MERGE=merge, num_warps=warps)
+        td.attention_kernel[(bk, splits)](
+            q,
+            kc,
+            vc,
+            valid.view(torch.int8),
+            slot,
+            part_o,
+            part_m,
+            part_l,
+            counters,
+            out,
+            CACHE,
+            splits,
+            1.0 / math.sqrt(HEAD_DIM),
+            CHUNK=chunk,
+            HEADS=HEADS,
+            KV_HEADS=KV_HEADS,
+            D=HEAD_DIM,
+            SPLITS_P2=p2,
+            MB=mb,
+            MERGE=merge,
+            num_warps=warps,
+        )
         if not merge:
-            td.attention_merge_kernel[(bk,)](part_o, part_m, part_l, out, splits, HEADS=HEADS, KV_HEADS=KV_HEADS,
-                                             D=HEAD_DIM, SPLITS_P2=p2, MB=mb, num_warps=4)
+            td.attention_merge_kernel[(bk,)](
+                part_o,
+                part_m,
+                part_l,
+                out,
+                splits,
+                HEADS=HEADS,
+                KV_HEADS=KV_HEADS,
+                D=HEAD_DIM,
+                SPLITS_P2=p2,
+                MB=mb,
+                num_warps=4,
+            )
         else:
             assert int(counters.abs().sum()) == 0  # reset for the next launch
         outs.append(out.clone())
@@ -170,7 +225,7 @@ def test_attention_over_valid_cache(batch, merge, merge_block):
 def test_matvec_residual(name, gather, batch):
     torch.manual_seed(batch + 5 * gather + len(name))
     k = FFN if name == "down" else HEADS * HEAD_DIM
-    w = _rand(HIDDEN, k, scale=k ** -0.5)
+    w = _rand(HIDDEN, k, scale=k**-0.5)
     x = _rand(batch, k)
     embed = _rand(VOCAB, HIDDEN)
     ids = torch.randint(0, VOCAB, (batch,), device=DEVICE)
@@ -178,9 +233,21 @@ def test_matvec_residual(name, gather, batch):
     before = (embed[ids] if gather else res).clone()
     out = res if not gather else torch.full((batch, HIDDEN), float("nan"), dtype=BF16, device=DEVICE)
     rows, chunk, warps = td.CONFIGS[name]
-    td.matvec_residual_kernel[(-(-HIDDEN // rows),)](w, x, embed if gather else res, ids, out, batch, HIDDEN, K=k,
-                                                    BLOCK_B=td._next_pow2(batch), BLOCK_N=rows,
-                                                    BLOCK_K=min(chunk, k), GATHER=gather, num_warps=warps)
+    td.matvec_residual_kernel[(-(-HIDDEN // rows),)](
+        w,
+        x,
+        embed if gather else res,
+        ids,
+        out,
+        batch,
+        HIDDEN,
+        K=k,
+        BLOCK_B=td._next_pow2(batch),
+        BLOCK_N=rows,
+        BLOCK_K=min(chunk, k),
+        GATHER=gather,
+        num_warps=warps,
+    )
     ref = before.double() + x.double() @ w.double().T
     assert _rel(out, ref) < 1e-2
 
@@ -190,11 +257,23 @@ def test_gate_up_silu(batch):
     torch.manual_seed(40 + batch)
     x = _rand(batch, HIDDEN)
     nw = (1 + 0.1 * torch.randn(HIDDEN, device=DEVICE)).to(BF16)
-    w = _rand(2 * FFN, HIDDEN, scale=HIDDEN ** -0.5)
+    w = _rand(2 * FFN, HIDDEN, scale=HIDDEN**-0.5)
     out = torch.full((batch, FFN), float("nan"), dtype=BF16, device=DEVICE)
     rows, chunk, warps = td.CONFIGS["gate_up"]
-    td.gate_up_kernel[(-(-FFN // rows),)](x, nw, w, out, batch, FFN, EPS, K=HIDDEN, BLOCK_B=td._next_pow2(batch),
-                                         BLOCK_N=rows, BLOCK_K=min(chunk, HIDDEN), num_warps=warps)
+    td.gate_up_kernel[(-(-FFN // rows),)](
+        x,
+        nw,
+        w,
+        out,
+        batch,
+        FFN,
+        EPS,
+        K=HIDDEN,
+        BLOCK_B=td._next_pow2(batch),
+        BLOCK_N=rows,
+        BLOCK_K=min(chunk, HIDDEN),
+        num_warps=warps,
+    )
     gu = _rms(x, nw) @ w.double().T
     ref = torch.nn.functional.silu(gu[:, :FFN]) * gu[:, FFN:]
     assert _rel(out, ref) < 1e-2
@@ -212,11 +291,42 @@ def _head_and_choose(x, nw, w, batch, step, min_new, eos, pad, finished, slot0):
     positions = torch.arange(batch, device=DEVICE) + 100
     out = torch.full((batch, 16), -1, dtype=torch.long, device=DEVICE)
     fin = finished.clone()
-    td.head_argmax_kernel[(programs,)](x, nw, w, best_val, best_idx, st_step, st_min, st_eos, batch, VOCAB, EPS,
-                                       K=HIDDEN, BLOCK_B=bb, BLOCK_N=rows, BLOCK_K=min(chunk, HIDDEN),
-                                       num_warps=warps)
-    td.choose_kernel[(1,)](best_val, best_idx, programs, ids, positions, st_slot, st_step, fin.view(torch.int8), out,
-                           st_eos, st_pad, batch, 16, BLOCK_B=bb, BLOCK_P=td.CHOOSE_BLOCK, num_warps=1)
+    td.head_argmax_kernel[(programs,)](
+        x,
+        nw,
+        w,
+        best_val,
+        best_idx,
+        st_step,
+        st_min,
+        st_eos,
+        batch,
+        VOCAB,
+        EPS,
+        K=HIDDEN,
+        BLOCK_B=bb,
+        BLOCK_N=rows,
+        BLOCK_K=min(chunk, HIDDEN),
+        num_warps=warps,
+    )
+    td.choose_kernel[(1,)](
+        best_val,
+        best_idx,
+        programs,
+        ids,
+        positions,
+        st_slot,
+        st_step,
+        fin.view(torch.int8),
+        out,
+        st_eos,
+        st_pad,
+        batch,
+        16,
+        BLOCK_B=bb,
+        BLOCK_P=td.CHOOSE_BLOCK,
+        num_warps=1,
+    )
     return ids, positions, out, fin, int(st_slot), int(st_step)
 
 
@@ -225,10 +335,10 @@ def test_head_argmax_and_greedy_choice(batch):
     torch.manual_seed(60 + batch)
     x = _rand(batch, HIDDEN)
     nw = (1 + 0.1 * torch.randn(HIDDEN, device=DEVICE)).to(BF16)
-    w = _rand(VOCAB, HIDDEN, scale=HIDDEN ** -0.5)
+    w = _rand(VOCAB, HIDDEN, scale=HIDDEN**-0.5)
     top = (_rms(x, nw) @ w.double().T)[0].argmax()
-    w[17] = w[int(top)] * 1.5       # a clear winner for row 0 ...
-    w[VOCAB - 1] = w[17]            # ... tied at a higher index: the lower index must win, as torch.argmax
+    w[17] = w[int(top)] * 1.5  # a clear winner for row 0 ...
+    w[VOCAB - 1] = w[17]  # ... tied at a higher index: the lower index must win, as torch.argmax
     logits = _rms(x, nw) @ w.double().T
     eos, pad = 17, 5
     finished = torch.zeros(batch, dtype=torch.bool, device=DEVICE)
@@ -236,7 +346,7 @@ def test_head_argmax_and_greedy_choice(batch):
     got = [int(t) for t in ids]
     # bf16 logits may reorder values closer than bf16 rounding: accept any token within that of the maximum.
     for b in range(batch):
-        assert logits[b, got[b]] >= logits[b].max() - 2 ** -7 * logits[b].abs().max()
+        assert logits[b, got[b]] >= logits[b].max() - 2**-7 * logits[b].abs().max()
     assert got[0] == eos  # not the duplicate at VOCAB - 1
     assert out[:, 2].tolist() == got and bool((out[:, :2] == -1).all()) and bool((out[:, 3:] == -1).all())
     assert fin.tolist() == [g == eos for g in got]

@@ -43,11 +43,13 @@ def edited(src: Path, dst: Path, file: str, edit: Callable) -> Path:
 
 def put(key: str, value) -> Callable:
     """Set a dotted key (the parents must exist)."""
+
     def edit(data):
         *parents, leaf = key.split(".")
         for name in parents:
             data = data[name]
         data[leaf] = value
+
     return edit
 
 
@@ -57,6 +59,7 @@ def drop(key: str) -> Callable:
         for name in parents:
             data = data[name]
         del data[leaf]
+
     return edit
 
 
@@ -68,6 +71,7 @@ def both(*edits: Callable) -> Callable:
     def edit(data):
         for e in edits:
             e(data)
+
     return edit
 
 
@@ -107,15 +111,24 @@ UPSTREAM_CASES = [
     ("unknown_llm_act", put("llm_config.hidden_act", "swoosh"), "llm_config.hidden_act"),
     ("unknown_vit_act", put("vision_config.hidden_act", 7), "vision_config.hidden_act"),
     ("rope_scaling_string", put("llm_config.rope_scaling", "x"), "llm_config.rope_scaling"),
-    ("rope_scaling_type", put("llm_config.rope_scaling", {"type": "yarn", "factor": 2.0}),
-     "llm_config.rope_scaling.type"),
-    ("rope_scaling_factor", put("llm_config.rope_scaling", {"type": "dynamic", "factor": "2"}),
-     "llm_config.rope_scaling.factor"),
+    (
+        "rope_scaling_type",
+        put("llm_config.rope_scaling", {"type": "yarn", "factor": 2.0}),
+        "llm_config.rope_scaling.type",
+    ),
+    (
+        "rope_scaling_factor",
+        put("llm_config.rope_scaling", {"type": "dynamic", "factor": "2"}),
+        "llm_config.rope_scaling.factor",
+    ),
     ("rope_scaling_no_factor", put("llm_config.rope_scaling", {"type": "dynamic"}), "llm_config.rope_scaling.factor"),
     ("vit_heads_not_dividing", put("vision_config.hidden_size", 66), "vision_config.num_attention_heads"),
     ("llm_heads_not_dividing", put("llm_config.hidden_size", 130), "llm_config.num_attention_heads"),
-    ("odd_llm_head_dim", both(put("llm_config.hidden_size", 132), put("llm_config.num_attention_heads", 4)),
-     "llm_config.num_attention_heads"),
+    (
+        "odd_llm_head_dim",
+        both(put("llm_config.hidden_size", 132), put("llm_config.num_attention_heads", 4)),
+        "llm_config.num_attention_heads",
+    ),
     ("tile_not_patch_multiple", put("force_image_size", 100), "force_image_size"),
     ("ratio_not_whole_shuffle", put("downsample_ratio", 0.3), "downsample_ratio"),
     ("ratio_zero", put("downsample_ratio", 0), "downsample_ratio"),
@@ -200,18 +213,38 @@ def test_malformed_converted_config(converted, tmp_path, capsys, edit, key):
 # -- tokenizer files and the shard index --------------------------------------------------------------------
 TOKENIZER_CASES = [
     ("decoder_list", "tokenizer_config.json", put("added_tokens_decoder", []), "added_tokens_decoder"),
-    ("decoder_content_int", "tokenizer_config.json", put("added_tokens_decoder.1024", {"content": 5}),
-     "added_tokens_decoder.1024.content"),
-    ("decoder_id_word", "tokenizer_config.json", put("added_tokens_decoder.abc", {"content": "<x>"}),
-     "added_tokens_decoder.abc"),
-    ("decoder_special_string", "tokenizer_config.json",
-     put("added_tokens_decoder.1024", {"content": "<img>", "special": "yes"}), "added_tokens_decoder.1024.special"),
+    (
+        "decoder_content_int",
+        "tokenizer_config.json",
+        put("added_tokens_decoder.1024", {"content": 5}),
+        "added_tokens_decoder.1024.content",
+    ),
+    (
+        "decoder_id_word",
+        "tokenizer_config.json",
+        put("added_tokens_decoder.abc", {"content": "<x>"}),
+        "added_tokens_decoder.abc",
+    ),
+    (
+        "decoder_special_string",
+        "tokenizer_config.json",
+        put("added_tokens_decoder.1024", {"content": "<img>", "special": "yes"}),
+        "added_tokens_decoder.1024.special",
+    ),
     ("tokenizer_config_list", "tokenizer_config.json", whole([1]), "top level"),
     ("bos_token_int", "tokenizer_config.json", put("bos_token", 5), "bos_token"),
-    ("extra_specials_string", "tokenizer_config.json", put("additional_special_tokens", "x"),
-     "additional_special_tokens"),
-    ("extra_specials_null_entry", "tokenizer_config.json", put("additional_special_tokens", [None]),
-     "additional_special_tokens.0"),
+    (
+        "extra_specials_string",
+        "tokenizer_config.json",
+        put("additional_special_tokens", "x"),
+        "additional_special_tokens",
+    ),
+    (
+        "extra_specials_null_entry",
+        "tokenizer_config.json",
+        put("additional_special_tokens", [None]),
+        "additional_special_tokens.0",
+    ),
     ("added_id_string", "added_tokens.json", put("<img>", "1024"), "<img>"),
     ("added_tokens_list", "added_tokens.json", whole(["<img>"]), "top level"),
     ("eos_content_int", "special_tokens_map.json", put("eos_token", {"content": 3}), "eos_token.content"),
@@ -245,8 +278,11 @@ INDEX_CASES = [
     ("index_list", whole([]), "top level"),
     ("weight_map_missing", drop("weight_map"), "weight_map"),
     ("weight_map_int_value", lambda d: d["weight_map"].update({next(iter(d["weight_map"])): 5}), "weight_map."),
-    ("weight_map_escapes_dir", lambda d: d["weight_map"].update({next(iter(d["weight_map"])): "../x.safetensors"}),
-     "weight_map."),
+    (
+        "weight_map_escapes_dir",
+        lambda d: d["weight_map"].update({next(iter(d["weight_map"])): "../x.safetensors"}),
+        "weight_map.",
+    ),
 ]
 
 
@@ -272,8 +308,11 @@ def truncated(src: Path, dst: Path, file: str, keep: float = 0.5) -> Path:
 @pytest.mark.parametrize("layout", ["upstream", "converted", "sharded"])
 def test_truncated_safetensors(tiny_checkpoint, converted, sharded, tmp_path, capsys, layout):
     src = {"upstream": tiny_checkpoint, "converted": converted, "sharded": sharded}[layout]
-    file = "model.safetensors" if layout != "sharded" else json.loads((sharded / INDEX).read_text())["weight_map"][
-        "mlp1.1.weight"]
+    file = (
+        "model.safetensors"
+        if layout != "sharded"
+        else json.loads((sharded / INDEX).read_text())["weight_map"]["mlp1.1.weight"]
+    )
     model = truncated(src, tmp_path / "m", file)
     rc, err = run_main(capsys, "ask", "--model", str(model), "--question", "hi")
     assert_one_error(rc, err, f"{model / file}:", "truncated")
@@ -296,11 +335,12 @@ def test_header_only_safetensors(tiny_checkpoint, tmp_path, capsys):
 def png_header(width: int, height: int) -> bytes:
     """A PNG whose header declares width x height, with one small (truncated) data chunk: a decompression bomb
     as far as the header is concerned, 60 bytes on disk."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
-        chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 # 5000x5000 is over max_pixels (4096 * 4096) only; the others are over PIL's own limit too, which PIL enforces
@@ -324,11 +364,27 @@ def test_bomb_image_in_eval_caption(tiny_checkpoint, tmp_path, capsys):
     images.mkdir()
     (images / "bomb.png").write_bytes(png_header(20000, 20000))
     annotations = tmp_path / "captions.json"
-    annotations.write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "bomb.png"}],
-        "annotations": [{"id": 1, "image_id": 1, "caption": "a room"}]}))
-    rc, err = run_main(capsys, "eval-caption", "--model", str(tiny_checkpoint), "--images", str(images),
-                       "--annotations", str(annotations), "--out", str(tmp_path / "out"), "--no-progress")
+    annotations.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "bomb.png"}],
+                "annotations": [{"id": 1, "image_id": 1, "caption": "a room"}],
+            }
+        )
+    )
+    rc, err = run_main(
+        capsys,
+        "eval-caption",
+        "--model",
+        str(tiny_checkpoint),
+        "--images",
+        str(images),
+        "--annotations",
+        str(annotations),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    )
     assert_one_error(rc, err, "bomb.png", "400000000 pixels", "max_pixels")
 
 
@@ -356,8 +412,11 @@ def test_engine_refuses_bombs_from_every_input(tiny_engine, tmp_path):
 
 # -- questions ---------------------------------------------------------------------------------------------
 def test_question_not_utf8_subprocess(tiny_checkpoint):
-    proc = subprocess.run([sys.executable, "-m", "ivl_ros.cli", "ask", "--model", str(tiny_checkpoint),
-                           "--question", b"caf\xe9 \xff?"], capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ivl_ros.cli", "ask", "--model", str(tiny_checkpoint), "--question", b"caf\xe9 \xff?"],
+        capture_output=True,
+        timeout=300,
+    )
     err = proc.stderr.decode("utf-8", "replace")
     assert_one_error(proc.returncode, err, "question", "not valid UTF-8", "byte 0xe9")
 
@@ -373,8 +432,9 @@ sys.exit(rc)
 
 @pytest.mark.parametrize("repeats", [2300, 6000])  # ~40k characters (tokenized, then refused), ~100k (by length)
 def test_long_question_refused_with_bounded_memory(tiny_checkpoint, repeats):
-    proc = subprocess.run([sys.executable, "-c", MEASURE, str(tiny_checkpoint), str(repeats)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(tiny_checkpoint), str(repeats)], capture_output=True, text=True, timeout=300
+    )
     assert_one_error(proc.returncode, proc.stderr, "question", "max_question_tokens=4096")
     peak_kb = int(proc.stderr.split("peak_rss_kb")[1].split()[0])
     assert peak_kb < 1024 * 1024, f"peak RSS {peak_kb} kB"
@@ -384,7 +444,8 @@ def test_prompt_length_rule_is_public(tiny_engine):
     from ivl_ros.errors import OptionError
 
     assert tiny_engine.check_prompt_length("What is ahead?") == len(
-        tiny_engine.tokenizer.encode("What is ahead?", add_bos=False))
+        tiny_engine.tokenizer.encode("What is ahead?", add_bos=False)
+    )
     with pytest.raises(OptionError, match="max_question_tokens=3"):
         tiny_engine.check_prompt_length("What is ahead of the robot?", max_tokens=3)
     with pytest.raises(OptionError, match="characters"):  # refused by its length, never tokenized
@@ -420,8 +481,12 @@ def test_bad_options(tiny_checkpoint, capsys, extra, option):
 
 
 def test_bad_option_subprocess():
-    proc = subprocess.run([sys.executable, "-m", "ivl_ros.cli", "ask", "--question", "hi", "--temperature", "nan"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ivl_ros.cli", "ask", "--question", "hi", "--temperature", "nan"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert_one_error(proc.returncode, proc.stderr, "--temperature", "not a finite number")
 
 
@@ -457,8 +522,13 @@ def test_convert_into_unwritable_place(tiny_checkpoint, capsys):
 @pytest.mark.parametrize("out", ["{file}", "{file}/engines", "/proc/ivl-engines-test"])
 def test_build_engines_bad_out(tiny_checkpoint, a_file, out):
     out = out.format(file=a_file)
-    proc = subprocess.run([sys.executable, "export/build_engines.py", "--model", str(tiny_checkpoint), "--out", out,
-                           "--trt", "off"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "export/build_engines.py", "--model", str(tiny_checkpoint), "--out", out, "--trt", "off"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "--out" in proc.stderr and out.split("/engines")[0] in proc.stderr
     assert a_file.read_text() == "x"

@@ -25,8 +25,20 @@ def run_ivl(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_ask_json_contract_subprocess(tiny_checkpoint, frame_file, tiny_engine):
-    proc = run_ivl("ask", "--model", str(tiny_checkpoint), "--image", str(frame_file), "--question", "What is ahead?",
-                   "--max-tiles", "6", "--max-new-tokens", "16", "--json")
+    proc = run_ivl(
+        "ask",
+        "--model",
+        str(tiny_checkpoint),
+        "--image",
+        str(frame_file),
+        "--question",
+        "What is ahead?",
+        "--max-tiles",
+        "6",
+        "--max-new-tokens",
+        "16",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert set(doc) == {"answer", "token_ids", "prompt_ids", "num_tiles", "latency_ms"}
@@ -49,8 +61,7 @@ def test_caption_defaults(tiny_checkpoint, frame_file, tiny_engine, capsys):
 
 
 def test_text_only_ask(tiny_checkpoint, capsys):
-    assert main(["ask", "--model", str(tiny_checkpoint), "--question", "Hello", "--max-new-tokens", "5",
-                 "--json"]) == 0
+    assert main(["ask", "--model", str(tiny_checkpoint), "--question", "Hello", "--max-new-tokens", "5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["num_tiles"] == 0
 
 
@@ -59,21 +70,27 @@ def test_make_tiny_and_convert(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "t"), str(tmp_path / "c")]) == 0
     assert (tmp_path / "c" / "config.json").is_file()
     for model in ("t", "c"):
-        assert main(["ask", "--model", str(tmp_path / model), "--question", "Hi", "--max-new-tokens", "6",
-                     "--json"]) == 0
+        assert (
+            main(["ask", "--model", str(tmp_path / model), "--question", "Hi", "--max-new-tokens", "6", "--json"]) == 0
+        )
     a, b = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert a == {**b, "latency_ms": a["latency_ms"]}
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["ask", "--model", "/nonexistent/ckpt", "--question", "hi"], "/nonexistent/ckpt"),
-    (["caption", "--model", "{ckpt}", "--image", "/nonexistent.png"], "image file not found"),
-    (["ask", "--model", "{ckpt}", "--question", "hi", "--max-new-tokens", "4", "--min-new-tokens", "9"],
-     "--min-new-tokens"),
-    (["ask", "--model", "{ckpt}", "--question", "hi", "--device", "tpu"], "device 'tpu'"),
-    (["ask", "--model", "{ckpt}", "--question", "hi", "--max-tiles", "0"], "out of range"),
-    (["tiles", "--size", "640by480"], "not WxH"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["ask", "--model", "/nonexistent/ckpt", "--question", "hi"], "/nonexistent/ckpt"),
+        (["caption", "--model", "{ckpt}", "--image", "/nonexistent.png"], "image file not found"),
+        (
+            ["ask", "--model", "{ckpt}", "--question", "hi", "--max-new-tokens", "4", "--min-new-tokens", "9"],
+            "--min-new-tokens",
+        ),
+        (["ask", "--model", "{ckpt}", "--question", "hi", "--device", "tpu"], "device 'tpu'"),
+        (["ask", "--model", "{ckpt}", "--question", "hi", "--max-tiles", "0"], "out of range"),
+        (["tiles", "--size", "640by480"], "not WxH"),
+    ],
+)
 def test_user_errors_exit_nonzero_without_traceback(args, fragment, tiny_checkpoint):
     args = [a.replace("{ckpt}", str(tiny_checkpoint)) for a in args]
     proc = run_ivl(*args)

@@ -70,7 +70,8 @@ def test_text_only_and_history(tiny_engine, sample_frame):
     prompt = tiny_engine.tokenizer.decode(second.prompt_ids, skip_special_tokens=False)
     assert prompt.count("What is it?") == 1 and "And then?" in prompt
     assert second.prompt_ids.count(tiny_engine.spec.image_token_id) == first.prompt_ids.count(
-        tiny_engine.spec.image_token_id)
+        tiny_engine.spec.image_token_id
+    )
 
 
 def test_bgr_and_mono_frames(tiny_engine, sample_frame):
@@ -93,17 +94,21 @@ def test_sampling_is_seeded(tiny_engine, sample_frame):
 
 def test_streaming_callback_sees_growing_text(tiny_engine, sample_frame):
     seen: list[str] = []
-    answer = tiny_engine.ask(sample_frame, "Hi", settings=GenerationSettings(max_new_tokens=10, min_new_tokens=10),
-                             on_text=seen.append)
+    answer = tiny_engine.ask(
+        sample_frame, "Hi", settings=GenerationSettings(max_new_tokens=10, min_new_tokens=10), on_text=seen.append
+    )
     assert len(seen) == 10 and seen[-1] == answer.answer
 
 
-@pytest.mark.parametrize("image,error", [
-    ("does/not/exist.png", "not found"),
-    (np.zeros((0, 10, 3), np.uint8), "empty"),
-    (np.zeros((10, 10, 3), np.float32), "uint8"),
-    (np.zeros((10, 10, 5), np.uint8), "HxWx3"),
-])
+@pytest.mark.parametrize(
+    "image,error",
+    [
+        ("does/not/exist.png", "not found"),
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+        (np.zeros((10, 10, 3), np.float32), "uint8"),
+        (np.zeros((10, 10, 5), np.uint8), "HxWx3"),
+    ],
+)
 def test_bad_images(tiny_engine, image, error):
     with pytest.raises(ImageError, match=error):
         tiny_engine.ask(image, "Hi", settings=SHORT)
@@ -120,13 +125,16 @@ def test_unreadable_and_empty_files(tiny_engine, tmp_path):
         tiny_engine.ask(junk, "Hi")
 
 
-@pytest.mark.parametrize("kwargs,error", [
-    ({"max_tiles": 0}, "max_tiles"),
-    ({"max_tiles": 41}, "max_tiles"),
-    ({"settings": GenerationSettings(max_new_tokens=0)}, "max_new_tokens"),
-    ({"settings": GenerationSettings(max_new_tokens=5, min_new_tokens=6)}, "min_new_tokens"),
-    ({"settings": GenerationSettings(do_sample=True, temperature=0)}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error",
+    [
+        ({"max_tiles": 0}, "max_tiles"),
+        ({"max_tiles": 41}, "max_tiles"),
+        ({"settings": GenerationSettings(max_new_tokens=0)}, "max_new_tokens"),
+        ({"settings": GenerationSettings(max_new_tokens=5, min_new_tokens=6)}, "min_new_tokens"),
+        ({"settings": GenerationSettings(do_sample=True, temperature=0)}, "temperature"),
+    ],
+)
 def test_bad_options(tiny_engine, sample_frame, kwargs, error):
     with pytest.raises(OptionError, match=error):
         tiny_engine.ask(sample_frame, "Hi", **kwargs)
@@ -144,19 +152,24 @@ def test_collate_prompts_pads_on_the_left(tiny_engine, sample_frame):
     ids, mask, pixels = collate_prompts(prepared, pad_id=-7)
     long, short = (len(p.prompt_ids) for p in prepared)
     assert ids.shape == mask.shape == (2, long) and long > short
-    assert ids[1, : long - short].tolist() == [-7] * (long - short) and ids[1, long - short:].tolist() == \
-        prepared[1].prompt_ids
+    assert (
+        ids[1, : long - short].tolist() == [-7] * (long - short)
+        and ids[1, long - short :].tolist() == prepared[1].prompt_ids
+    )
     assert mask[0].all() and mask[1].tolist() == [0] * (long - short) + [1] * short
     assert pixels is prepared[0].pixel_values or np.array_equal(pixels, prepared[0].pixel_values)
 
 
-@pytest.mark.parametrize("change,error", [
-    (lambda p: p.pixel_values[:, :, :50], r"shape \(7, 3, 50, 112\).*expected shape \(7, 3, 112, 112\)"),
-    (lambda p: p.pixel_values.astype(np.float64), "dtype float64.*float32"),
-    (lambda p: p.pixel_values[:2], r"shape \(2, 3, 112, 112\).*expected shape \(7, 3, 112, 112\)"),
-    (lambda p: p.pixel_values.tolist(), "must be an array of shape"),
-    (lambda p: None, "image-context tokens but no pixel values"),
-])
+@pytest.mark.parametrize(
+    "change,error",
+    [
+        (lambda p: p.pixel_values[:, :, :50], r"shape \(7, 3, 50, 112\).*expected shape \(7, 3, 112, 112\)"),
+        (lambda p: p.pixel_values.astype(np.float64), "dtype float64.*float32"),
+        (lambda p: p.pixel_values[:2], r"shape \(2, 3, 112, 112\).*expected shape \(7, 3, 112, 112\)"),
+        (lambda p: p.pixel_values.tolist(), "must be an array of shape"),
+        (lambda p: None, "image-context tokens but no pixel values"),
+    ],
+)
 def test_pixel_values_checked_at_the_engine_boundary(tiny_engine, sample_frame, change, error):
     from dataclasses import replace
 
@@ -171,8 +184,15 @@ def test_image_tokens_must_match_the_tiles(tiny_engine, sample_frame):
 
     prepared = tiny_engine.prepare(sample_frame, "What is ahead?", max_tiles=6)
     with pytest.raises(OptionError, match="7 tiles need 7 \\* 16 = 112"):
-        tiny_engine.run([replace(prepared, prompt_ids=prepared.prompt_ids[:-5] + [tiny_engine.spec.image_token_id]
-                                 + prepared.prompt_ids[-5:])], SHORT)
+        tiny_engine.run(
+            [
+                replace(
+                    prepared,
+                    prompt_ids=prepared.prompt_ids[:-5] + [tiny_engine.spec.image_token_id] + prepared.prompt_ids[-5:],
+                )
+            ],
+            SHORT,
+        )
 
 
 def test_prompt_beyond_the_model_context(tiny_checkpoint, sample_frame):

@@ -13,8 +13,21 @@ def test_system_message_exact():
 
 
 def test_one_turn_piece_by_piece():
-    pieces = ["<|im_start|>", "system", "\n", SYSTEM, "<|im_end|>", "<|im_start|>", "user", "\n", "Hi?",
-              "<|im_end|>", "<|im_start|>", "assistant", "\n"]
+    pieces = [
+        "<|im_start|>",
+        "system",
+        "\n",
+        SYSTEM,
+        "<|im_end|>",
+        "<|im_start|>",
+        "user",
+        "\n",
+        "Hi?",
+        "<|im_end|>",
+        "<|im_start|>",
+        "assistant",
+        "\n",
+    ]
     assert render_conversation("Hi?") == "".join(pieces)
 
 

@@ -40,10 +40,36 @@ def test_worked_examples(size, max6, max12):
 
 
 def test_candidate_order_matches_upstream():
-    assert candidate_grids(1, 6) == [(1, 1), (1, 2), (2, 1), (3, 1), (1, 3), (4, 1), (1, 4), (2, 2), (1, 5), (5, 1),
-                                     (6, 1), (2, 3), (1, 6), (3, 2)]
-    assert candidate_grids(1, 12)[:12] == [(1, 1), (1, 2), (2, 1), (3, 1), (1, 3), (2, 2), (4, 1), (1, 4), (5, 1),
-                                           (1, 5), (1, 6), (6, 1)]
+    assert candidate_grids(1, 6) == [
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (3, 1),
+        (1, 3),
+        (4, 1),
+        (1, 4),
+        (2, 2),
+        (1, 5),
+        (5, 1),
+        (6, 1),
+        (2, 3),
+        (1, 6),
+        (3, 2),
+    ]
+    assert candidate_grids(1, 12)[:12] == [
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (3, 1),
+        (1, 3),
+        (2, 2),
+        (4, 1),
+        (1, 4),
+        (5, 1),
+        (1, 5),
+        (1, 6),
+        (6, 1),
+    ]
     assert len(candidate_grids(1, 12)) == 35
 
 
@@ -92,11 +118,18 @@ def _reference_pixel_values(img, tile_size, max_tiles, use_thumbnail=True):
     return np.stack([normalize_tile(t, tile_size) for t in tile_image(img, tile_size, max_tiles, use_thumbnail)])
 
 
-@pytest.mark.parametrize("size,max_tiles,thumb,mode", [
-    ((640, 480), 6, True, "RGB"), ((300, 200), 6, True, "RGB"), ((97, 1000), 12, True, "RGB"),
-    ((250, 250), 1, True, "RGB"), ((640, 480), 6, False, "RGB"), ((333, 120), 4, True, "L"),
-    ((200, 150), 6, True, "RGBA"),
-])
+@pytest.mark.parametrize(
+    "size,max_tiles,thumb,mode",
+    [
+        ((640, 480), 6, True, "RGB"),
+        ((300, 200), 6, True, "RGB"),
+        ((97, 1000), 12, True, "RGB"),
+        ((250, 250), 1, True, "RGB"),
+        ((640, 480), 6, False, "RGB"),
+        ((333, 120), 4, True, "L"),
+        ((200, 150), 6, True, "RGBA"),
+    ],
+)
 def test_pixel_values_bit_identical_to_per_tile_path(size, max_tiles, thumb, mode):
     rng = np.random.default_rng(size[0] * 7 + size[1])
     rgb = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8), mode="RGBA")

@@ -7,10 +7,23 @@ import pytest
 from ivl_ros.model.tokenizer import InternLM2Tokenizer, clean_up_tokenization
 
 FUZZ = [
-    "A red chair on the left.", "  two  spaces\tand tabs\n\nnewlines ", "你好，世界。机器人看到一张桌子",
-    "emoji 😀🤖 and combining e\u0301", "NUL\x00byte", "U+2581 \u2581 piece marker", "<|im_end", "<img", "< img>",
-    "<|im_start|>user\nHi<|im_end|><|im_start|>assistant\n", "<s>inside</s> text <unk>", "x<IMG_CONTEXT><IMG_CONTEXT>y",
-    "<img></img><quad></quad><ref></ref><box></box>", "digits 1234567890 and 3.14", "", " ", "\n",
+    "A red chair on the left.",
+    "  two  spaces\tand tabs\n\nnewlines ",
+    "你好，世界。机器人看到一张桌子",
+    "emoji 😀🤖 and combining e\u0301",
+    "NUL\x00byte",
+    "U+2581 \u2581 piece marker",
+    "<|im_end",
+    "<img",
+    "< img>",
+    "<|im_start|>user\nHi<|im_end|><|im_start|>assistant\n",
+    "<s>inside</s> text <unk>",
+    "x<IMG_CONTEXT><IMG_CONTEXT>y",
+    "<img></img><quad></quad><ref></ref><box></box>",
+    "digits 1234567890 and 3.14",
+    "",
+    " ",
+    "\n",
 ]
 
 

@@ -24,8 +24,12 @@ def _ln(x, t, prefix, eps):
 def vit_features(t: dict[str, torch.Tensor], cfg: dict, pixel_values: torch.Tensor) -> torch.Tensor:
     v = cfg["vision_config"]
     heads, eps = v["num_attention_heads"], v["layer_norm_eps"]
-    x = F.conv2d(pixel_values, t["vision_model.embeddings.patch_embedding.weight"],
-                 t["vision_model.embeddings.patch_embedding.bias"], stride=v["patch_size"])
+    x = F.conv2d(
+        pixel_values,
+        t["vision_model.embeddings.patch_embedding.weight"],
+        t["vision_model.embeddings.patch_embedding.bias"],
+        stride=v["patch_size"],
+    )
     n, c, gh, gw = x.shape
     x = x.flatten(2).transpose(1, 2)  # token = row * gw + col
     cls = t["vision_model.embeddings.class_embedding"].expand(n, 1, c)
@@ -40,8 +44,11 @@ def vit_features(t: dict[str, torch.Tensor], cfg: dict, pixel_values: torch.Tens
         o = (att @ vv).transpose(1, 2).reshape(n, -1, c)
         x = x + t[p + "ls1"] * F.linear(o, t[p + "attn.proj.weight"], t[p + "attn.proj.bias"])
         h = _ln(x, t, p + "norm2", eps)
-        h = F.linear(F.gelu(F.linear(h, t[p + "mlp.fc1.weight"], t[p + "mlp.fc1.bias"])),
-                     t[p + "mlp.fc2.weight"], t[p + "mlp.fc2.bias"])
+        h = F.linear(
+            F.gelu(F.linear(h, t[p + "mlp.fc1.weight"], t[p + "mlp.fc1.bias"])),
+            t[p + "mlp.fc2.weight"],
+            t[p + "mlp.fc2.bias"],
+        )
         x = x + t[p + "ls2"] * h
     x = x[:, 1:].reshape(n, gh, gw, c)
     # Pixel shuffle v2: output token (i, j) holds [x(2i,2j), x(2i,2j+1), x(2i+1,2j), x(2i+1,2j+1)].
@@ -62,8 +69,9 @@ def _rotate_half(x):
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
-def llm_logits(t: dict[str, torch.Tensor], cfg: dict, input_ids: torch.Tensor, image_token_id: int,
-               features: torch.Tensor | None) -> torch.Tensor:
+def llm_logits(
+    t: dict[str, torch.Tensor], cfg: dict, input_ids: torch.Tensor, image_token_id: int, features: torch.Tensor | None
+) -> torch.Tensor:
     llm = cfg["llm_config"]
     hidden, heads, kv = llm["hidden_size"], llm["num_attention_heads"], llm["num_key_value_heads"]
     d, groups, eps = hidden // heads, heads // kv, llm["rms_norm_eps"]

@@ -31,8 +31,12 @@ def test_interrupted_run_resumes_without_redoing_images(coco_set, tmp_path):
     second = FakeEngine()
     metrics = evaluate_captions(second, root, ann, out, progress=False)
     assert second.calls == ["COCO_val2014_000000000103.jpg", "COCO_val2014_000000000104.jpg"]
-    assert [json.loads(line)["image_id"] for line in (out / CAPTIONS_FILE).read_text().splitlines()] == \
-        [101, 102, 103, 104]
+    assert [json.loads(line)["image_id"] for line in (out / CAPTIONS_FILE).read_text().splitlines()] == [
+        101,
+        102,
+        103,
+        104,
+    ]
 
     results = json.loads((out / "results.json").read_text())
     assert results == [{"image_id": i, "caption": caps[0]} for i, (_, caps) in SCENES.items()]

@@ -31,8 +31,9 @@ def caption_set(engine) -> dict[int, str]:
 
 
 def verdict(captions: dict[int, str]):
-    return check_caption_regression(captions.items(), REGRESSION / "captions.json",
-                                    REGRESSION / "baseline_metrics.json", tolerance=TOLERANCE)
+    return check_caption_regression(
+        captions.items(), REGRESSION / "captions.json", REGRESSION / "baseline_metrics.json", tolerance=TOLERANCE
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,9 @@ def test_onnx_backend_agrees_and_meets_the_baseline(torch_captions, demo_onnx_en
     from ivl_ros.model.engine import VisionLanguageEngine
 
     onnx_captions = caption_set(VisionLanguageEngine.load(DEMO, backend="onnx", engines_path=demo_onnx_engines))
-    disagree = {k: (torch_captions[k], onnx_captions[k]) for k in torch_captions
-                if torch_captions[k] != onnx_captions[k]}
+    disagree = {
+        k: (torch_captions[k], onnx_captions[k]) for k in torch_captions if torch_captions[k] != onnx_captions[k]
+    }
     assert not disagree, f"torch and onnx captions differ: {disagree}"
     result = verdict(onnx_captions)
     assert result.passed, str(result)

@@ -68,22 +68,33 @@ def test_coco_file_and_coco_style_subfolder(coco_set):
 def test_missing_image_files_are_listed(coco_set):
     root, ann = coco_set
     (root / "COCO_val2014_000000000103.jpg").unlink()
-    with pytest.raises(IvlError, match=r"1 of 4 image file\(s\) listed in .*captions.json are missing under .*"
-                                       r"COCO_val2014_000000000103.jpg"):
+    with pytest.raises(
+        IvlError,
+        match=r"1 of 4 image file\(s\) listed in .*captions.json are missing under .*"
+        r"COCO_val2014_000000000103.jpg",
+    ):
         load_caption_dataset(ann, root)
     assert len(load_caption_dataset(ann, root, limit=2).images) == 2  # only the evaluated images must exist
 
 
-@pytest.mark.parametrize("text, message", [
-    ('{"images": [', r"malformed JSON in annotation file \(line 1, column 13"),
-    ('"just a string"', "expected a list of image records .* or an object"),
-    ('{"images": []}', "missing key 'annotations'"),
-    ('{"images": [{"id": 1}], "annotations": []}', r"images\[0\]: missing key 'file_name'"),
-    ('{"images": [{"id": "1", "file_name": "a.jpg"}], "annotations": []}', r"'id' must be int, got '1'"),
-    ('{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1}]}',
-     r"annotations\[0\]: missing key 'caption'"),
-    ('{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": []}', r"1 image\(s\) have no reference captions"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"images": [', r"malformed JSON in annotation file \(line 1, column 13"),
+        ('"just a string"', "expected a list of image records .* or an object"),
+        ('{"images": []}', "missing key 'annotations'"),
+        ('{"images": [{"id": 1}], "annotations": []}', r"images\[0\]: missing key 'file_name'"),
+        ('{"images": [{"id": "1", "file_name": "a.jpg"}], "annotations": []}', r"'id' must be int, got '1'"),
+        (
+            '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1}]}',
+            r"annotations\[0\]: missing key 'caption'",
+        ),
+        (
+            '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": []}',
+            r"1 image\(s\) have no reference captions",
+        ),
+    ],
+)
 def test_malformed_annotation_files_name_the_problem(tmp_path, text, message):
     ann = tmp_path / "bad.json"
     ann.write_text(text)

@@ -9,9 +9,20 @@ from ivl_ros import cli
 
 def test_eval_caption_on_real_coco_sample(coco_sample, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
-    argv = ["eval-caption", "--model", str(tiny_checkpoint), "--images", str(coco_sample),
-            "--annotations", str(coco_sample / "captions.json"), "--max-tiles", "2", "--out", str(out),
-            "--no-progress"]
+    argv = [
+        "eval-caption",
+        "--model",
+        str(tiny_checkpoint),
+        "--images",
+        str(coco_sample),
+        "--annotations",
+        str(coco_sample / "captions.json"),
+        "--max-tiles",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert cli.main(argv) == 0
     printed = capsys.readouterr()
     assert "2 images: Bleu_1" in printed.out and "captioned 2 image(s), 0 resumed" in printed.err
@@ -36,8 +47,18 @@ def test_eval_caption_on_real_coco_sample(coco_sample, tiny_checkpoint, tmp_path
 def test_eval_caption_errors_are_one_line(coco_sample, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    argv = ["eval-caption", "--model", str(tiny_checkpoint), "--images", str(coco_sample), "--annotations",
-            str(bad), "--out", str(tmp_path / "out"), "--no-progress"]
+    argv = [
+        "eval-caption",
+        "--model",
+        str(tiny_checkpoint),
+        "--images",
+        str(coco_sample),
+        "--annotations",
+        str(bad),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("ivl: error: ") and "malformed JSON" in err and "Traceback" not in err

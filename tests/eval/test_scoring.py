@@ -12,8 +12,15 @@ from ivl_ros.errors import IvlError
 from ivl_ros.eval import scoring
 
 # Maluuba/nlg-eval README "Example" (examples/hyp.txt vs ref1.txt + ref2.txt, raw strings, no PTB tokenisation).
-NLGEVAL_PUBLISHED = {"Bleu_1": 0.550000, "Bleu_2": 0.428174, "Bleu_3": 0.284043, "Bleu_4": 0.201143,
-                     "METEOR": 0.295797, "ROUGE_L": 0.522104, "CIDEr": 1.242192}
+NLGEVAL_PUBLISHED = {
+    "Bleu_1": 0.550000,
+    "Bleu_2": 0.428174,
+    "Bleu_3": 0.284043,
+    "Bleu_4": 0.201143,
+    "METEOR": 0.295797,
+    "ROUGE_L": 0.522104,
+    "CIDEr": 1.242192,
+}
 
 
 def _lines(path):
@@ -93,8 +100,14 @@ def test_matches_pycocoevalcap_cocoevalcap_on_1000_real_captions(coco_sample, tm
     human = json.loads((coco_sample / "cocoapi_captions_val2014_fakecap_results.json").read_text())
     model = json.loads((coco_sample / "coco-caption_captions_val2014_fakecap_results.json").read_text())
     gt_file = tmp_path / "gt.json"
-    gt_file.write_text(json.dumps({"images": [{"id": r["image_id"]} for r in human],
-                                   "annotations": [{**r, "id": i} for i, r in enumerate(human)]}))
+    gt_file.write_text(
+        json.dumps(
+            {
+                "images": [{"id": r["image_id"]} for r in human],
+                "annotations": [{**r, "id": i} for i, r in enumerate(human)],
+            }
+        )
+    )
     coco = COCO(str(gt_file))
     ev = COCOEvalCap(coco, coco.loadRes(str(coco_sample / "coco-caption_captions_val2014_fakecap_results.json")))
     ev.evaluate()

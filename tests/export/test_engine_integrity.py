@@ -21,8 +21,13 @@ from ivl_ros.model.backends.engines import EngineError
 from ivl_ros.model.engine import GenerationSettings, VisionLanguageEngine
 from tests.export.conftest import build, copy_engines
 
-ARTIFACTS = {"vision.onnx": "vision_onnx", "vision.onnx.data": "vision_onnx", "decoder.onnx": "decoder_onnx",
-             "decoder.onnx.data": "decoder_onnx", "embed_tokens.npy": "embedding"}
+ARTIFACTS = {
+    "vision.onnx": "vision_onnx",
+    "vision.onnx.data": "vision_onnx",
+    "decoder.onnx": "decoder_onnx",
+    "decoder.onnx.data": "decoder_onnx",
+    "embed_tokens.npy": "embedding",
+}
 
 
 def truncate(raw: bytes) -> bytes:
@@ -41,7 +46,7 @@ def bit_flips(raw: bytes) -> bytes:
     """4000 bytes flipped in the middle: same size, so a size check cannot see it."""
     mid = len(raw) // 2
     n = min(4000, len(raw) // 4)
-    return raw[:mid] + bytes(b ^ 0xFF for b in raw[mid:mid + n]) + raw[mid + n:]
+    return raw[:mid] + bytes(b ^ 0xFF for b in raw[mid : mid + n]) + raw[mid + n :]
 
 
 DAMAGES = {"truncated": truncate, "garbage": garbage, "empty": empty, "bit flips": bit_flips}
@@ -116,8 +121,12 @@ def test_damaged_artifact_with_matching_hash_is_still_refused(tiny_checkpoint, e
 def test_wrong_shape_embedding_is_refused(tiny_checkpoint, engines_dir, tmp_path, shape):
     out = copy_engines(engines_dir, tmp_path / "e")
     table = np.load(out / "embed_tokens.npy")
-    bad = {"hidden": lambda: table[:, :-1], "vocab": lambda: table[:-5], "float64": lambda: table.astype(np.float64),
-           "3-D": lambda: table[None]}.get(shape, lambda: np.zeros(shape, np.float32))()
+    bad = {
+        "hidden": lambda: table[:, :-1],
+        "vocab": lambda: table[:-5],
+        "float64": lambda: table.astype(np.float64),
+        "3-D": lambda: table[None],
+    }.get(shape, lambda: np.zeros(shape, np.float32))()
     np.save(out / "embed_tokens.npy", np.ascontiguousarray(bad))
     rehash(out, "embedding", "embed_tokens.npy")
     refused(tiny_checkpoint, out, str(out / "embed_tokens.npy"), "embedding table is")
@@ -125,14 +134,18 @@ def test_wrong_shape_embedding_is_refused(tiny_checkpoint, engines_dir, tmp_path
 
 def test_swapped_stage_entries_are_refused(tiny_checkpoint, engines_dir, tmp_path):
     out = copy_engines(engines_dir, tmp_path / "whole")  # whole stage records swapped: hashes match, graphs do not
-    edit_manifest(out, lambda m: m["stages"].update(vision_onnx=m["stages"]["decoder_onnx"],
-                                                    decoder_onnx=m["stages"]["vision_onnx"]))
+    edit_manifest(
+        out,
+        lambda m: m["stages"].update(vision_onnx=m["stages"]["decoder_onnx"], decoder_onnx=m["stages"]["vision_onnx"]),
+    )
     refused(tiny_checkpoint, out, str(out / "decoder.onnx"), "not the vision graph")
 
     out = copy_engines(engines_dir, tmp_path / "names")  # only the file names swapped
+
     def swap(m):
         v, d = m["stages"]["vision_onnx"]["files"], m["stages"]["decoder_onnx"]["files"]
         v["file"], d["file"] = d["file"], v["file"]
+
     edit_manifest(out, swap)
     refused(tiny_checkpoint, out, str(out / "decoder.onnx"), "records no hash for it")
 
@@ -154,20 +167,28 @@ MANIFEST_CASES = {
 }
 MANIFEST_EDITS = {
     "missing vision": (lambda m: m.pop("vision"), "'vision' must be an object"),
-    "non-integer profile": (lambda m: m["vision"]["tile_profile"].update(max="13"),
-                            "vision.tile_profile.max must be a positive integer"),
-    "float profile": (lambda m: m["vision"]["tile_profile"].update(min=1.5),
-                      "vision.tile_profile.min must be a positive integer"),
+    "non-integer profile": (
+        lambda m: m["vision"]["tile_profile"].update(max="13"),
+        "vision.tile_profile.max must be a positive integer",
+    ),
+    "float profile": (
+        lambda m: m["vision"]["tile_profile"].update(min=1.5),
+        "vision.tile_profile.min must be a positive integer",
+    ),
     "profile min > max": (lambda m: m["vision"]["tile_profile"].update(min=20), "min <= opt <= max"),
     "stages a list": (lambda m: m.update(stages=[]), "'stages' must be an object"),
     "stage a string": (lambda m: m["stages"].update(vision_onnx="done"), "stages.vision_onnx must be an object"),
     "file a number": (lambda m: m["stages"]["vision_onnx"]["files"].update(file=5), "must be a string"),
     "old format": (lambda m: m.update(format=1), "manifest format 1"),
     "no hashes": (lambda m: m["stages"]["vision_onnx"].pop("sha256"), "records no content hashes"),
-    "path outside": (lambda m: m["stages"]["vision_onnx"]["files"].update(file="../fp32/vision.onnx"),
-                     "not a file inside"),
-    "hash entry outside": (lambda m: m["stages"]["vision_onnx"]["sha256"].update({"../x": "0" * 64}),
-                           "which is not inside"),
+    "path outside": (
+        lambda m: m["stages"]["vision_onnx"]["files"].update(file="../fp32/vision.onnx"),
+        "not a file inside",
+    ),
+    "hash entry outside": (
+        lambda m: m["stages"]["vision_onnx"]["sha256"].update({"../x": "0" * 64}),
+        "which is not inside",
+    ),
 }
 
 
@@ -240,7 +261,7 @@ def test_bit_flip_is_detected_at_load_and_rebuilt(tiny_checkpoint, engines_dir, 
 
 
 def test_builder_rebuilds_over_a_broken_manifest(tiny_checkpoint, engines_dir, tmp_path, capsys):
-    """"Rebuild the engines" must work whatever the manifest holds: here bytes that are not UTF-8."""
+    """ "Rebuild the engines" must work whatever the manifest holds: here bytes that are not UTF-8."""
     out = copy_engines(engines_dir, tmp_path / "e")
     (out / "manifest.json").write_bytes(b"\xff\xfe[not json")
     capsys.readouterr()

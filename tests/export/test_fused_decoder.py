@@ -36,9 +36,10 @@ def test_fused_runtime_gives_torch_tokens_single_and_batch(tiny_engine, fused32,
     assert isinstance(fused32.backend.decoder, FusedDecoder)
     for image in frames(sample_frame):
         for question in QUESTIONS:
-            assert fused32.ask(image, question, settings=SETTINGS).token_ids == \
-                tiny_engine.ask(image, question, settings=SETTINGS).token_ids, (question, None if image is None
-                                                                               else image.shape)
+            assert (
+                fused32.ask(image, question, settings=SETTINGS).token_ids
+                == tiny_engine.ask(image, question, settings=SETTINGS).token_ids
+            ), (question, None if image is None else image.shape)
     images = [sample_frame, None, sample_frame[:100, :250], sample_frame[:, :120]]
     questions = ["Describe the room.", "Hi", "Is there a chair?", "Where?"]
     ref = tiny_engine.ask_batch(images, questions, settings=SETTINGS)
@@ -51,11 +52,15 @@ def test_fused_runtime_min_new_tokens_sampling_and_streaming(tiny_engine, fused3
     # min_new_tokens: the second of the graph's top-2 replaces a stop token, like argmax with the stop masked
     for question in ("Hi", "Where?", "Describe the room."):
         settings = GenerationSettings(max_new_tokens=20, min_new_tokens=12)
-        assert fused32.ask(None, question, settings=settings).token_ids == \
-            tiny_engine.ask(None, question, settings=settings).token_ids
+        assert (
+            fused32.ask(None, question, settings=settings).token_ids
+            == tiny_engine.ask(None, question, settings=settings).token_ids
+        )
     sampled = GenerationSettings(max_new_tokens=20, do_sample=True, temperature=0.8, seed=5)
-    assert fused32.ask(sample_frame, "Hi", settings=sampled).token_ids == \
-        tiny_engine.ask(sample_frame, "Hi", settings=sampled).token_ids
+    assert (
+        fused32.ask(sample_frame, "Hi", settings=sampled).token_ids
+        == tiny_engine.ask(sample_frame, "Hi", settings=sampled).token_ids
+    )
     texts: list[str] = []
     streamed = fused32.ask(sample_frame, "Describe the room.", settings=SETTINGS, on_text=texts.append)
     assert streamed.token_ids == tiny_engine.ask(sample_frame, "Describe the room.", settings=SETTINGS).token_ids

@@ -104,8 +104,16 @@ KEPT_FRESH = {"manifest.json", ".verified-hashes.json"}  # rewritten by a re-run
 def test_rerun_skips_finished_stages(tiny_checkpoint, engines_dir, tmp_path):
     out = copy_engines(engines_dir, tmp_path / "rerun")
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name not in KEPT_FRESH}
-    cmd = [sys.executable, str(REPO / "export" / "build_engines.py"), "--model", str(tiny_checkpoint),
-           "--out", str(out), "--max-tiles", "12"]
+    cmd = [
+        sys.executable,
+        str(REPO / "export" / "build_engines.py"),
+        "--model",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--max-tiles",
+        "12",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stderr.count("unchanged, skipped") == 4, run.stderr
@@ -126,7 +134,13 @@ def test_changed_precision_rebuilds_vision_and_decoder_stages(tiny_checkpoint, e
 
 
 def test_bad_model_path_is_a_clean_error(tmp_path):
-    cmd = [sys.executable, str(REPO / "export" / "build_engines.py"), "--model", str(tmp_path / "nope"),
-           "--out", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        str(REPO / "export" / "build_engines.py"),
+        "--model",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stderr.startswith("error: ") and "Traceback" not in run.stderr

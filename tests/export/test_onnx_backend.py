@@ -36,8 +36,10 @@ def test_greedy_tokens_equal_torch_for_images_and_questions(tiny_engine, onnx_en
 def test_text_only_and_min_new_tokens_equal_torch(tiny_engine, onnx_engine):
     for question in QUESTIONS:
         settings = GenerationSettings(max_new_tokens=20, min_new_tokens=10)
-        assert onnx_engine.ask(None, question, settings=settings).token_ids == \
-            tiny_engine.ask(None, question, settings=settings).token_ids
+        assert (
+            onnx_engine.ask(None, question, settings=settings).token_ids
+            == tiny_engine.ask(None, question, settings=settings).token_ids
+        )
 
 
 def test_left_padded_batch_equals_torch_and_chunks_tiles(tiny_engine, onnx_engine, sample_frame):

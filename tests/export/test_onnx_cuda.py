@@ -70,14 +70,17 @@ def test_cuda_build_checks_and_every_node_on_cuda(cuda_engines):
         print(f"vision graph: not every node on CUDA ({str(exc)[:300]})")
 
 
-def test_cuda_tokens_agree_with_torch_and_with_the_cpu_provider(tiny_checkpoint, tiny_engine, cuda_engines,
-                                                                sample_frame):
+def test_cuda_tokens_agree_with_torch_and_with_the_cpu_provider(
+    tiny_checkpoint, tiny_engine, cuda_engines, sample_frame
+):
     cuda = _engine(tiny_checkpoint, cuda_engines)
     cpu = VisionLanguageEngine.load(tiny_checkpoint, backend="onnx", engines_path=cuda_engines, device="cpu")
     same_t, cases, prefix_t, total = _agreement(cuda, tiny_engine, sample_frame)
     same_c, _, prefix_c, total_c = _agreement(cuda, cpu, sample_frame)
-    print(f"\nfp16 on CUDA vs torch fp32 (CPU): {same_t}/{cases} identical, prefix {prefix_t}/{total}; "
-          f"vs the same graph on the CPU provider: {same_c}/{cases}, prefix {prefix_c}/{total_c}")
+    print(
+        f"\nfp16 on CUDA vs torch fp32 (CPU): {same_t}/{cases} identical, prefix {prefix_t}/{total}; "
+        f"vs the same graph on the CPU provider: {same_c}/{cases}, prefix {prefix_c}/{total_c}"
+    )
     assert same_t >= cases // 2 and prefix_t >= 0.6 * total
     assert same_c >= cases // 2
 
@@ -89,13 +92,16 @@ def test_cuda_graph_replay_gives_the_plain_run_tokens(tiny_checkpoint, cuda_engi
     assert graphs.backend.decoder.cuda_graphs and not plain.backend.decoder.cuda_graphs
     for _ in range(2):  # the second round replays graphs captured in the first
         for image, question in _cases(sample_frame):
-            assert graphs.ask(image, question, settings=SETTINGS).token_ids == \
-                plain.ask(image, question, settings=SETTINGS).token_ids
+            assert (
+                graphs.ask(image, question, settings=SETTINGS).token_ids
+                == plain.ask(image, question, settings=SETTINGS).token_ids
+            )
     images = [sample_frame, None, sample_frame[:100, :250]]
     questions = ["Describe the room.", "Hi", "Is there a chair?"]
     for _ in range(2):
-        assert [a.token_ids for a in graphs.ask_batch(images, questions, settings=SETTINGS)] == \
-            [a.token_ids for a in plain.ask_batch(images, questions, settings=SETTINGS)]
+        assert [a.token_ids for a in graphs.ask_batch(images, questions, settings=SETTINGS)] == [
+            a.token_ids for a in plain.ask_batch(images, questions, settings=SETTINGS)
+        ]
     assert all(st.graph_id is not None for st in graphs.backend.decoder.states.values())
 
 
@@ -111,22 +117,28 @@ def test_vision_takes_tiles_already_on_the_gpu(tiny_checkpoint, cuda_engines):
 
 
 @pytest.mark.parametrize("mode", ["int4", "int8"])
-def test_quantized_decoders_run_on_cuda_with_graphs(mode, tiny_checkpoint, cuda_engines, tmp_path, sample_frame,
-                                                    monkeypatch):
+def test_quantized_decoders_run_on_cuda_with_graphs(
+    mode, tiny_checkpoint, cuda_engines, tmp_path, sample_frame, monkeypatch
+):
     out = copy_engines(cuda_engines, tmp_path / mode)
-    manifest = build(tiny_checkpoint, out, "--precision", "fp16", "--device", "cuda", "--trt", "off",
-                     "--llm-quant", mode)
+    manifest = build(
+        tiny_checkpoint, out, "--precision", "fp16", "--device", "cuda", "--trt", "off", "--llm-quant", mode
+    )
     quant = manifest["stages"]["decoder_quant"]
     float_engine = _engine(tiny_checkpoint, cuda_engines)
     graphs = _engine(tiny_checkpoint, out)
     monkeypatch.setenv("IVL_ORT_CUDA_GRAPH", "0")
     plain = _engine(tiny_checkpoint, out)
     same, cases, prefix, total = _agreement(graphs, float_engine, sample_frame)
-    print(f"\n{mode} on CUDA: size x{quant['size']['ratio']:.2f}, vs fp16: {same}/{cases} identical, prefix "
-          f"{prefix}/{total}; build check {quant['accuracy']}")
+    print(
+        f"\n{mode} on CUDA: size x{quant['size']['ratio']:.2f}, vs fp16: {same}/{cases} identical, prefix "
+        f"{prefix}/{total}; build check {quant['accuracy']}"
+    )
     for image, question in _cases(sample_frame):
-        assert graphs.ask(image, question, settings=SETTINGS).token_ids == \
-            plain.ask(image, question, settings=SETTINGS).token_ids
+        assert (
+            graphs.ask(image, question, settings=SETTINGS).token_ids
+            == plain.ask(image, question, settings=SETTINGS).token_ids
+        )
     session = graphs.backend.decoder.session
     assert session.get_providers()[0] == "CUDAExecutionProvider"
 
@@ -141,7 +153,9 @@ def test_bf16_build_and_run_on_cuda(tiny_checkpoint, tiny_engine, cuda_engines, 
     bf16 = _engine(tiny_checkpoint, out)
     same_t, cases, prefix_t, total = _agreement(bf16, tiny_engine, sample_frame)
     same_h, _, prefix_h, _ = _agreement(bf16, _engine(tiny_checkpoint, cuda_engines), sample_frame)
-    print(f"bf16 on CUDA vs torch fp32: {same_t}/{cases} identical, prefix {prefix_t}/{total}; vs fp16 on CUDA: "
-          f"{same_h}/{cases}, prefix {prefix_h}/{total}")
+    print(
+        f"bf16 on CUDA vs torch fp32: {same_t}/{cases} identical, prefix {prefix_t}/{total}; vs fp16 on CUDA: "
+        f"{same_h}/{cases}, prefix {prefix_h}/{total}"
+    )
     assert prefix_t >= 0.3 * total
     shutil.rmtree(out)

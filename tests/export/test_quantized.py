@@ -47,21 +47,23 @@ def demo_fp32_tokens(demo_torch_answers) -> dict[int, list[int]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_quantized_demo_captions_stay_above_measured_floors(mode, demo_onnx_engines, demo_fp32_tokens, tmp_path,
-                                                             capsys):
+def test_quantized_demo_captions_stay_above_measured_floors(
+    mode, demo_onnx_engines, demo_fp32_tokens, tmp_path, capsys
+):
     from export.build_engines import main
     from ivl_ros.model.engine import VisionLanguageEngine
 
     out = copy_engines(demo_onnx_engines, tmp_path / mode)
-    assert main(["--model", str(DEMO), "--out", str(out), "--max-tiles", "6", "--trt", "off",
-                 "--llm-quant", mode]) == 0
+    assert main(["--model", str(DEMO), "--out", str(out), "--max-tiles", "6", "--trt", "off", "--llm-quant", mode]) == 0
     got = _captions(VisionLanguageEngine.load(DEMO, backend="onnx", engines_path=out))
     identical = sum(got[k] == ref for k, ref in demo_fp32_tokens.items())
     matching = sum(a == b for k, ref in demo_fp32_tokens.items() for a, b in zip(got[k], ref, strict=False))
     positions = sum(max(len(got[k]), len(ref)) for k, ref in demo_fp32_tokens.items())
     with capsys.disabled():
-        print(f"\n{mode} demo captions vs torch fp32: identical {identical}/{len(got)}, token agreement "
-              f"{matching}/{positions} = {matching / positions:.3f}")
+        print(
+            f"\n{mode} demo captions vs torch fp32: identical {identical}/{len(got)}, token agreement "
+            f"{matching}/{positions} = {matching / positions:.3f}"
+        )
     floor = FLOORS[mode]
     assert identical >= floor["identical"], f"{mode}: only {identical}/{len(got)} captions identical to fp32"
     assert matching / positions >= floor["agreement"], f"{mode}: token agreement {matching / positions:.3f}"

@@ -29,9 +29,14 @@ def test_fp16_int8_int4_engines_on_the_caption_regression_set(tmp_path, capsys):
     quality = _quality_module()
     result = quality.measure(DEMO, quality.build_variants(DEMO, tmp_path, "cpu"), "cpu")
     with capsys.disabled():
-        print("\n" + "\n".join(f"{v}: CIDEr {result[v]['cider']:.3f}, identical to torch fp32 "
-                               f"{result[v]['identical_to_torch_fp32']}/{result[v]['images']}"
-                               for v in quality.VARIANTS))
+        print(
+            "\n"
+            + "\n".join(
+                f"{v}: CIDEr {result[v]['cider']:.3f}, identical to torch fp32 "
+                f"{result[v]['identical_to_torch_fp32']}/{result[v]['images']}"
+                for v in quality.VARIANTS
+            )
+        )
     base = result["torch_fp32"]["cider"]
     assert result["fp16"]["identical_to_torch_fp32"] >= 15 and result["fp16"]["cider"] >= base - 0.05
     assert result["int8"]["identical_to_fp16_engines"] >= 9 and result["int8"]["cider"] >= base - 0.15

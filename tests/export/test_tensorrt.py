@@ -21,8 +21,10 @@ def _rtx():
 def test_build_made_a_tensorrt_rtx_engine(engines_dir):
     trt = _rtx()
     stage = json.loads((engines_dir / "manifest.json").read_text())["stages"]["tensorrt"]
-    print(f"TensorRT stage: {stage['module']} {stage['version']}, {stage['layers']} layers, "
-          f"built in {stage['build_seconds']}s, {stage['engine_bytes']} bytes, targets {stage['compute_capabilities']}")
+    print(
+        f"TensorRT stage: {stage['module']} {stage['version']}, {stage['layers']} layers, "
+        f"built in {stage['build_seconds']}s, {stage['engine_bytes']} bytes, targets {stage['compute_capabilities']}"
+    )
     assert stage["status"] == "done" and stage["module"] == "tensorrt_rtx" and stage["version"] == trt.__version__
     assert stage["profile"] == {"input": "pixel_values", "min": 1, "opt": 7, "max": 13}
     assert stage["output_shape_tail"] == [16, 128]
@@ -35,8 +37,16 @@ def test_direct_build_reuses_the_timing_cache(engines_dir, tmp_path):
     from export.tensorrt_build import build_vision_engine
 
     cache = tmp_path / "timing.cache"
-    args = (engines_dir / "vision.onnx", tmp_path / "a.engine", cache, "tensorrt_rtx", (1, 2, 3), 112,
-            "pixel_values", "image_features")
+    args = (
+        engines_dir / "vision.onnx",
+        tmp_path / "a.engine",
+        cache,
+        "tensorrt_rtx",
+        (1, 2, 3),
+        112,
+        "pixel_values",
+        "image_features",
+    )
     first = build_vision_engine(*args)
     assert cache.is_file() and first["compute_capabilities"] == ["SM80", "SM86", "SM89", "SM120"]
     second = build_vision_engine(*args[:1], tmp_path / "b.engine", *args[2:])

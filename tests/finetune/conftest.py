@@ -18,8 +18,21 @@ def mixed_data(tmp_path_factory) -> Path:
 
 
 def train_args(meta: Path, model: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data", str(meta), "--model", str(model), "--output-dir", str(out), "--device", "cpu",
-            "--lora-r", "8", "--save-steps", "1000", *extra]
+    return [
+        "--data",
+        str(meta),
+        "--model",
+        str(model),
+        "--output-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--lora-r",
+        "8",
+        "--save-steps",
+        "1000",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +41,22 @@ def trained_run(tmp_path_factory, tiny_checkpoint, mixed_data) -> Path:
     from finetune.lora import main
 
     out = tmp_path_factory.mktemp("run") / "lora"
-    rc = main(train_args(mixed_data, tiny_checkpoint, out, "--batch-size", "2", "--per-device-batch-size", "2",
-                         "--learning-rate", "5e-3", "--max-steps", "16", "--warmup-ratio", "0"))
+    rc = main(
+        train_args(
+            mixed_data,
+            tiny_checkpoint,
+            out,
+            "--batch-size",
+            "2",
+            "--per-device-batch-size",
+            "2",
+            "--learning-rate",
+            "5e-3",
+            "--max-steps",
+            "16",
+            "--warmup-ratio",
+            "0",
+        )
+    )
     assert rc == 0
     return out

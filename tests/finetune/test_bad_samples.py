@@ -15,8 +15,17 @@ from safetensors.torch import load_file
 from tests.finetune.conftest import train_args
 
 N = 8  # single-image samples; 2 per step: 4 steps per epoch
-COMMON = ("--batch-size", "2", "--per-device-batch-size", "2", "--learning-rate", "1e-3", "--max-steps", "4",
-          "--no-group-by-length")
+COMMON = (
+    "--batch-size",
+    "2",
+    "--per-device-batch-size",
+    "2",
+    "--learning-rate",
+    "1e-3",
+    "--max-steps",
+    "4",
+    "--no-group-by-length",
+)
 
 
 def _losses(run: Path) -> list[float]:

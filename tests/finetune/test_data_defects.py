@@ -16,19 +16,23 @@ from PIL import Image
 
 from tests.finetune.conftest import REPO
 
-GOOD = {"image": "ok.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
-                                             {"from": "gpt", "value": "A square."}]}
+GOOD = {
+    "image": "ok.png",
+    "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A square."}],
+}
 CONV = GOOD["conversations"]
 
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares width x height and holds one tiny IDAT: a decompression bomb by its header."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def truncated_png(path: Path) -> None:
@@ -39,17 +43,27 @@ def truncated_png(path: Path) -> None:
 
 # name -> (jsonl line as bytes, expected text in the problem)
 LINES: dict[str, tuple[bytes, str]] = {
-    "image is a number": (json.dumps({**GOOD, "image": 5}).encode(), "'image' must be a string or a list of strings, "
-                                                                     "got int"),
-    "image is true": (json.dumps({**GOOD, "image": True}).encode(), "'image' must be a string or a list of strings, "
-                                                                    "got bool"),
+    "image is a number": (
+        json.dumps({**GOOD, "image": 5}).encode(),
+        "'image' must be a string or a list of strings, got int",
+    ),
+    "image is true": (
+        json.dumps({**GOOD, "image": True}).encode(),
+        "'image' must be a string or a list of strings, got bool",
+    ),
     "image is an object": (json.dumps({**GOOD, "image": {"a": 1}}).encode(), "'image' must be"),
-    "image list holds a number": (json.dumps({**GOOD, "image": ["ok.png", 5]}).encode(),
-                                  "'image' list must hold non-empty strings, got 5"),
-    "video list holds a number": (json.dumps({"video": [5], "conversations": CONV}).encode(),
-                                  "'video' list must hold non-empty strings, got 5"),
-    "video is a number": (json.dumps({"video": 7, "conversations": CONV}).encode(),
-                          "'video' must be a video file, a frame folder"),
+    "image list holds a number": (
+        json.dumps({**GOOD, "image": ["ok.png", 5]}).encode(),
+        "'image' list must hold non-empty strings, got 5",
+    ),
+    "video list holds a number": (
+        json.dumps({"video": [5], "conversations": CONV}).encode(),
+        "'video' list must hold non-empty strings, got 5",
+    ),
+    "video is a number": (
+        json.dumps({"video": 7, "conversations": CONV}).encode(),
+        "'video' must be a video file, a frame folder",
+    ),
     "video list is empty": (json.dumps({"video": [], "conversations": CONV}).encode(), "'video' list is empty"),
     "nested 100k levels": (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "bad JSON: nested too deeply"),
     "NaN length": (json.dumps({**GOOD, "length": float("nan")}).encode(), "bad JSON: NaN is not a JSON number"),
@@ -93,10 +107,26 @@ def checked(tmp_path_factory):
     ann = root / "a.jsonl"
     ann.write_bytes(b"\n".join(body) + b"\n")
     meta = base / "meta.json"
-    meta.write_text(json.dumps({"d": {"root": str(root), "annotation": str(ann), "data_augment": False,
-                                      "repeat_time": 1, "length": len(body)}}))
-    res = subprocess.run([sys.executable, "finetune/lora.py", "--data", str(meta), "--check-data"], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    meta.write_text(
+        json.dumps(
+            {
+                "d": {
+                    "root": str(root),
+                    "annotation": str(ann),
+                    "data_augment": False,
+                    "repeat_time": 1,
+                    "length": len(body),
+                }
+            }
+        )
+    )
+    res = subprocess.run(
+        [sys.executable, "finetune/lora.py", "--data", str(meta), "--check-data"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     line_of = {name: i for i, name in enumerate(names, 1)}
     return res, ann, line_of
 
@@ -149,7 +179,7 @@ def test_meta_numbers_are_validated(tmp_path, case, capsys):
     (tmp_path / "a.jsonl").write_text(json.dumps(GOOD) + "\n")
     meta = tmp_path / "meta.json"
     entry = f'"root": "{tmp_path}", "annotation": "{tmp_path / "a.jsonl"}", {fields}'
-    meta.write_text("{\n  \"d\": {" + entry + "}\n}\n")
+    meta.write_text('{\n  "d": {' + entry + "}\n}\n")
     assert main(["--data", str(meta), "--check-data"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and out[0].startswith(f"{meta}:") and expected in out[0], out

@@ -24,8 +24,15 @@ def _dataset(tmp_path, lines, images=()):
     for name, size in images:
         Image.new("RGB", size, (120, 30, 200)).save(tmp_path / name)
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    meta = {"d": {"root": str(tmp_path), "annotation": str(tmp_path / "a.jsonl"), "data_augment": False,
-                  "repeat_time": 1, "length": len(lines)}}
+    meta = {
+        "d": {
+            "root": str(tmp_path),
+            "annotation": str(tmp_path / "a.jsonl"),
+            "data_augment": False,
+            "repeat_time": 1,
+            "length": len(lines),
+        }
+    }
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     report = check_data(tmp_path / "meta.json")
     assert not report.problems, report.problems
@@ -34,8 +41,12 @@ def _dataset(tmp_path, lines, images=()):
 
 def test_two_turn_mask_is_upstream(tmp_path, spec_tok):
     spec, tok = spec_tok
-    conv = [{"from": "human", "value": "What is in front of the robot? "}, {"from": "gpt", "value": " A red chair."},
-            {"from": "human", "value": "Would a sofa be found here?"}, {"from": "gpt", "value": "Yes, on the left."}]
+    conv = [
+        {"from": "human", "value": "What is in front of the robot? "},
+        {"from": "gpt", "value": " A red chair."},
+        {"from": "human", "value": "Would a sofa be found here?"},
+        {"from": "gpt", "value": "Yes, on the left."},
+    ]
     (sample,) = _dataset(tmp_path, [{"conversations": conv}])
     ex = build_example(sample, tok, spec, 6, 4096)
     # Upstream's supervised stretches, tokenized piece by piece: (text, supervised?)
@@ -43,9 +54,11 @@ def test_two_turn_mask_is_upstream(tmp_path, spec_tok):
         (f"<|im_start|>system\n{spec.system_message}<|im_end|>", False),
         ("<|im_start|>user\nWhat is in front of the robot?<|im_end|>", False),
         ("<|im_start|>assistant\n", False),
-        ("A red chair.", True), ("<|im_end|>", True),
+        ("A red chair.", True),
+        ("<|im_end|>", True),
         ("<|im_start|>user\nWould a sofa be found here?<|im_end|><|im_start|>assistant\n", False),
-        ("Yes, on the left.", True), ("<|im_end|>", True),
+        ("Yes, on the left.", True),
+        ("<|im_end|>", True),
     ]
     ids, supervised = [tok.bos_id], [False]
     for text, sup in pieces:
@@ -70,13 +83,24 @@ def test_sample_types_tiling_and_image_masking(tmp_path, spec_tok):
     for j in range(3):
         Image.new("RGB", (60, 40), (10 * j, 0, 0)).save(tmp_path / "vid" / f"{j}.png")
     lines = [
-        {"image": "wide.png", "conversations": [{"from": "human", "value": "Describe."},
-                                                {"from": "gpt", "value": "Purple."}]},
-        {"image": ["wide.png", "tall.png"], "conversations": [
-            {"from": "human", "value": "Image-1: <image>\nImage-2: <image>\nCompare."},
-            {"from": "gpt", "value": "Same colour."}]},
-        {"video": "vid", "conversations": [{"from": "human", "value": "<video>\nWhat changes?"},
-                                           {"from": "gpt", "value": "The red."}]},
+        {
+            "image": "wide.png",
+            "conversations": [{"from": "human", "value": "Describe."}, {"from": "gpt", "value": "Purple."}],
+        },
+        {
+            "image": ["wide.png", "tall.png"],
+            "conversations": [
+                {"from": "human", "value": "Image-1: <image>\nImage-2: <image>\nCompare."},
+                {"from": "gpt", "value": "Same colour."},
+            ],
+        },
+        {
+            "video": "vid",
+            "conversations": [
+                {"from": "human", "value": "<video>\nWhat changes?"},
+                {"from": "gpt", "value": "The red."},
+            ],
+        },
     ]
     single, multi, video = _dataset(tmp_path, lines, [("wide.png", (448, 224)), ("tall.png", (112, 400))])
     ex = build_example(single, tok, spec, 6, 4096)
@@ -86,8 +110,10 @@ def test_sample_types_tiling_and_image_masking(tmp_path, spec_tok):
     assert len(ctx) == grid.num_tiles * spec.tokens_per_tile
     assert all(ex.labels[i] == IGNORE_INDEX for i in range(max(ctx) + 1))  # "<image>\n" prepended, masked
     ex = build_example(multi, tok, spec, 6, 4096)  # upstream: max(1, 6 // 2) = 3 tiles per image at most
-    assert ex.num_tiles == [dynamic_tile_grid(448, 224, spec.tile_size, 3).num_tiles,
-                            dynamic_tile_grid(112, 400, spec.tile_size, 3).num_tiles]
+    assert ex.num_tiles == [
+        dynamic_tile_grid(448, 224, spec.tile_size, 3).num_tiles,
+        dynamic_tile_grid(112, 400, spec.tile_size, 3).num_tiles,
+    ]
     assert ex.pixel_values.shape[0] == sum(ex.num_tiles)
     ex = build_example(video, tok, spec, 6, 4096)
     assert ex.num_tiles == [1, 1, 1]
@@ -97,8 +123,15 @@ def test_sample_types_tiling_and_image_masking(tmp_path, spec_tok):
 
 def test_truncation_drops_cut_image(tmp_path, spec_tok):
     spec, tok = spec_tok
-    lines = [{"image": ["a.png", "b.png"], "conversations": [
-        {"from": "human", "value": "Image-1: <image>\nImage-2: <image>\nCompare."}, {"from": "gpt", "value": "Same."}]}]
+    lines = [
+        {
+            "image": ["a.png", "b.png"],
+            "conversations": [
+                {"from": "human", "value": "Image-1: <image>\nImage-2: <image>\nCompare."},
+                {"from": "gpt", "value": "Same."},
+            ],
+        }
+    ]
     (sample,) = _dataset(tmp_path, lines, [("a.png", (112, 112)), ("b.png", (112, 112))])
     full = build_example(sample, tok, spec, 6, 4096)
     starts = [i for i, t in enumerate(full.input_ids) if t == tok.token_to_id("<img>")]

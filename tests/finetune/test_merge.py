@@ -35,8 +35,13 @@ def test_merged_equals_base_plus_adapter(tmp_path, tiny_checkpoint, trained_run,
     from ivl_ros.model.engine import VisionLanguageEngine
 
     out = tmp_path / f"merged-{layout}"
-    res = subprocess.run([sys.executable, "finetune/merge.py", "--adapter", str(trained_run), "--out", str(out),
-                          "--layout", layout], cwd=REPO, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "finetune/merge.py", "--adapter", str(trained_run), "--out", str(out), "--layout", layout],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
 
     base = load_model(tiny_checkpoint)

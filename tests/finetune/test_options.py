@@ -28,8 +28,13 @@ def test_defaults_are_upstream_lora_sh(clean_env):
     """Parsed with no flags, the config has upstream lora.sh's values (written out here independently)."""
     logged = []
     cfg = config_from_args(build_parser().parse_args(["--data", "habitat"]), log=logged.append)
-    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.learning_rate, cfg.weight_decay) == \
-        (128, 256, 0.05, 4e-5, 0.01)
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.learning_rate, cfg.weight_decay) == (
+        128,
+        256,
+        0.05,
+        4e-5,
+        0.01,
+    )
     assert (cfg.warmup_ratio, cfg.epochs, cfg.max_dynamic_patch, cfg.max_seq_length) == (0.03, 1.0, 6, 4096)
     assert (cfg.gpus, cfg.batch_size, cfg.per_device_batch_size, cfg.gradient_acc) == (1, 16, 4, 4)
     # -1: decided by the device (4 workers on GPU, 0 on CPU); the option and the config agree on it.
@@ -61,11 +66,18 @@ def test_default_model_rule(clean_env, monkeypatch, tmp_path):
     assert config_from_args(args, log=logged.append).model == "/x/y"
 
 
-@pytest.mark.parametrize("flags,option", [
-    (["--lora-r", "0"], "--lora-r"), (["--max-dynamic-patch", "41"], "--max-dynamic-patch"),
-    (["--learning-rate", "nan"], "--learning-rate"), (["--num-workers", "-2"], "--num-workers"),
-    (["--device", "gpu0"], "--device"), (["--gpus", "0"], "--gpus"), (["--seed", "-1"], "--seed"),
-])
+@pytest.mark.parametrize(
+    "flags,option",
+    [
+        (["--lora-r", "0"], "--lora-r"),
+        (["--max-dynamic-patch", "41"], "--max-dynamic-patch"),
+        (["--learning-rate", "nan"], "--learning-rate"),
+        (["--num-workers", "-2"], "--num-workers"),
+        (["--device", "gpu0"], "--device"),
+        (["--gpus", "0"], "--gpus"),
+        (["--seed", "-1"], "--seed"),
+    ],
+)
 def test_bad_flags_are_refused_by_the_parser(flags, option, capsys):
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["--data", "habitat", *flags])
@@ -78,8 +90,14 @@ def test_missing_habitat_data_prints_the_recorder_command(tmp_path):
     registry.write_text(json.dumps({"habitat": str(meta)}))
     env = dict(os.environ, IVL_DATASETS=str(registry))
     env.pop("IVL_MODEL", None)
-    proc = subprocess.run([sys.executable, "finetune/lora.py", "--data", "habitat"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "finetune/lora.py", "--data", "habitat"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     command = re.search(r"`(python -m habitat_sim_bridge\.record [^`]*)`", proc.stderr)
     assert command, proc.stderr
@@ -88,12 +106,14 @@ def test_missing_habitat_data_prints_the_recorder_command(tmp_path):
     assert words[words.index("--num-episodes") + 1] == "240" and words[words.index("--seed") + 1] == "7"
 
 
-@pytest.mark.parametrize("script", ["finetune/lora.py", "finetune/merge.py", "export/build_engines.py",
-                                    "benchmarks/finetune_learns.py"])
+@pytest.mark.parametrize(
+    "script", ["finetune/lora.py", "finetune/merge.py", "export/build_engines.py", "benchmarks/finetune_learns.py"]
+)
 def test_scripts_run_from_any_directory(script, tmp_path):
     """No sys.path edits: the scripts import finetune/, export/ and ivl_ros as installed packages."""
-    proc = subprocess.run([sys.executable, str(REPO / script), "--help"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout
 
@@ -101,8 +121,15 @@ def test_scripts_run_from_any_directory(script, tmp_path):
 def test_no_sys_path_edits_outside_tests():
     # The project's own folders, not build outputs (build/, install/: copies made by pip or colcon).
     generated = {"tests", "build", "install", "log", "dist", "runs", "data"}
-    tops = [d for d in REPO.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in generated
-            and not d.name.endswith(".egg-info")]
-    offenders = [str(p.relative_to(REPO)) for top in tops for p in top.rglob("*.py")
-                 if "sys.path.insert" in p.read_text(encoding="utf-8", errors="replace")]
+    tops = [
+        d
+        for d in REPO.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and d.name not in generated and not d.name.endswith(".egg-info")
+    ]
+    offenders = [
+        str(p.relative_to(REPO))
+        for top in tops
+        for p in top.rglob("*.py")
+        if "sys.path.insert" in p.read_text(encoding="utf-8", errors="replace")
+    ]
     assert offenders == []

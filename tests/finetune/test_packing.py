@@ -38,12 +38,16 @@ def _train(meta, model, out: Path, *extra: str) -> Path:
 
 @pytest.fixture(scope="module")
 def padded_run(tmp_path_factory, tiny_checkpoint, mixed_data) -> Path:
-    return _train(mixed_data, tiny_checkpoint, tmp_path_factory.mktemp("padded") / "run", "--lora-dropout", "0",
-                  *PADDED)
+    return _train(
+        mixed_data, tiny_checkpoint, tmp_path_factory.mktemp("padded") / "run", "--lora-dropout", "0", *PADDED
+    )
 
 
-@pytest.mark.parametrize("extra", [(), ("--forward-micro-batches", "1", "--gradient-checkpointing", "on")],
-                         ids=["two-micro-batches-per-forward", "one-per-forward-checkpointed"])
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--forward-micro-batches", "1", "--gradient-checkpointing", "on")],
+    ids=["two-micro-batches-per-forward", "one-per-forward-checkpointed"],
+)
 def test_packed_matches_padded(tmp_path, tiny_checkpoint, mixed_data, padded_run, extra, capsys):
     run = _train(mixed_data, tiny_checkpoint, tmp_path / "packed", "--lora-dropout", "0", *extra)
     assert "batch layout: packed" in capsys.readouterr().out
@@ -157,12 +161,15 @@ def test_pack_layout_and_weights(tiny_checkpoint, mixed_data):
     examples, pack = _packed_batch(tiny_checkpoint, mixed_data, 3)
     batch = pack([[examples[0], examples[1]], [examples[2]]], 2)
     lengths = [len(e.input_ids) for e in examples]
-    assert batch["segments"] == ((0, lengths[0]), (lengths[0], lengths[0] + lengths[1]),
-                                 (lengths[0] + lengths[1], sum(lengths)))
+    assert batch["segments"] == (
+        (0, lengths[0]),
+        (lengths[0], lengths[0] + lengths[1]),
+        (lengths[0] + lengths[1], sum(lengths)),
+    )
     assert batch["input_ids"].shape == (1, sum(lengths))
     assert batch["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
     for (start, end), e in zip(batch["segments"], examples, strict=True):
-        assert batch["targets"][start:end - 1].tolist() == e.labels[1:]  # next-token labels, inside the sample
+        assert batch["targets"][start : end - 1].tolist() == e.labels[1:]  # next-token labels, inside the sample
         assert int(batch["targets"][end - 1]) == -100  # a sample's last token predicts nothing
     sup = [sum(t != -100 for t in e.labels[1:]) for e in examples]
     first = batch["weights"][: sum(lengths[:2])]

@@ -14,8 +14,18 @@ from safetensors.torch import load_file
 
 from tests.finetune.conftest import train_args
 
-COMMON = ("--batch-size", "2", "--per-device-batch-size", "2", "--learning-rate", "1e-3", "--save-steps", "1",
-          "--save-total-limit", "3")
+COMMON = (
+    "--batch-size",
+    "2",
+    "--per-device-batch-size",
+    "2",
+    "--learning-rate",
+    "1e-3",
+    "--save-steps",
+    "1",
+    "--save-total-limit",
+    "3",
+)
 
 
 class _Marker:
@@ -35,7 +45,7 @@ def malicious_pickle(marker: Path) -> bytes:
 def _args(meta, model, out, *extra):
     args = train_args(meta, model, out, *COMMON, *extra)
     i = args.index("--save-steps")
-    del args[i:i + 2]  # train_args' own --save-steps 1000; COMMON's comes later
+    del args[i : i + 2]  # train_args' own --save-steps 1000; COMMON's comes later
     return args
 
 
@@ -64,21 +74,35 @@ def _interrupted_copy(run: Path, dst: Path) -> Path:
 def test_checkpoint_holds_no_pickle(three_steps):
     ck = three_steps / "checkpoint-2"
     names = {p.name for p in ck.iterdir()}
-    assert names == {"trainable.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json",
-                     "rng.safetensors", "rng.json", "state.json"}
+    assert names == {
+        "trainable.safetensors",
+        "optimizer.safetensors",
+        "optimizer.json",
+        "scheduler.json",
+        "rng.safetensors",
+        "rng.json",
+        "state.json",
+    }
     for name in names:  # every file is JSON or safetensors (its header is a little-endian length + JSON)
         raw = (ck / name).read_bytes()
         if name.endswith(".json"):
             json.loads(raw)
         else:
             n = int.from_bytes(raw[:8], "little")
-            assert json.loads(raw[8:8 + n])
+            assert json.loads(raw[8 : 8 + n])
     state = json.loads((ck / "state.json").read_text())
     assert state["global_step"] == 2 and set(state["files"]) == names - {"state.json"}
 
 
-CHECKPOINT_FILES = ["trainable.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json",
-                    "rng.safetensors", "rng.json", "state.json"]
+CHECKPOINT_FILES = [
+    "trainable.safetensors",
+    "optimizer.safetensors",
+    "optimizer.json",
+    "scheduler.json",
+    "rng.safetensors",
+    "rng.json",
+    "state.json",
+]
 
 
 @pytest.mark.parametrize("target", [*CHECKPOINT_FILES, "optimizer.pt", "scheduler.pt", "rng.pt", "old-format"])
@@ -120,8 +144,11 @@ def test_planted_pickle_never_runs(tmp_path, tiny_checkpoint, mixed_data, three_
 
 DAMAGES = {
     "truncated trainable.safetensors": ("trainable.safetensors", lambda b: b[: len(b) // 2], "truncated"),
-    "bit flip in trainable.safetensors": ("trainable.safetensors",
-                                          lambda b: b[:-100] + bytes([b[-100] ^ 0x01]) + b[-99:], "sha256"),
+    "bit flip in trainable.safetensors": (
+        "trainable.safetensors",
+        lambda b: b[:-100] + bytes([b[-100] ^ 0x01]) + b[-99:],
+        "sha256",
+    ),
     "truncated optimizer state": ("optimizer.safetensors", lambda b: b[:1000], "truncated"),
     "garbage optimizer.json": ("optimizer.json", lambda b: b"\x00" * len(b), "sha256"),
     "truncated state.json": ("state.json", lambda b: b[: len(b) // 2], "state.json: unreadable"),
@@ -167,8 +194,14 @@ def test_explicit_checkpoint_and_run_folder(tmp_path, tiny_checkpoint, mixed_dat
     run = _interrupted_copy(three_steps, tmp_path / "run")
     (run / "checkpoint-2" / "trainable.safetensors").write_bytes(b"")
     # An explicitly named damaged checkpoint is an error naming the file (no silent substitute) ...
-    assert main(_args(mixed_data, tiny_checkpoint, tmp_path / "a", "--max-steps", "3", "--resume",
-                      str(run / "checkpoint-2"))) == 2
+    assert (
+        main(
+            _args(
+                mixed_data, tiny_checkpoint, tmp_path / "a", "--max-steps", "3", "--resume", str(run / "checkpoint-2")
+            )
+        )
+        == 2
+    )
     assert f"{run / 'checkpoint-2' / 'trainable.safetensors'}: 0 bytes" in capsys.readouterr().err
     # ... while a run folder means its newest intact checkpoint.
     assert main(_args(mixed_data, tiny_checkpoint, tmp_path / "b", "--max-steps", "3", "--resume", str(run))) == 0
@@ -179,8 +212,12 @@ def test_explicit_checkpoint_and_run_folder(tmp_path, tiny_checkpoint, mixed_dat
 def test_resume_path_that_is_not_a_checkpoint(tmp_path, tiny_checkpoint, mixed_data, what, capsys):
     from finetune.lora import main
 
-    path = {"empty folder": tmp_path / "empty", "model folder": tiny_checkpoint, "file": tmp_path / "f.txt",
-            "missing": tmp_path / "nope"}[what]
+    path = {
+        "empty folder": tmp_path / "empty",
+        "model folder": tiny_checkpoint,
+        "file": tmp_path / "f.txt",
+        "missing": tmp_path / "nope",
+    }[what]
     if what == "empty folder":
         path.mkdir()
     elif what == "file":

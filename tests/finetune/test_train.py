@@ -47,8 +47,14 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_checkpoint, mi
 
     cut = tmp_path / "cut"
     cmd = [sys.executable, "finetune/lora.py", *train_args(mixed_data, tiny_checkpoint, cut, *common)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     log = cut / "train_log.csv"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -74,12 +80,20 @@ def test_checkpoint_rotation_is_atomic_and_keeps_last_k(tmp_path, tiny_checkpoin
     from finetune.lora import main
 
     out = tmp_path / "rot"
-    args = train_args(mixed_data, tiny_checkpoint, out, "--batch-size", "2", "--per-device-batch-size", "2",
-                      "--max-steps", "4")
+    args = train_args(
+        mixed_data, tiny_checkpoint, out, "--batch-size", "2", "--per-device-batch-size", "2", "--max-steps", "4"
+    )
     args[args.index("--save-steps") + 1] = "1"
     assert main([*args, "--save-total-limit", "2"]) == 0
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(("checkpoint-", ".tmp"))) == \
-        ["checkpoint-3", "checkpoint-4"]
-    assert {"trainable.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "rng.json",
-            "state.json"} <= \
-        {p.name for p in (out / "checkpoint-4").iterdir()}
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(("checkpoint-", ".tmp"))) == [
+        "checkpoint-3",
+        "checkpoint-4",
+    ]
+    assert {
+        "trainable.safetensors",
+        "optimizer.safetensors",
+        "optimizer.json",
+        "scheduler.json",
+        "rng.json",
+        "state.json",
+    } <= {p.name for p in (out / "checkpoint-4").iterdir()}

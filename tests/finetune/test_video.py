@@ -45,16 +45,31 @@ def video_data(tmp_path_factory) -> Path:
     for i in range(10):
         Image.new("RGB", (40, 30), (20 * i,) * 3).save(root / "frames" / f"{i:03d}.png")
     Image.new("RGB", (40, 30), (200, 10, 10)).save(root / "img.png")
-    lines = [{"video": "a.mp4", "conversations": CONV},
-             {"video": "b.mp4", "conversations": [{"from": "human", "value": "What moves?"}, CONV[1]]},
-             {"video": "frames", "conversations": CONV},
-             {"video": ["frames/000.png", "frames/005.png"], "conversations": CONV},
-             {"image": "img.png", "conversations": [{"from": "human", "value": "<image>\nColour?"},
-                                                    {"from": "gpt", "value": "Red."}]}]
+    lines = [
+        {"video": "a.mp4", "conversations": CONV},
+        {"video": "b.mp4", "conversations": [{"from": "human", "value": "What moves?"}, CONV[1]]},
+        {"video": "frames", "conversations": CONV},
+        {"video": ["frames/000.png", "frames/005.png"], "conversations": CONV},
+        {
+            "image": "img.png",
+            "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}],
+        },
+    ]
     (root / "v.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     meta = root / "meta.json"
-    meta.write_text(json.dumps({"v": {"root": str(root), "annotation": str(root / "v.jsonl"), "data_augment": False,
-                                      "repeat_time": 1, "length": len(lines)}}))
+    meta.write_text(
+        json.dumps(
+            {
+                "v": {
+                    "root": str(root),
+                    "annotation": str(root / "v.jsonl"),
+                    "data_augment": False,
+                    "repeat_time": 1,
+                    "length": len(lines),
+                }
+            }
+        )
+    )
     return meta
 
 
@@ -125,8 +140,9 @@ def test_video_sample_builds_frame_prompt_and_one_tile_per_frame(tiny_checkpoint
     # without <video> in the question the frames go first, as upstream prepends "<video>\n"
     ex = build_example(short, tok, spec, 6, 4096, None, FrameSampling(4, 4, "middle"))
     assert ex.pixel_values.shape[0] == 4  # 3 frames: the last repeats up to the drawn count
-    assert tok.decode(ex.input_ids, skip_special_tokens=False).index("Frame1:") < \
-        tok.decode(ex.input_ids, skip_special_tokens=False).index("What moves?")
+    assert tok.decode(ex.input_ids, skip_special_tokens=False).index("Frame1:") < tok.decode(
+        ex.input_ids, skip_special_tokens=False
+    ).index("What moves?")
     assert build_example(folder, tok, spec, 6, 4096, random.Random(0), FrameSampling(3, 3)).pixel_values.shape[0] == 3
     assert build_example(listed, tok, spec, 6, 4096, random.Random(0), FrameSampling(8, 8)).pixel_values.shape[0] == 2
     same = [build_example(mp4, tok, spec, 6, 4096, random.Random(7), sampling).pixel_values for _ in range(2)]
@@ -137,8 +153,26 @@ def test_trains_two_steps_on_mp4_samples(tmp_path, tiny_checkpoint, video_data):
     from finetune.lora import main
 
     out = tmp_path / "run"
-    assert main(train_args(video_data, tiny_checkpoint, out, "--batch-size", "2", "--per-device-batch-size", "1",
-                           "--max-steps", "2", "--min-num-frames", "2", "--max-num-frames", "4")) == 0
+    assert (
+        main(
+            train_args(
+                video_data,
+                tiny_checkpoint,
+                out,
+                "--batch-size",
+                "2",
+                "--per-device-batch-size",
+                "1",
+                "--max-steps",
+                "2",
+                "--min-num-frames",
+                "2",
+                "--max-num-frames",
+                "4",
+            )
+        )
+        == 0
+    )
     rows = (out / "train_log.csv").read_text().splitlines()
     assert len(rows) == 3 and (out / "adapter_model.safetensors").is_file()
     config = json.loads((out / "ivl_finetune.json").read_text())["config"]
@@ -157,8 +191,13 @@ def test_check_data_reports_unreadable_and_empty_videos(tmp_path):
     ann.write_text("".join(json.dumps(x) + "\n" for x in lines))
     meta = tmp_path / "meta.json"
     meta.write_text(json.dumps({"v": {"root": str(root), "annotation": str(ann)}}))
-    res = subprocess.run([sys.executable, "finetune/lora.py", "--data", str(meta), "--check-data"], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "finetune/lora.py", "--data", str(meta), "--check-data"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 1 and "Traceback" not in res.stdout + res.stderr, res.stderr[-2000:]
     problems = {int(line.split(":")[1]): line for line in res.stdout.splitlines() if line.startswith(f"{ann}:")}
     assert sorted(problems) == [2, 3, 4, 5], res.stdout

@@ -168,8 +168,9 @@ def test_actions_and_cmd_vel_move_the_agent(tmp_path, needs_osmesa):
     r = json.loads(out.read_text())
     for step in ("after_turn", "after_turn2", "before_forward", "after_forward", "after_twist"):
         assert r.get(step) is not None, f"no odometry showed the effect of {step}: {r}"
-    turn1, turn2, before, fwd, spun = (r[k] for k in ("after_turn", "after_turn2", "before_forward",
-                                                       "after_forward", "after_twist"))
+    turn1, turn2, before, fwd, spun = (
+        r[k] for k in ("after_turn", "after_turn2", "before_forward", "after_forward", "after_twist")
+    )
     assert turn2[:2] == pytest.approx(turn1[:2], abs=1e-6)  # turning keeps the position
     dyaw = (turn2[2] - turn1[2] + 3.14159) % 6.28318 - 3.14159
     assert dyaw == pytest.approx(0.1745, abs=1e-3)  # 10 degrees

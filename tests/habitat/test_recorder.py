@@ -182,9 +182,28 @@ def test_lora_trains_on_recorded_data_by_name(recorded, tiny_checkpoint, tmp_pat
     check = subprocess.run([*lora, "--check-data"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
     out = tmp_path / "run"
-    train = subprocess.run([*lora, "--output-dir", str(out), "--max-steps", "2",
-                            "--lora-r", "8", "--batch-size", "2", "--per-device-batch-size", "2", "--device", "cpu"],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    train = subprocess.run(
+        [
+            *lora,
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "2",
+            "--lora-r",
+            "8",
+            "--batch-size",
+            "2",
+            "--per-device-batch-size",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     assert json.loads((out / "ivl_finetune.json").read_text())["base_model"] == str(tiny_checkpoint.resolve())

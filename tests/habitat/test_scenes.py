@@ -65,8 +65,9 @@ def test_objectnav_names_the_goal_instance_the_path_ends_at():
         PlacedObject(10, "plant", "green", [-2.4, 0.0, -1.9], 0.0, (0.5, 1.0, 0.5)),
         PlacedObject(11, "plant", "green", [2.4, 0.0, 1.9], 0.0, (0.5, 1.0, 0.5)),
     ]
-    scene = GeneratedScene("two_plants", "living room", 6.0, 5.0, "white", "wooden", plants, [],
-                           build_navgrid(6.0, 5.0, plants))
+    scene = GeneratedScene(
+        "two_plants", "living room", 6.0, 5.0, "white", "wooden", plants, [], build_navgrid(6.0, 5.0, plants)
+    )
 
     def floor_distance(obj: PlacedObject, position: list[float]) -> float:  # point to axis-aligned square
         half = obj.size[0] / 2

@@ -101,8 +101,15 @@ class RpcClient:
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self._stderr = open(log_path, "w")
-        self.popen = subprocess.Popen([sys.executable, str(PROCS / "client.py")], env=env, cwd=REPO, text=True,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        self.popen = subprocess.Popen(
+            [sys.executable, str(PROCS / "client.py")],
+            env=env,
+            cwd=REPO,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )
         assert json.loads(self.popen.stdout.readline())["ok"]
 
     def call(self, op: str, **kwargs):
@@ -149,6 +156,7 @@ def wait_captions(client: RpcClient, done, timeout: float = 180.0) -> list[dict]
 def stub_launch_modules(monkeypatch) -> None:
     """Minimal launch/launch_ros stand-ins (not installable from PyPI) that record what a launch file builds:
     each action keeps its args/kwargs; LaunchDescription is the list of its entities."""
+
     class Action:
         def __init__(self, *args, **kwargs):
             self.args, self.kwargs = args, kwargs
@@ -185,8 +193,14 @@ class Camera:
                 args += [f"--{key}"] if value else []
             else:
                 args += [f"--{key}", str(value)]
-        self.popen = subprocess.Popen(args, env=ros_env(domain), cwd=REPO, text=True, stdout=subprocess.PIPE,
-                                      stderr=open(log_dir / "camera.log", "w"))
+        self.popen = subprocess.Popen(
+            args,
+            env=ros_env(domain),
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=open(log_dir / "camera.log", "w"),
+        )
 
     def wait_matched(self) -> None:
         """Block until the camera's publisher has matched a subscriber (it publishes nothing before; it gives up

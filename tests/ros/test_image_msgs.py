@@ -32,11 +32,15 @@ def raw(encoding: str, arr: np.ndarray, pad: int = 0) -> Image:
 
 
 @pytest.mark.parametrize("pad", [0, 7])
-@pytest.mark.parametrize("encoding, arr", [
-    ("rgb8", RGB), ("bgr8", RGB[:, :, ::-1]),
-    ("rgba8", np.dstack([RGB, np.full(RGB.shape[:2], 9, np.uint8)])),
-    ("bgra8", np.dstack([RGB[:, :, ::-1], np.full(RGB.shape[:2], 9, np.uint8)])),
-])
+@pytest.mark.parametrize(
+    "encoding, arr",
+    [
+        ("rgb8", RGB),
+        ("bgr8", RGB[:, :, ::-1]),
+        ("rgba8", np.dstack([RGB, np.full(RGB.shape[:2], 9, np.uint8)])),
+        ("bgra8", np.dstack([RGB[:, :, ::-1], np.full(RGB.shape[:2], 9, np.uint8)])),
+    ],
+)
 def test_colour_encodings_with_row_padding(encoding, arr, pad):
     out = image_to_rgb(raw(encoding, np.ascontiguousarray(arr), pad))
     assert out.shape == RGB.shape and out.dtype == np.uint8
@@ -65,16 +69,19 @@ def _bad(**fields) -> Image:
     return msg
 
 
-@pytest.mark.parametrize("msg, message", [
-    (_bad(data=bytes(10)), "image data is 10 bytes; expected step*height = 60*10 = 600"),
-    (_bad(step=30), "step 30 is less than width*channels = 20*3 = 60"),
-    (_bad(encoding=""), "encoding is empty"),
-    (_bad(encoding="yuv422"), "'yuv422' is not supported"),
-    (_bad(encoding="32FC1"), "a depth image on a colour topic?"),
-    (_bad(encoding="16UC1"), "a depth image on a colour topic?"),
-    (_bad(width=0, height=0, step=0, data=b""), "zero size (0x0)"),
-    (_bad(width=5000, height=5000, step=15000, data=b""), "over max_pixels"),
-])
+@pytest.mark.parametrize(
+    "msg, message",
+    [
+        (_bad(data=bytes(10)), "image data is 10 bytes; expected step*height = 60*10 = 600"),
+        (_bad(step=30), "step 30 is less than width*channels = 20*3 = 60"),
+        (_bad(encoding=""), "encoding is empty"),
+        (_bad(encoding="yuv422"), "'yuv422' is not supported"),
+        (_bad(encoding="32FC1"), "a depth image on a colour topic?"),
+        (_bad(encoding="16UC1"), "a depth image on a colour topic?"),
+        (_bad(width=0, height=0, step=0, data=b""), "zero size (0x0)"),
+        (_bad(width=5000, height=5000, step=15000, data=b""), "over max_pixels"),
+    ],
+)
 def test_malformed_images_raise_clear_errors(msg, message):
     with pytest.raises(FrameError) as info:
         image_to_rgb(msg)
@@ -93,14 +100,17 @@ def _jpeg(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("fmt, data, message", [
-    ("jpeg", b"\xff\xd8\xff\xe0" + bytes(100), "cannot be decoded"),
-    ("jpeg", _jpeg(40, 30)[:60], "cannot be decoded"),
-    ("jpeg", b"", "no data"),
-    ("", b"abc", "format is empty"),
-    ("tiff", b"abc", "'tiff' is not supported"),
-    ("jpeg", _jpeg(300, 300), "over max_pixels=1000"),
-])
+@pytest.mark.parametrize(
+    "fmt, data, message",
+    [
+        ("jpeg", b"\xff\xd8\xff\xe0" + bytes(100), "cannot be decoded"),
+        ("jpeg", _jpeg(40, 30)[:60], "cannot be decoded"),
+        ("jpeg", b"", "no data"),
+        ("", b"abc", "format is empty"),
+        ("tiff", b"abc", "'tiff' is not supported"),
+        ("jpeg", _jpeg(300, 300), "over max_pixels=1000"),
+    ],
+)
 def test_malformed_compressed_images(fmt, data, message):
     msg = CompressedImage(format=fmt)
     msg.data = data

@@ -29,14 +29,19 @@ def test_transport_rule_keeps_default_participants_reachable(tmp_path):
     # Fragmented UDP samples are lost under LOCALHOST discovery: receivers take the shared-memory profile there.
     local = transport.image_transport_env({"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}, transport.SUBSCRIBER)
     assert local == pub
-    for explicit in ({"FASTDDS_BUILTIN_TRANSPORTS": "SHM"}, {"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"},
-                     {"FASTRTPS_DEFAULT_PROFILES_FILE": "/mine.xml"}, {"IVL_ROS_DDS_PROFILE": "off"},
-                     {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}):
+    for explicit in (
+        {"FASTDDS_BUILTIN_TRANSPORTS": "SHM"},
+        {"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"},
+        {"FASTRTPS_DEFAULT_PROFILES_FILE": "/mine.xml"},
+        {"IVL_ROS_DDS_PROFILE": "off"},
+        {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"},
+    ):
         assert transport.image_transport_env(explicit, transport.SUBSCRIBER) == {}, explicit
     assert transport.image_transport_env({"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}, transport.SUBSCRIBER) == sub
     env = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
     assert "left as configured (FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA)" in transport.configure_process(
-        transport.SUBSCRIBER, env)
+        transport.SUBSCRIBER, env
+    )
     assert env == {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
     with pytest.raises(ValueError, match="role"):
         transport.image_transport_env({}, "camera")
@@ -44,13 +49,17 @@ def test_transport_rule_keeps_default_participants_reachable(tmp_path):
 
 def _profile(path: str) -> dict:
     root = ET.parse(path).getroot()
-    descriptors = {d.findtext("dds:transport_id", namespaces=NS): d
-                   for d in root.iterfind(".//dds:transport_descriptor", NS)}
+    descriptors = {
+        d.findtext("dds:transport_id", namespaces=NS): d for d in root.iterfind(".//dds:transport_descriptor", NS)
+    }
     participant = root.find(".//dds:participant", NS)
     used = [t.text for t in participant.iterfind(".//dds:userTransports/dds:transport_id", NS)]
-    return {"types": [descriptors[t].findtext("dds:type", namespaces=NS) for t in used],
-            "builtin": participant.findtext(".//dds:useBuiltinTransports", namespaces=NS),
-            "default": participant.get("is_default_profile"), "descriptors": [descriptors[t] for t in used]}
+    return {
+        "types": [descriptors[t].findtext("dds:type", namespaces=NS) for t in used],
+        "builtin": participant.findtext(".//dds:useBuiltinTransports", namespaces=NS),
+        "default": participant.get("is_default_profile"),
+        "descriptors": [descriptors[t] for t in used],
+    }
 
 
 def test_profiles_are_what_the_rule_says():
@@ -98,8 +107,10 @@ def node(start_node, client, tiny_ckpt):
 @pytest.mark.parametrize("size", list(SIZES))
 def test_default_configured_camera_frames_get_captions(node, client, domain, logs, size, reliable):
     if not reliable and transport.receive_buffer_warning():
-        pytest.skip(f"best-effort frames this large need net.core.rmem_max >= {transport.RECEIVE_BUFFER_BYTES} "
-                    f"({transport.receive_buffer_warning()})")
+        pytest.skip(
+            f"best-effort frames this large need net.core.rmem_max >= {transport.RECEIVE_BUFFER_BYTES} "
+            f"({transport.receive_buffer_warning()})"
+        )
     width, height = SIZES[size]
     tag = f"{size}-{'reliable' if reliable else 'best_effort'}-"
     client.call("captions")

@@ -30,18 +30,27 @@ def test_yaml_holds_every_parameter_with_its_default():
 
 
 def test_plan_applies_arguments_and_conditions(tmp_path):
-    nodes = launch_spec.plan({"model_path": "/m", "image_topics": "['/cam/image_raw']", "caption_rate_hz": "2",
-                              "compressed": "true"})
+    nodes = launch_spec.plan(
+        {"model_path": "/m", "image_topics": "['/cam/image_raw']", "caption_rate_hz": "2", "compressed": "true"}
+    )
     assert [n.spec.name for n in nodes] == ["ivl_captioner"]
-    assert nodes[0].overrides == {"model_path": "/m", "image_topics": ["/cam/image_raw"], "caption_rate_hz": 2.0,
-                                  "compressed": True}
+    assert nodes[0].overrides == {
+        "model_path": "/m",
+        "image_topics": ["/cam/image_raw"],
+        "caption_rate_hz": 2.0,
+        "compressed": True,
+    }
     assert nodes[0].params_file.samefile(CONFIG)
     sim = launch_spec.plan({"use_sim": "true", "camera_topic": "/x", "backend": ""})
     assert [n.spec.name for n in sim] == ["ivl_captioner", "habitat_bridge"]
     assert sim[0].overrides == {"image_topics": ["/x"]}
-    for bad, message in [({"max_tiles": "many"}, "must be int"), ({"use_sim": "maybe"}, "true or false"),
-                         ({"nonsense": "1"}, "unknown launch argument"), ({"image_topics": "[1]"}, "list of topic"),
-                         ({"params_file": str(tmp_path / "none.yaml")}, "does not exist")]:
+    for bad, message in [
+        ({"max_tiles": "many"}, "must be int"),
+        ({"use_sim": "maybe"}, "true or false"),
+        ({"nonsense": "1"}, "unknown launch argument"),
+        ({"image_topics": "[1]"}, "list of topic"),
+        ({"params_file": str(tmp_path / "none.yaml")}, "does not exist"),
+    ]:
         with pytest.raises(launch_spec.LaunchError, match=message):
             launch_spec.plan(bad)
 
@@ -63,9 +72,14 @@ def test_launch_file_builds_the_same_nodes(monkeypatch):
     assert kinds[-1] == "OpaqueFunction"
     declared = {e.args[0] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
     assert declared == set(launch_spec.LAUNCH_ARGUMENTS)
-    context = types.SimpleNamespace(launch_configurations={
-        **{k: v for k, (v, _) in launch_spec.LAUNCH_ARGUMENTS.items()}, "model_path": "/m", "use_sim": "true",
-        "caption_rate_hz": "2.5"})
+    context = types.SimpleNamespace(
+        launch_configurations={
+            **{k: v for k, (v, _) in launch_spec.LAUNCH_ARGUMENTS.items()},
+            "model_path": "/m",
+            "use_sim": "true",
+            "caption_rate_hz": "2.5",
+        }
+    )
     nodes = entities[-1].kwargs["function"](context)
     assert [n.kwargs["executable"] for n in nodes] == ["ivl_captioner", "habitat_bridge"]
     assert nodes[0].kwargs["name"] == "ivl_captioner" and nodes[0].kwargs["package"] == "ivl_ros"
@@ -90,13 +104,29 @@ def test_launcher_reports_bad_arguments(capsys):
 
 def test_pip_launcher_runs_compressed_cameras_and_stops_on_sigint(tiny_ckpt, domain, logs, client):
     env = ros_env(domain)  # default ROS 2 settings: the launcher, its nodes and the ask client add nothing
-    proc = Proc([sys.executable, "-m", "ivl_ros.node.launcher", "captioner", f"model_path:={tiny_ckpt}",
-                 "image_topics:=['/cam/image_raw']", "compressed:=true", "caption_rate_hz:=20.0", "max_tiles:=1",
-                 "max_new_tokens:=8"], env, logs / "launcher.log")
+    proc = Proc(
+        [
+            sys.executable,
+            "-m",
+            "ivl_ros.node.launcher",
+            "captioner",
+            f"model_path:={tiny_ckpt}",
+            "image_topics:=['/cam/image_raw']",
+            "compressed:=true",
+            "caption_rate_hz:=20.0",
+            "max_tiles:=1",
+            "max_new_tokens:=8",
+        ],
+        env,
+        logs / "launcher.log",
+    )
     try:
         assert client.call("wait_ready")["model"]["model_loaded"] == "true", proc.log()
         assert client.call("get_params", names=["caption_rate_hz", "image_topics", "compressed"]) == {
-            "caption_rate_hz": 20.0, "image_topics": ["/cam/image_raw"], "compressed": True}
+            "caption_rate_hz": 20.0,
+            "image_topics": ["/cam/image_raw"],
+            "compressed": True,
+        }
         corrupt = base64.b64encode(b"\xff\xd8\xff\xe0" + bytes(200)).decode()
         client.call("publish_compressed", topic="/cam/image_raw/compressed", data_b64=corrupt)
         client.call("publish_compressed", topic="/cam/image_raw/compressed", fmt="png", data_b64="")
@@ -113,12 +143,22 @@ def test_pip_launcher_runs_compressed_cameras_and_stops_on_sigint(tiny_ckpt, dom
         assert described["success"] and described["feedback"], described
         assert client.call("set_params", values={"max_tiles": 2})[0]["successful"]
         assert client.call("get_params", names=["max_tiles"]) == {"max_tiles": 2}
-        asked = subprocess.run([sys.executable, "-m", "ivl_ros.node.ask", "What is here?", "--json"], env=env,
-                               capture_output=True, text=True, timeout=60)
+        asked = subprocess.run(
+            [sys.executable, "-m", "ivl_ros.node.ask", "What is here?", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert asked.returncode == 0, asked.stderr
         assert json.loads(asked.stdout)["success"]
-        streamed = subprocess.run([sys.executable, "-m", "ivl_ros.node.ask", "What is here?", "--stream"],
-                                  env=env, capture_output=True, text=True, timeout=60)
+        streamed = subprocess.run(
+            [sys.executable, "-m", "ivl_ros.node.ask", "What is here?", "--stream"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert streamed.returncode == 0 and streamed.stdout.strip(), streamed.stderr
     finally:
         code = proc.stop(signal.SIGINT, timeout=20)
@@ -131,8 +171,11 @@ def test_pip_launcher_runs_compressed_cameras_and_stops_on_sigint(tiny_ckpt, dom
 def test_demo_serves_a_default_configured_client(domain, logs, client):
     """`ivl-ros-demo` (the main job): the launcher, the Habitat bridge and the captioner on the embedded demo model;
     a default-configured process gets captions, answers, Describe feedback and parameter changes from it."""
-    demo = Proc([sys.executable, "-m", "ivl_ros.node.demo", "--captions", "100000", "--timeout", "3600"],
-                ros_env(domain), logs / "demo.log")
+    demo = Proc(
+        [sys.executable, "-m", "ivl_ros.node.demo", "--captions", "100000", "--timeout", "3600"],
+        ros_env(domain),
+        logs / "demo.log",
+    )
     try:
         assert client.call("wait_ready")["model"]["model_loaded"] == "true", demo.log()
         assert_serves_a_default_client(client, "What is in the room?", caption_rate_hz=3.0)

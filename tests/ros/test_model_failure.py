@@ -37,7 +37,6 @@ def test_failed_model_is_reported_everywhere(node, client):
     assert node.popen.poll() is None
 
 
-
 def test_invalid_topic_name_is_reported_not_fatal(node, client):
     node.wait_log("parameter image_topics: 'bad topic name!' is not a valid topic name")
     client.call("publish_image", topic="/camera/image_raw", seed=2)  # the valid topic is still subscribed

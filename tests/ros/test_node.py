@@ -16,8 +16,15 @@ QUESTION = "What is in front of the robot?"
 
 @pytest.fixture(scope="module")
 def node(start_node, client, tiny_ckpt):
-    proc = start_node(model_path=str(tiny_ckpt), image_topics=[CAM, CAM2, SILENT], caption_rate_hz=5.0,
-                      max_tiles=MAX_TILES, max_new_tokens=MAX_NEW, max_pixels=100_000, max_question_tokens=64)
+    proc = start_node(
+        model_path=str(tiny_ckpt),
+        image_topics=[CAM, CAM2, SILENT],
+        caption_rate_hz=5.0,
+        max_tiles=MAX_TILES,
+        max_new_tokens=MAX_NEW,
+        max_pixels=100_000,
+        max_question_tokens=64,
+    )
     diag = client.call("wait_ready")
     assert diag["model"]["model_loaded"] == "true", proc.log()
     proc.model_id = tiny_ckpt.name
@@ -25,8 +32,9 @@ def node(start_node, client, tiny_ckpt):
 
 
 def expected_answer(engine, seed, question=QUESTION, **kw):
-    return engine.ask(make_frame(seed, **kw), question, max_tiles=MAX_TILES,
-                      settings=GenerationSettings(max_new_tokens=MAX_NEW)).answer
+    return engine.ask(
+        make_frame(seed, **kw), question, max_tiles=MAX_TILES, settings=GenerationSettings(max_new_tokens=MAX_NEW)
+    ).answer
 
 
 def test_startup_line_names_the_model(node, tiny_ckpt):
@@ -45,8 +53,9 @@ def test_captions_carry_the_frame_headers(node, client, domain, logs):
     camera = start_camera(domain, logs, rate=10, record=True)  # a default-configured driver, until stopped
     camera.wait_matched()
     client.call("publish_image", topic=CAM2, seed=1, frame_id="cam2-frame", stamp=[7, 8])
-    captions = wait_captions(client, lambda got: len([c for c in got if c["camera"] == CAM]) >= 3
-                              and any(c["camera"] == CAM2 for c in got))
+    captions = wait_captions(
+        client, lambda got: len([c for c in got if c["camera"] == CAM]) >= 3 and any(c["camera"] == CAM2 for c in got)
+    )
     published = camera.stop()
     main = [c for c in captions if c["camera"] == CAM]
     assert len(main) >= 3, (client.call("diagnostics"), node.log())
@@ -134,14 +143,17 @@ def test_parameters_change_at_run_time(node, client, engine):
     client.call("publish_image", topic=CAM2, seed=9, width=128, frame_id="p")
     got = wait_captions(client, lambda got: any(c["frame_id"] == "p" for c in got))
     caps = [c for c in got if c["frame_id"] == "p"]
-    want = engine.caption(make_frame(9, width=128), max_tiles=1, prompt=prompt,
-                          settings=CAPTION_SETTINGS.with_(max_new_tokens=MAX_NEW))
+    want = engine.caption(
+        make_frame(9, width=128), max_tiles=1, prompt=prompt, settings=CAPTION_SETTINGS.with_(max_new_tokens=MAX_NEW)
+    )
     assert caps and caps[-1]["text"] == want.answer and caps[-1]["tiles"] == want.num_tiles
     refused = client.call("set_params", values={"model_path": "/elsewhere"})
     assert not refused[0]["successful"]
     # The caption prompt follows the prompt-length rule when it is set (not at every caption, 17 GB later).
-    for too_long, why in (("x" * 100_000, "characters, more than 64 tokens can hold"),
-                          ("robot chair table " * 40, "tokens; the limit is max_question_tokens=64")):
+    for too_long, why in (
+        ("x" * 100_000, "characters, more than 64 tokens can hold"),
+        ("robot chair table " * 40, "tokens; the limit is max_question_tokens=64"),
+    ):
         result = client.call("set_params", values={"prompt": too_long})[0]
         assert not result["successful"] and result["reason"].startswith("parameter prompt:"), result
         assert why in result["reason"], result
@@ -177,8 +189,9 @@ def test_abandoned_goal_stops_and_the_next_ask_is_answered(node, client, engine,
 
 def _long_answer_seed(engine, tokens: int) -> int:
     for seed in range(100, 140):
-        answer = engine.ask(make_frame(seed), QUESTION, max_tiles=MAX_TILES,
-                            settings=GenerationSettings(max_new_tokens=tokens))
+        answer = engine.ask(
+            make_frame(seed), QUESTION, max_tiles=MAX_TILES, settings=GenerationSettings(max_new_tokens=tokens)
+        )
         if len(answer.token_ids) == tokens:
             return seed
     raise AssertionError(f"the tiny model stops within {tokens} tokens for every seed tried")

@@ -31,8 +31,12 @@ MARKER = f"share/ament_index/resource_index/packages/{PACKAGE}"
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO),
-                    "-w", str(out)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO), "-w", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (path,) = out.glob(f"{PACKAGE}-*.whl")
     return path
 
@@ -42,8 +46,24 @@ def prefix(wheel, tmp_path_factory) -> Path:
     """The wheel installed into an empty prefix with pip (no editable install, no source tree)."""
     root = tmp_path_factory.mktemp("install")
     # --ignore-installed: without it pip uninstalls the project from the running venv before installing elsewhere.
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
-                    "--prefix", str(root), str(wheel)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            "--prefix",
+            str(root),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     still = subprocess.run([sys.executable, "-m", "pip", "show", "-q", PACKAGE], capture_output=True)
     assert still.returncode == 0, "installing into the scratch prefix removed the project from this venv"
     return root
@@ -68,24 +88,43 @@ def test_wheel_declares_the_console_scripts(wheel):
         parser = configparser.ConfigParser()
         parser.read_string(zf.read(entry_points).decode())
     scripts = dict(parser["console_scripts"])
-    for name, target in {"ivl": "ivl_ros.cli:main", "ivl-ros-launch": "ivl_ros.node.launcher:main",
-                         "ivl-ros-ask": "ivl_ros.node.ask:main", "ivl-ros-demo": "ivl_ros.node.demo:main"}.items():
+    for name, target in {
+        "ivl": "ivl_ros.cli:main",
+        "ivl-ros-launch": "ivl_ros.node.launcher:main",
+        "ivl-ros-ask": "ivl_ros.node.ask:main",
+        "ivl-ros-demo": "ivl_ros.node.demo:main",
+    }.items():
         assert scripts.get(name) == target, f"setup.py console_scripts lacks {name} = {target}"
 
 
 def test_install_layout_is_what_ros2_run_and_launch_need(prefix):
     assert (prefix / MARKER).is_file(), "ament index marker missing: ros2 cannot find the package"
     share = prefix / "share" / PACKAGE
-    for needed in ("package.xml", "launch/captioner.launch.py", "config/captioner.yaml",
-                   "config/fastdds_image_subscriber.xml", "config/fastdds_image_publisher.xml"):
+    for needed in (
+        "package.xml",
+        "launch/captioner.launch.py",
+        "config/captioner.yaml",
+        "config/fastdds_image_subscriber.xml",
+        "config/fastdds_image_publisher.xml",
+    ):
         assert (share / needed).is_file(), needed
     for executable, module in EXECUTABLES.items():
         path = prefix / "lib" / PACKAGE / executable
         assert path.is_file(), f"{path} missing: ros2 run / launch_ros look there"
         assert path.stat().st_mode & 0o111, f"{path} is not executable"
         assert f"-m {module} " in path.read_text()
-    for package_dir in ("ivl_ros", "ivl_ros/model", "ivl_ros/model/backends", "ivl_ros/node", "ivl_ros/eval",
-                        "habitat_sim_bridge", "habitat_sim_bridge/sources", "finetune", "export", "benchmarks"):
+    for package_dir in (
+        "ivl_ros",
+        "ivl_ros/model",
+        "ivl_ros/model/backends",
+        "ivl_ros/node",
+        "ivl_ros/eval",
+        "habitat_sim_bridge",
+        "habitat_sim_bridge/sources",
+        "finetune",
+        "export",
+        "benchmarks",
+    ):
         assert (site_packages(prefix) / package_dir / "__init__.py").is_file(), package_dir
 
 
@@ -104,9 +143,16 @@ def test_every_module_imports_from_the_install(prefix, tmp_path, domain):
         "    except ModuleNotFoundError as exc:\n"
         "        if exc.name not in optional:\n"
         "            raise\n"
-        "print(len(names))\n")
-    out = subprocess.run([sys.executable, "-c", script], env=install_env(prefix, domain, tmp_path), cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
+        "print(len(names))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=install_env(prefix, domain, tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) > 40
 
@@ -130,8 +176,12 @@ def _launch_ros_command(node, prefix_path: str, tmp: Path) -> list[str]:
     remapped, each parameters entry as a params file (dicts written to a YAML first)."""
     prefixes = [Path(p) for p in prefix_path.split(":") if p]
     (package_prefix,) = [p for p in prefixes if (p / MARKER).is_file()]
-    cmd = [str(package_prefix / "lib" / node.kwargs["package"] / node.kwargs["executable"]), "--ros-args",
-           "-r", f"__node:={node.kwargs['name']}"]
+    cmd = [
+        str(package_prefix / "lib" / node.kwargs["package"] / node.kwargs["executable"]),
+        "--ros-args",
+        "-r",
+        f"__node:={node.kwargs['name']}",
+    ]
     for i, entry in enumerate(node.kwargs["parameters"]):
         if isinstance(entry, dict):
             path = tmp / f"{node.kwargs['name']}_{i}.yaml"
@@ -141,16 +191,32 @@ def _launch_ros_command(node, prefix_path: str, tmp: Path) -> list[str]:
     return cmd
 
 
-def test_launch_file_nodes_run_from_the_install_and_serve_a_default_client(prefix, tmp_path, monkeypatch, domain,
-                                                                           logs, tiny_ckpt):
-    nodes = _launch_file_nodes(prefix, monkeypatch, {"model_path": str(tiny_ckpt), "use_sim": "true",
-                                                     "caption_rate_hz": "5.0", "max_tiles": "1",
-                                                     "max_new_tokens": "8"})
+def test_launch_file_nodes_run_from_the_install_and_serve_a_default_client(
+    prefix, tmp_path, monkeypatch, domain, logs, tiny_ckpt
+):
+    nodes = _launch_file_nodes(
+        prefix,
+        monkeypatch,
+        {
+            "model_path": str(tiny_ckpt),
+            "use_sim": "true",
+            "caption_rate_hz": "5.0",
+            "max_tiles": "1",
+            "max_new_tokens": "8",
+        },
+    )
     assert [n.kwargs["executable"] for n in nodes] == ["ivl_captioner", "habitat_bridge"]
     assert Path(nodes[0].kwargs["parameters"][0]).is_relative_to(prefix / "share" / PACKAGE)
     env = install_env(prefix, domain, tmp_path)
-    procs = [Proc(_launch_ros_command(n, env["AMENT_PREFIX_PATH"], tmp_path), env,
-                  logs / f"installed_{n.kwargs['name']}.log", cwd=tmp_path) for n in nodes]
+    procs = [
+        Proc(
+            _launch_ros_command(n, env["AMENT_PREFIX_PATH"], tmp_path),
+            env,
+            logs / f"installed_{n.kwargs['name']}.log",
+            cwd=tmp_path,
+        )
+        for n in nodes
+    ]
     client = RpcClient(ros_env(domain), logs / "installed_client.log")  # default settings, source-tree client
     try:
         assert client.call("wait_ready")["model"]["model_loaded"] == "true", procs[0].log()
@@ -168,7 +234,8 @@ def test_build_interfaces_script_is_idempotent():
     venv = REPO / ".venv"
     if Path(sys.prefix) != venv:
         pytest.skip("checks the project venv (scripts/setup.sh's) only")
-    out = subprocess.run(["bash", str(REPO / "scripts" / "build_interfaces.sh"), str(venv)], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build_interfaces.sh"), str(venv)], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert "up to date" in out.stdout

@@ -21,8 +21,9 @@ QUESTION = "What is in front of the robot?"
 
 @pytest.fixture(scope="module")
 def node(start_node, client, tiny_ckpt):
-    proc = start_node(model_path=str(tiny_ckpt), caption_rate_hz=30.0, max_tiles=1, max_new_tokens=8,
-                      debug_inference_delay_s=DELAY_S)
+    proc = start_node(
+        model_path=str(tiny_ckpt), caption_rate_hz=30.0, max_tiles=1, max_new_tokens=8, debug_inference_delay_s=DELAY_S
+    )
     assert client.call("wait_ready")["model"]["model_loaded"] == "true", proc.log()
     return proc
 

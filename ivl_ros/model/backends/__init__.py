@@ -19,8 +19,9 @@ from ivl_ros.model.options import BACKENDS
 class Backend(Protocol):
     name: str
 
-    def session(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-                pixel_values: np.ndarray | None) -> DecoderSession:
+    def session(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray | None
+    ) -> DecoderSession:
         """A decoding session for a left-padded batch; ``pixel_values`` holds every row's tiles in row order."""
         ...
 

@@ -37,7 +37,7 @@ from ivl_ros.model.tiling import dynamic_tile_grid, normalization_tables, pixel_
 
 log = logging.getLogger(__name__)
 
-PRECISION_BITS = 22   # Pillow: 32 - 8 bits of result - 2 bits of headroom for negative lobes
+PRECISION_BITS = 22  # Pillow: 32 - 8 bits of result - 2 bits of headroom for negative lobes
 BICUBIC_SUPPORT = 2.0
 BICUBIC_A = -0.5
 
@@ -81,7 +81,7 @@ def resample_matrix(in_size: int, out_size: int) -> np.ndarray:
         if total != 0.0:
             weights = [w / total for w in weights]
         unit = float(1 << PRECISION_BITS)
-        matrix[o, first:first + count] = [_c_int(w * unit + (0.5 if w >= 0 else -0.5)) for w in weights]
+        matrix[o, first : first + count] = [_c_int(w * unit + (0.5 if w >= 0 else -0.5)) for w in weights]
     return matrix
 
 
@@ -145,8 +145,9 @@ class DeviceTiler:
         out.copy_(self.tables[self._channel, levels.to(torch.long)])
 
     @torch.inference_mode()
-    def __call__(self, image: Image.Image | np.ndarray, tile_size: int, max_tiles: int,
-                 use_thumbnail: bool = True) -> torch.Tensor:
+    def __call__(
+        self, image: Image.Image | np.ndarray, tile_size: int, max_tiles: int, use_thumbnail: bool = True
+    ) -> torch.Tensor:
         """An RGB image (PIL, or HxWx3 uint8) -> (tiles, 3, S, S) float32 on the device."""
         rgb = np.asarray(image)
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -158,8 +159,7 @@ class DeviceTiler:
         found = [vertical_first(w, h, *size, device=str(self.device)) for size in sizes]
         if None in found:
             log.warning("device tiling cannot reproduce this Pillow's resize of %dx%d; tiling on the CPU", w, h)
-            return torch.from_numpy(pixel_values_for(Image.fromarray(rgb), s, max_tiles, use_thumbnail)).to(
-                self.device)
+            return torch.from_numpy(pixel_values_for(Image.fromarray(rgb), s, max_tiles, use_thumbnail)).to(self.device)
         orders = cast("list[bool]", found)  # every order is known: a None returned above
         if not (rgb.flags.c_contiguous and rgb.flags.writeable):  # np.asarray(PIL image) is read-only
             rgb = np.array(rgb, order="C")
@@ -168,7 +168,7 @@ class DeviceTiler:
         resized = resize_bicubic(chw, *sizes[0], orders[0])
         out = torch.empty((grid.num_tiles, 3, s, s), dtype=torch.float32, device=self.device)
         crops = resized.view(3, grid.rows, s, grid.cols, s).permute(1, 3, 0, 2, 4)
-        self._normalize_into(out[:grid.cols * grid.rows].view(grid.rows, grid.cols, 3, s, s), crops)
+        self._normalize_into(out[: grid.cols * grid.rows].view(grid.rows, grid.cols, 3, s, s), crops)
         if grid.thumbnail:
             self._normalize_into(out[-1], resize_bicubic(chw, s, s, orders[1]))
         return out

@@ -50,9 +50,11 @@ class TensorRTUnavailableError(EngineError):
     """Neither ``tensorrt`` nor ``tensorrt_rtx`` can be imported, or no usable GPU exists."""
 
 
-TENSORRT_INSTALL_HINT = ("install TensorRT-RTX with `pip install -r requirements/export.txt` (PyPI tensorrt-rtx-cu13; "
-                         "RTX/Ampere/Ada/Blackwell GPUs) or use the `tensorrt` package from JetPack / NVIDIA's index "
-                         "(Jetson, data-centre GPUs)")
+TENSORRT_INSTALL_HINT = (
+    "install TensorRT-RTX with `pip install -r requirements/export.txt` (PyPI tensorrt-rtx-cu13; "
+    "RTX/Ampere/Ada/Blackwell GPUs) or use the `tensorrt` package from JetPack / NVIDIA's index "
+    "(Jetson, data-centre GPUs)"
+)
 
 
 def default_engines_dir(model_path: str | Path) -> Path:
@@ -91,8 +93,9 @@ def read_manifest(engines_dir: str | Path) -> dict:
     engines_dir = Path(engines_dir)
     file = engines_dir / MANIFEST_NAME
     if not file.is_file():
-        raise EngineError(f"{file}: missing; build engines with `python export/build_engines.py --model DIR "
-                          f"--out {engines_dir}`")
+        raise EngineError(
+            f"{file}: missing; build engines with `python export/build_engines.py --model DIR --out {engines_dir}`"
+        )
     hint = rebuild_hint(engines_dir)
     try:
         manifest = _strict_json(file.read_bytes())
@@ -105,8 +108,10 @@ def read_manifest(engines_dir: str | Path) -> dict:
     if not isinstance(manifest, dict):
         raise EngineError(f"{file}: must be a JSON object, found {type(manifest).__name__}; {hint}")
     if manifest.get("format") != FORMAT_VERSION:
-        raise EngineMismatchError(f"{file}: manifest format {manifest.get('format')!r}, this ivl_ros reads "
-                                  f"format {FORMAT_VERSION}; {rebuild_hint(engines_dir, manifest)}")
+        raise EngineMismatchError(
+            f"{file}: manifest format {manifest.get('format')!r}, this ivl_ros reads "
+            f"format {FORMAT_VERSION}; {rebuild_hint(engines_dir, manifest)}"
+        )
     _check_structure(manifest, file, rebuild_hint(engines_dir, manifest))
     return manifest
 
@@ -128,8 +133,12 @@ def _check_structure(manifest: dict, file: Path, hint: str) -> None:
     need(isinstance(profile, dict), "vision.tile_profile", "an object {min, opt, max}", profile)
     for key in ("min", "opt", "max"):
         value = profile.get(key)
-        need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"vision.tile_profile.{key}",
-             "a positive integer", value)
+        need(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+            f"vision.tile_profile.{key}",
+            "a positive integer",
+            value,
+        )
     need(profile["min"] <= profile["opt"] <= profile["max"], "vision.tile_profile", "min <= opt <= max", profile)
     need(isinstance(manifest.get("decoder", {}), dict), "'decoder'", "an object", manifest.get("decoder"))
 
@@ -142,7 +151,8 @@ def check_source(manifest: dict, model_path: Path, engines_dir: Path) -> None:
         raise EngineMismatchError(
             f"{engines_dir}: engines were built from checkpoint {built_from} "
             f"({manifest.get('source', {}).get('path')}), but {model_path} is checkpoint {actual}; "
-            f"rebuild with `python export/build_engines.py --model {model_path} --out {engines_dir}`")
+            f"rebuild with `python export/build_engines.py --model {model_path} --out {engines_dir}`"
+        )
 
 
 def inside(engines_dir: Path, rel: str) -> Path | None:
@@ -208,16 +218,19 @@ def verify_stage(manifest: dict, engines_dir: Path, stage: str) -> None:
     for rel, digest in digests.items():
         path = inside(engines_dir, rel)
         if path is None:
-            raise EngineError(f"{engines_dir / MANIFEST_NAME}: stage {stage!r} lists {rel!r}, which is not inside "
-                              f"{engines_dir}; {hint}")
+            raise EngineError(
+                f"{engines_dir / MANIFEST_NAME}: stage {stage!r} lists {rel!r}, which is not inside "
+                f"{engines_dir}; {hint}"
+            )
         if not path.is_file():
             raise EngineError(f"{engines_dir / rel}: missing although {MANIFEST_NAME} lists it; {hint}")
         seen = cache.get(rel)
         if isinstance(seen, dict) and seen.get(HASHES) == digest and seen.get("stat") == _stat_key(path):
             continue
         if file_sha256(path) != digest:
-            raise EngineError(f"{engines_dir / rel}: content differs from the build (sha256 mismatch: corrupted "
-                              f"or replaced); {hint}")
+            raise EngineError(
+                f"{engines_dir / rel}: content differs from the build (sha256 mismatch: corrupted or replaced); {hint}"
+            )
         fresh[rel] = digest
     if fresh:
         remember_verified(engines_dir, fresh)
@@ -234,8 +247,10 @@ def stage_file(manifest: dict, engines_dir: Path, stage: str, key: str = "file")
     rel = info.get("files", {}).get(key)
     path = inside(engines_dir, rel) if rel is not None else None
     if rel is None or path is None:
-        raise EngineError(f"{engines_dir / MANIFEST_NAME}: stage {stage!r} file {key!r} is {rel!r}, not a file "
-                          f"inside {engines_dir}; {hint}")
+        raise EngineError(
+            f"{engines_dir / MANIFEST_NAME}: stage {stage!r} file {key!r} is {rel!r}, not a file "
+            f"inside {engines_dir}; {hint}"
+        )
     digests = info.get(HASHES) or {}
     if not digests:
         raise EngineError(f"{engines_dir / MANIFEST_NAME}: stage {stage!r} records no content hashes; {hint}")

@@ -71,11 +71,19 @@ def _check_vision(vision: OrtVision, path: Path, info: dict, spec: ModelSpec, hi
     inputs, outputs = vision.session.get_inputs(), vision.session.get_outputs()
     want = info.get("input")
     shape = inputs[0].shape if len(inputs) == 1 else []
-    if len(inputs) != 1 or len(outputs) != 1 or (want and inputs[0].name != want) or len(shape) != 4 or \
-            _dim(shape, 1) != 3 or _dim(shape, 2) not in (None, spec.tile_size):
+    if (
+        len(inputs) != 1
+        or len(outputs) != 1
+        or (want and inputs[0].name != want)
+        or len(shape) != 4
+        or _dim(shape, 1) != 3
+        or _dim(shape, 2) not in (None, spec.tile_size)
+    ):
         found = ", ".join(f"{i.name}{i.shape}" for i in inputs)
-        raise EngineError(f"{path}: not the vision graph (expected one input {want or 'pixel_values'}[tiles, 3, "
-                          f"{spec.tile_size}, {spec.tile_size}], found {found}); {hint}")
+        raise EngineError(
+            f"{path}: not the vision graph (expected one input {want or 'pixel_values'}[tiles, 3, "
+            f"{spec.tile_size}, {spec.tile_size}], found {found}); {hint}"
+        )
     return _dim(outputs[0].shape, 2)
 
 
@@ -83,11 +91,18 @@ def _check_decoder(decoder: OrtDecoder, path: Path, hint: str) -> int | None:
     """The decoder graph takes (inputs_embeds, attention_mask, position_ids, past...); returns its hidden size."""
     names = tuple(decoder.input_names[:3])
     outputs = decoder.output_names
-    if names != DECODER_INPUTS or not outputs or outputs[0] != "logits" or len(decoder.past_names) < 2 or \
-            len(decoder.past_names) != len(outputs) - 1:
-        raise EngineError(f"{path}: not the decoder graph (expected inputs {', '.join(DECODER_INPUTS)}, past key/"
-                          f"values and outputs logits, presents; found inputs {', '.join(decoder.input_names[:4])}"
-                          f"...); {hint}")
+    if (
+        names != DECODER_INPUTS
+        or not outputs
+        or outputs[0] != "logits"
+        or len(decoder.past_names) < 2
+        or len(decoder.past_names) != len(outputs) - 1
+    ):
+        raise EngineError(
+            f"{path}: not the decoder graph (expected inputs {', '.join(DECODER_INPUTS)}, past key/"
+            f"values and outputs logits, presents; found inputs {', '.join(decoder.input_names[:4])}"
+            f"...); {hint}"
+        )
     return _dim(decoder.session.get_inputs()[0].shape, 2)
 
 
@@ -96,11 +111,18 @@ def _load_embedding(path: Path, tokenizer: InternLM2Tokenizer, hidden: set[int],
         table = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise EngineError(f"{path}: not a readable .npy table ({exc}); {hint}") from None
-    if not isinstance(table, np.ndarray) or table.ndim != 2 or table.dtype != np.float32 or \
-            table.shape[0] < tokenizer.vocab_size or (hidden and table.shape[1] not in hidden):
-        raise EngineError(f"{path}: embedding table is {getattr(table, 'dtype', '?')} "
-                          f"{tuple(getattr(table, 'shape', ()))}; expected float32 (>= {tokenizer.vocab_size} tokens, "
-                          f"hidden {'/'.join(map(str, sorted(hidden))) or '?'}) matching the graphs; {hint}")
+    if (
+        not isinstance(table, np.ndarray)
+        or table.ndim != 2
+        or table.dtype != np.float32
+        or table.shape[0] < tokenizer.vocab_size
+        or (hidden and table.shape[1] not in hidden)
+    ):
+        raise EngineError(
+            f"{path}: embedding table is {getattr(table, 'dtype', '?')} "
+            f"{tuple(getattr(table, 'shape', ()))}; expected float32 (>= {tokenizer.vocab_size} tokens, "
+            f"hidden {'/'.join(map(str, sorted(hidden))) or '?'}) matching the graphs; {hint}"
+        )
     return table
 
 
@@ -115,8 +137,9 @@ def open_decoder(path: Path, providers: list[str], device: str, info: dict):
     return OrtDecoder(path, providers, device)
 
 
-def load_exported_backend(backend: str, model_path: str | Path, engines_path: str | Path | None,
-                          device: str = "cpu") -> tuple[ExportedBackend, InternLM2Tokenizer, ModelSpec]:
+def load_exported_backend(
+    backend: str, model_path: str | Path, engines_path: str | Path | None, device: str = "cpu"
+) -> tuple[ExportedBackend, InternLM2Tokenizer, ModelSpec]:
     model_path = Path(model_path)
     engines_dir = Path(engines_path) if engines_path else default_engines_dir(model_path)
     _, spec, tokenizer = load_spec(model_path)
@@ -147,7 +170,8 @@ def load_exported_backend(backend: str, model_path: str | Path, engines_path: st
         hidden.add(_check_decoder(cast(OrtDecoder, decoder), path, hint))  # open_decoder: any other graph is traced
     hidden.discard(None)
     if len(hidden) > 1:
-        raise EngineError(f"{engines_dir}: the vision and decoder graphs disagree on the hidden size "
-                          f"({sorted(hidden)}); {hint}")
+        raise EngineError(
+            f"{engines_dir}: the vision and decoder graphs disagree on the hidden size ({sorted(hidden)}); {hint}"
+        )
     embedding = _load_embedding(stage_file(manifest, engines_dir, STAGE_EMBEDDING), tokenizer, hidden, hint)
     return ExportedBackend(backend, spec, vision, decoder, embedding, (low, high)), tokenizer, spec

@@ -26,16 +26,16 @@ class GreedyState:
     """Everything one decode step reads and writes, at fixed addresses (batch B, cache length L)."""
 
     cache: KVCache
-    ids: torch.Tensor        # (B,) the token fed next
+    ids: torch.Tensor  # (B,) the token fed next
     positions: torch.Tensor  # (B,) its RoPE position
-    slot: torch.Tensor       # (1,) its cache column
-    step: torch.Tensor       # (1,) index of the token being chosen
-    finished: torch.Tensor   # (B,) bool
-    out: torch.Tensor        # (B, L) chosen tokens
-    min_new: torch.Tensor    # (1,)
-    eos: torch.Tensor        # (1,)
-    pad: torch.Tensor        # (1,)
-    eos_mask: torch.Tensor   # (1, V) bool, True at the stop token
+    slot: torch.Tensor  # (1,) its cache column
+    step: torch.Tensor  # (1,) index of the token being chosen
+    finished: torch.Tensor  # (B,) bool
+    out: torch.Tensor  # (B, L) chosen tokens
+    min_new: torch.Tensor  # (1,)
+    eos: torch.Tensor  # (1,)
+    pad: torch.Tensor  # (1,)
+    eos_mask: torch.Tensor  # (1, V) bool, True at the stop token
     graph: torch.cuda.CUDAGraph | None = None
     mode: str = "eager"
     # The fused Triton decode step for this state, when the backend uses it.
@@ -44,14 +44,25 @@ class GreedyState:
     prefills: dict = field(default_factory=dict)
 
     @classmethod
-    def allocate(cls, lm: StaticLM, batch: int, length: int, device: torch.device, dtype: torch.dtype,
-                 vocab: int) -> GreedyState:
+    def allocate(
+        cls, lm: StaticLM, batch: int, length: int, device: torch.device, dtype: torch.dtype, vocab: int
+    ) -> GreedyState:
         def longs(*shape: int) -> torch.Tensor:
             return torch.zeros(shape, device=device, dtype=torch.long)
 
-        return cls(lm.new_cache(batch, length, device, dtype), longs(batch), longs(batch), longs(1), longs(1),
-                   torch.zeros(batch, device=device, dtype=torch.bool), longs(batch, length), longs(1), longs(1),
-                   longs(1), torch.zeros((1, vocab), device=device, dtype=torch.bool))
+        return cls(
+            lm.new_cache(batch, length, device, dtype),
+            longs(batch),
+            longs(batch),
+            longs(1),
+            longs(1),
+            torch.zeros(batch, device=device, dtype=torch.bool),
+            longs(batch, length),
+            longs(1),
+            longs(1),
+            longs(1),
+            torch.zeros((1, vocab), device=device, dtype=torch.bool),
+        )
 
     @property
     def batch(self) -> int:

@@ -39,8 +39,10 @@ def ort_providers(device: str) -> list[str]:
         return ["CPUExecutionProvider"]
     if device == "cuda" or device.startswith("cuda:"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise EngineError(f"device {device!r}: this onnxruntime ({ort.__version__}) has no CUDA provider; "
-                              "install onnxruntime-gpu instead of onnxruntime")
+            raise EngineError(
+                f"device {device!r}: this onnxruntime ({ort.__version__}) has no CUDA provider; "
+                "install onnxruntime-gpu instead of onnxruntime"
+            )
         _preload_cuda_libraries(ort)
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     raise OptionError(f"device {device!r} is not one of ('cpu', 'cuda', 'cuda:N')")
@@ -60,8 +62,9 @@ def device_id(device: str) -> int:
     return int(device.split(":", 1)[1]) if ":" in device else 0
 
 
-def make_session(path: Path, providers: list[str], device: str = "cpu", cuda_graph: bool = False,
-                 cpu_fallback: bool = True):
+def make_session(
+    path: Path, providers: list[str], device: str = "cpu", cuda_graph: bool = False, cpu_fallback: bool = True
+):
     """An InferenceSession with the runtime's options.
 
     ``cuda_graph``: the CUDA provider captures runs that name a ``gpu_graph_id`` and replays them (inputs
@@ -115,8 +118,9 @@ class OrtVision:
         self.device_id = device_id(device)
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
-        return cast(np.ndarray, self.session.run([self.output], {self.input: np.ascontiguousarray(pixel_values,
-                                                                                             np.float32)})[0])
+        return cast(
+            np.ndarray, self.session.run([self.output], {self.input: np.ascontiguousarray(pixel_values, np.float32)})[0]
+        )
 
     def run_on_device(self, pixel_values: object) -> OrtValue:
         """Tiles already on the device (any DLPack tensor, e.g. torch CUDA) -> features as an OrtValue that
@@ -146,8 +150,9 @@ class OrtDecoder:
         self.device_type = "cuda" if self.on_cuda else "cpu"
         self.device_id = device_id(device) if self.on_cuda else 0
 
-    def forward(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
-                past: list | None) -> tuple[np.ndarray, list]:
+    def forward(
+        self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None
+    ) -> tuple[np.ndarray, list]:
         binding = self.session.io_binding()
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, np.float32))
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(mask, np.int64))
@@ -185,8 +190,13 @@ class OrtDecoder:
 class ExportedSession:
     """A DecoderSession over the traced decoder (the shared generation loop drives it)."""
 
-    def __init__(self, backend: ExportedBackend, input_ids: np.ndarray, attention_mask: np.ndarray,
-                 pixel_values: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        backend: ExportedBackend,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        pixel_values: np.ndarray | None,
+    ) -> None:
         self.backend = backend
         self.input_ids = np.asarray(input_ids, dtype=np.int64)
         self.mask = np.asarray(attention_mask, dtype=np.int64)
@@ -205,16 +215,24 @@ class ExportedSession:
         self.mask = np.concatenate([self.mask, np.ones((self.mask.shape[0], 1), np.int64)], axis=1)
         assert self.positions is not None, "prefill() first"
         self.positions = self.positions[:, -1:] + 1
-        logits, self.past = self.backend.decoder.forward(self.backend.embedding[ids], self.mask, self.positions,
-                                                         self.past)
+        logits, self.past = self.backend.decoder.forward(
+            self.backend.embedding[ids], self.mask, self.positions, self.past
+        )
         return logits.astype(np.float32, copy=False)
 
 
 class ExportedBackend:
     """Shared by ``onnx`` and ``trt``: they differ only in the vision runner."""
 
-    def __init__(self, name: str, spec: ModelSpec, vision: VisionRunner, decoder, embedding: np.ndarray,
-                 tile_range: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: ModelSpec,
+        vision: VisionRunner,
+        decoder,
+        embedding: np.ndarray,
+        tile_range: tuple[int, int],
+    ) -> None:
         self.name = name
         self.spec = spec
         self.vision = vision
@@ -228,12 +246,14 @@ class ExportedBackend:
         Host arrays give host features; tiles already on a GPU (a DLPack tensor) give an OrtValue on it."""
         if is_device_array(pixel_values) and hasattr(self.vision, "run_on_device"):
             if int(pixel_values.shape[0]) > self.vision.max_batch:
-                raise TileCountError(f"{pixel_values.shape[0]} tiles on the device exceed the vision profile's "
-                                     f"{self.vision.max_batch}")
+                raise TileCountError(
+                    f"{pixel_values.shape[0]} tiles on the device exceed the vision profile's {self.vision.max_batch}"
+                )
             return cast(DeviceVisionRunner, self.vision).run_on_device(pixel_values)  # it has one: hasattr above
         pv = np.ascontiguousarray(pixel_values, dtype=np.float32)
-        chunks = [self.vision.run(pv[i:i + self.vision.max_batch]) for i in range(0, pv.shape[0],
-                                                                                 self.vision.max_batch)]
+        chunks = [
+            self.vision.run(pv[i : i + self.vision.max_batch]) for i in range(0, pv.shape[0], self.vision.max_batch)
+        ]
         return np.concatenate(chunks)
 
     def _check_tiles(self, input_ids: np.ndarray) -> None:
@@ -244,7 +264,8 @@ class ExportedBackend:
                 raise TileCountError(
                     f"row {row}: the image has {tiles} tiles but the vision engine's profile allows {low}..{high} "
                     f"(max_tiles {high - 1} + thumbnail); ask with max_tiles <= {high - 1} or rebuild the engines "
-                    f"with --max-tiles {tiles - 1}")
+                    f"with --max-tiles {tiles - 1}"
+                )
 
     def embed_prompt(self, input_ids: np.ndarray, pixel_values: np.ndarray | None) -> np.ndarray:
         # Fancy indexing copies the rows out of the memory map; no second copy when the table is float32 already.

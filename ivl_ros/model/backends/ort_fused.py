@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_QUANTUM = 256   # capacities are rounded up to this, so a few states serve every prompt
-STREAM_SLACK = 1024   # room for new tokens when the length is not known up front (prefill/step use)
-MAX_STATES = 3        # (batch, capacity) states kept, each with its KV cache and CUDA graph
+CACHE_QUANTUM = 256  # capacities are rounded up to this, so a few states serve every prompt
+STREAM_SLACK = 1024  # room for new tokens when the length is not known up front (prefill/step use)
+MAX_STATES = 3  # (batch, capacity) states kept, each with its KV cache and CUDA graph
 ONNX_TYPES = {"tensor(float)": 1, "tensor(float16)": 10, "tensor(bfloat16)": 16}  # onnx.TensorProto values
 
 
@@ -55,13 +55,13 @@ class CacheState:
     batch: int
     capacity: int
     kv: list[OrtValue]
-    embeds: OrtValue     # (batch, 1, hidden) float32, the fed token's embedding
-    seqlens: OrtValue    # (batch,) int32, tokens in each row's cache minus 1
-    total: OrtValue      # () int32 in host memory (GroupQueryAttention reads it on the host)
-    index: OrtValue      # (batch, 1) int64, zeros: a step's logits come from its only position
-    logits: OrtValue     # (batch, vocab) float32
-    top: OrtValue        # (batch, 2) int64
-    binding: IOBinding   # the decode step's, bound once
+    embeds: OrtValue  # (batch, 1, hidden) float32, the fed token's embedding
+    seqlens: OrtValue  # (batch,) int32, tokens in each row's cache minus 1
+    total: OrtValue  # () int32 in host memory (GroupQueryAttention reads it on the host)
+    index: OrtValue  # (batch, 1) int64, zeros: a step's logits come from its only position
+    logits: OrtValue  # (batch, vocab) float32
+    top: OrtValue  # (batch, 2) int64
+    binding: IOBinding  # the decode step's, bound once
     graph_id: int | None = None
     lengths: np.ndarray | None = None  # host copy: tokens in each row's cache
 
@@ -71,8 +71,14 @@ class FusedDecoder:
 
     fused = True
 
-    def __init__(self, path: Path, providers: list[str], device: str = "cpu", max_positions: int | None = None,
-                 cuda_graphs: bool | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        providers: list[str],
+        device: str = "cpu",
+        max_positions: int | None = None,
+        cuda_graphs: bool | None = None,
+    ) -> None:
         self.on_cuda = providers[0] == "CUDAExecutionProvider"
         self.device_type = "cuda" if self.on_cuda else "cpu"
         self.device_id = device_id(device) if self.on_cuda else 0
@@ -131,17 +137,24 @@ class FusedDecoder:
         """A new state with its buffers bound; ``graph``: its decode step is captured and replayed."""
         import onnxruntime as ort
 
-        kv = [ort.OrtValue.ortvalue_from_shape_and_type([batch, self.kv_heads, capacity, self.head_dim],
-                                                        self.kv_type, self.device_type, self.device_id)
-              for _ in self.past_names]
-        st = CacheState(batch, capacity, kv,
-                        embeds=self._device_value(np.zeros((batch, 1, self.hidden), np.float32)),
-                        seqlens=self._device_value(np.zeros(batch, np.int32)),
-                        total=ort.OrtValue.ortvalue_from_numpy(np.array(capacity, np.int32)),
-                        index=self._device_value(np.zeros((batch, 1), np.int64)),
-                        logits=self._device_value(np.zeros((batch, self.vocab), np.float32)),
-                        top=self._device_value(np.zeros((batch, 2), np.int64)),
-                        binding=self.session.io_binding())
+        kv = [
+            ort.OrtValue.ortvalue_from_shape_and_type(
+                [batch, self.kv_heads, capacity, self.head_dim], self.kv_type, self.device_type, self.device_id
+            )
+            for _ in self.past_names
+        ]
+        st = CacheState(
+            batch,
+            capacity,
+            kv,
+            embeds=self._device_value(np.zeros((batch, 1, self.hidden), np.float32)),
+            seqlens=self._device_value(np.zeros(batch, np.int32)),
+            total=ort.OrtValue.ortvalue_from_numpy(np.array(capacity, np.int32)),
+            index=self._device_value(np.zeros((batch, 1), np.int64)),
+            logits=self._device_value(np.zeros((batch, self.vocab), np.float32)),
+            top=self._device_value(np.zeros((batch, 2), np.int64)),
+            binding=self.session.io_binding(),
+        )
         self._bind_step(st)
         if graph and self.cuda_graphs:
             self._graph_ids += 1
@@ -241,8 +254,9 @@ class FusedDecoder:
 class FusedSession:
     """One request on the fused decoder: ``generate`` (greedy on the device) or ``prefill``/``step``."""
 
-    def __init__(self, backend, input_ids: np.ndarray, attention_mask: np.ndarray,
-                 pixel_values: np.ndarray | None) -> None:
+    def __init__(
+        self, backend, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray | None
+    ) -> None:
         self.backend = backend
         self.decoder: FusedDecoder = backend.decoder
         self.input_ids = np.asarray(input_ids, dtype=np.int64)
@@ -250,13 +264,15 @@ class FusedSession:
         self.lengths = mask.sum(axis=1)
         width = mask.shape[1]
         for row, length in enumerate(self.lengths.tolist()):
-            if length == 0 or not mask[row, width - length:].all():
-                raise OptionError(f"row {row}: the fused decoder takes left-padded rows (padding, then "
-                                  f"{length} tokens) with at least one token")
+            if length == 0 or not mask[row, width - length :].all():
+                raise OptionError(
+                    f"row {row}: the fused decoder takes left-padded rows (padding, then "
+                    f"{length} tokens) with at least one token"
+                )
         self.pixel_values = pixel_values
         self.state: CacheState | None = None
         self._prompt: np.ndarray | None = None  # right-padded prompt embeddings (kept to re-prefill when growing)
-        self._fed: list[np.ndarray] = []        # token ids fed after the prompt, one (batch,) array per step
+        self._fed: list[np.ndarray] = []  # token ids fed after the prompt, one (batch,) array per step
 
     @property
     def batch(self) -> int:
@@ -269,15 +285,16 @@ class FusedSession:
             return left
         right = np.zeros_like(left)
         for row, length in enumerate(self.lengths.tolist()):
-            right[row, :length] = left[row, width - length:]
-        return right[:, :int(self.lengths.max())]
+            right[row, :length] = left[row, width - length :]
+        return right[:, : int(self.lengths.max())]
 
     def _start(self, new_tokens: int, reused: bool) -> CacheState:
         """Prefill into a state with room for ``new_tokens``; ``reused``: one of the decoder's kept states."""
         tokens = int(self.lengths.max()) + new_tokens
         if tokens > self.decoder.max_positions:
-            raise OptionError(f"prompt plus new tokens ({tokens}) exceed the model's "
-                              f"{self.decoder.max_positions} positions")
+            raise OptionError(
+                f"prompt plus new tokens ({tokens}) exceed the model's {self.decoder.max_positions} positions"
+            )
         capacity = cache_capacity(tokens, self.decoder.max_positions)
         # A one-off state (streaming) must not evict a state that another request captured a graph for.
         st = self.decoder.state(self.batch, capacity) if reused else self.decoder.allocate(self.batch, capacity)
@@ -306,7 +323,7 @@ class FusedSession:
         embeds = np.zeros((self.batch, width, self._prompt.shape[2]), np.float32)
         for row, length in enumerate(self.lengths.tolist()):
             embeds[row, :length] = self._prompt[row, :length]
-            embeds[row, length:length + fed.shape[1]] = self.backend.embedding[fed[row]]
+            embeds[row, length : length + fed.shape[1]] = self.backend.embedding[fed[row]]
         capacity = cache_capacity(min(2 * self.state.capacity, self.decoder.max_positions), self.decoder.max_positions)
         self.state = self.decoder.allocate(self.batch, capacity)
         self.decoder.prefill(self.state, embeds, lengths)

@@ -33,9 +33,9 @@ def _fuse(linears: list[nn.Linear]) -> tuple[nn.Parameter, nn.Parameter | None]:
     start = 0
     for lin in linears:
         rows = lin.weight.shape[0]
-        lin.weight = nn.Parameter(weight[start:start + rows], requires_grad=False)
+        lin.weight = nn.Parameter(weight[start : start + rows], requires_grad=False)
         if bias is not None:
-            lin.bias = nn.Parameter(bias[start:start + rows], requires_grad=False)
+            lin.bias = nn.Parameter(bias[start : start + rows], requires_grad=False)
         start += rows
     return nn.Parameter(weight, requires_grad=False), (None if bias is None else nn.Parameter(bias, False))
 
@@ -115,9 +115,11 @@ class StaticLM(nn.Module):
     def new_cache(self, batch: int, length: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         shape = (batch, self.kv_heads, length, self.head_dim)
         layers = len(self.blocks)
-        return KVCache([torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
-                       [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
-                       torch.zeros((batch, length), device=device, dtype=torch.bool))
+        return KVCache(
+            [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
+            [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
+            torch.zeros((batch, length), device=device, dtype=torch.bool),
+        )
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin (B, 1, T, D) exactly as LlamaRotaryEmbedding computes them (float32, then cast)."""
@@ -148,8 +150,9 @@ class StaticLM(nn.Module):
         return x + block.mlp.down_proj(block.mlp.act_fn(gate) * up)
 
     # -- whole passes ----------------------------------------------------------------------------------
-    def prefill(self, embeds: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor, cache: KVCache,
-                all_valid: bool) -> torch.Tensor:
+    def prefill(
+        self, embeds: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor, cache: KVCache, all_valid: bool
+    ) -> torch.Tensor:
         """Run a left-padded prompt (B, T, H), write its K/V to cache slots 0..T-1; returns normed hidden (B, T, H).
 
         ``all_valid`` (no padding, known on the host) lets CUDA use the causal flash kernel.

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 class TorchSession:
     """One generation request on the torch model; keeps the KV cache between steps."""
 
-    def __init__(self, backend: TorchBackend, input_ids: np.ndarray, attention_mask: np.ndarray,
-                 pixel_values: np.ndarray | None) -> None:
+    def __init__(
+        self, backend: TorchBackend, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray | None
+    ) -> None:
         self.backend = backend
         dev = backend.device
         self.input_ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(dev)
@@ -52,8 +53,13 @@ class TorchSession:
         if self.cache is None:
             self.cache = DynamicCache(config=cast("PreTrainedConfig", self.backend.model.config.text_config))
         lm = self.backend.language_model
-        out = lm(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions,
-                 use_cache=True, **cache_kwargs(lm, self.cache))
+        out = lm(
+            inputs_embeds=embeds,
+            attention_mask=self.mask,
+            position_ids=positions,
+            use_cache=True,
+            **cache_kwargs(lm, self.cache),
+        )
         logits = self.backend.model.lm_head(out.last_hidden_state[:, -1, :])
         return logits.float().cpu().numpy()
 
@@ -79,9 +85,11 @@ class TorchBackend:
     def embed_prompt(self, input_ids: torch.Tensor, pixel_values: np.ndarray | None) -> torch.Tensor:
         """Token embeddings with every image-context position replaced, in order, by image features."""
         embeds = self.language_model.embed_tokens(input_ids).clone()
-        return splice_image_features(embeds, input_ids, self.image_token_id, pixel_values,
-                                     lambda pv: self.image_features(pv).to(embeds.dtype))
+        return splice_image_features(
+            embeds, input_ids, self.image_token_id, pixel_values, lambda pv: self.image_features(pv).to(embeds.dtype)
+        )
 
-    def session(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-                pixel_values: np.ndarray | None) -> TorchSession:
+    def session(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray | None
+    ) -> TorchSession:
         return TorchSession(self, input_ids, attention_mask, pixel_values)

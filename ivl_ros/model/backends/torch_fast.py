@@ -48,9 +48,9 @@ from ivl_ros.model.tiling import pixel_values_for
 log = logging.getLogger(__name__)
 
 CACHE_QUANTUM = 256  # cache lengths are rounded up to this, so a few graphs serve every prompt
-STREAM_SLACK = 512   # room for new tokens when the length is not known up front (prefill/step use)
-MAX_STATES = 3       # (batch, length) states kept, each with its KV cache and graph
-MAX_PREFILLS = 2     # captured prefill lengths kept per state (a camera sends one prompt length over and over)
+STREAM_SLACK = 512  # room for new tokens when the length is not known up front (prefill/step use)
+MAX_STATES = 3  # (batch, length) states kept, each with its KV cache and graph
+MAX_PREFILLS = 2  # captured prefill lengths kept per state (a camera sends one prompt length over and over)
 # Prefills of more tokens than this stay eager: there the GPU, not the launch rate, sets the time, and a
 # graph would hold that prefill's activations (hundreds of MB for four cameras) for good.
 PREFILL_GRAPH_TOKENS = 4096
@@ -74,8 +74,15 @@ def triton_available() -> bool:
 class FastTorchBackend(TorchBackend):
     name = "torch"
 
-    def __init__(self, loaded: LoadedModel, compile: bool | None = None, graphs: bool | None = None,
-                 check_every: int = 8, fused: bool | None = None, device_tiling: bool | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        compile: bool | None = None,
+        graphs: bool | None = None,
+        check_every: int = 8,
+        fused: bool | None = None,
+        device_tiling: bool | None = None,
+    ) -> None:
         """``fused``: the Triton decode kernels (default: with graphs, when Triton is installed and the model is
         bf16; ``IVL_FUSED_DECODE=0`` turns them off). ``device_tiling``: tile frames on the model's device
         (default: on CUDA)."""
@@ -112,11 +119,17 @@ class FastTorchBackend(TorchBackend):
             self.tiler = DeviceTiler(self.device)
 
     def _fused_wanted(self, fused: bool | None) -> bool:
-        if fused is False or (fused is None and (not self.use_graphs or
-                                                 os.environ.get("IVL_FUSED_DECODE", "1") == "0")):
+        if fused is False or (
+            fused is None and (not self.use_graphs or os.environ.get("IVL_FUSED_DECODE", "1") == "0")
+        ):
             return False
-        why = ("Triton is not installed" if not triton_available() else
-               f"the model is {self.dtype}, the kernels run bf16" if self.dtype != torch.bfloat16 else "")
+        why = (
+            "Triton is not installed"
+            if not triton_available()
+            else f"the model is {self.dtype}, the kernels run bf16"
+            if self.dtype != torch.bfloat16
+            else ""
+        )
         if why and fused:
             raise OptionError(f"fused decode kernels requested but {why}")
         return not why
@@ -151,6 +164,7 @@ class FastTorchBackend(TorchBackend):
         if not self.compile_vit:
             return eager
         if self._vit_compiled is None:
+
             def features(pv: torch.Tensor) -> torch.Tensor:
                 out = self.model.model.get_image_features(pixel_values=pv, return_dict=True)
                 return cast(torch.Tensor, getattr(out, "pooler_output", out))
@@ -262,13 +276,22 @@ class FastTorchBackend(TorchBackend):
             return None
         features = int(pixel_values.shape[0]) * self.tokens_per_tile
         if features != slots.size:
-            raise OptionError(f"image features ({features} tokens) do not match the prompt's "
-                              f"{slots.size} image-context tokens")
+            raise OptionError(
+                f"image features ({features} tokens) do not match the prompt's {slots.size} image-context tokens"
+            )
         return torch.from_numpy(slots).to(self.device)
 
-    def _first_logits(self, st: GreedyState, ids: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor,
-                      all_valid: bool, pixel_values: torch.Tensor | None, image_index: torch.Tensor | None,
-                      vit) -> torch.Tensor:
+    def _first_logits(
+        self,
+        st: GreedyState,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        key_valid: torch.Tensor,
+        all_valid: bool,
+        pixel_values: torch.Tensor | None,
+        image_index: torch.Tensor | None,
+        vit,
+    ) -> torch.Tensor:
         """Embed the prompt, put the image features at their positions, prefill ``st``'s cache; last logits."""
         embeds = self.language_model.embed_tokens(ids)
         if pixel_values is not None:
@@ -278,9 +301,17 @@ class FastTorchBackend(TorchBackend):
         hidden = self.lm.prefill(embeds, positions, key_valid, st.cache, all_valid=all_valid)
         return self.lm.lm_head(hidden[:, -1])
 
-    def prefill_logits(self, st: GreedyState, ids: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor,
-                       all_valid: bool, pixel_values: torch.Tensor | None = None,
-                       image_index: torch.Tensor | None = None, graphs: bool = True) -> torch.Tensor:
+    def prefill_logits(
+        self,
+        st: GreedyState,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        key_valid: torch.Tensor,
+        all_valid: bool,
+        pixel_values: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+        graphs: bool = True,
+    ) -> torch.Tensor:
         """Image + prompt into ``st``'s cache, the last position's logits (B, V): one graph replay on CUDA.
 
         The graph's output lives in the shared pool: use it before the next replay of any graph.
@@ -292,8 +323,9 @@ class FastTorchBackend(TorchBackend):
         if entry is None and graphs and key not in st.prefills:
             entry = self._capture_prefill(st, key, ids, positions, key_valid, pixel_values, image_index)
         if entry is None:
-            return self._first_logits(st, ids, positions, key_valid, all_valid, pixel_values, image_index,
-                                      self.image_features)
+            return self._first_logits(
+                st, ids, positions, key_valid, all_valid, pixel_values, image_index, self.image_features
+            )
         graph, inputs, logits = entry
         for dst, src in zip(inputs, (ids, positions, key_valid, pixel_values, image_index), strict=True):
             if src is not None:
@@ -301,16 +333,30 @@ class FastTorchBackend(TorchBackend):
         graph.replay()
         return logits
 
-    def _capture_prefill(self, st: GreedyState, key: tuple[int, bool, int], ids: torch.Tensor,
-                         positions: torch.Tensor, key_valid: torch.Tensor, pixel_values: torch.Tensor | None,
-                         image_index: torch.Tensor | None):
+    def _capture_prefill(
+        self,
+        st: GreedyState,
+        key: tuple[int, bool, int],
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        key_valid: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        image_index: torch.Tensor | None,
+    ):
         while len(st.prefills) >= MAX_PREFILLS:
             st.prefills.pop(next(iter(st.prefills)))
         pv = None if pixel_values is None else pixel_values.to(self.device, self.dtype).clone()
-        inputs = (ids.clone(), positions.clone(), key_valid.clone(), pv,
-                  None if image_index is None else image_index.clone())
-        captured = self._capture_with_vit(f"first-token ({key[0]} tokens, {key[2]} tiles)",
-                                          lambda vit: self._first_logits(st, *inputs[:3], key[1], *inputs[3:], vit))
+        inputs = (
+            ids.clone(),
+            positions.clone(),
+            key_valid.clone(),
+            pv,
+            None if image_index is None else image_index.clone(),
+        )
+        captured = self._capture_with_vit(
+            f"first-token ({key[0]} tokens, {key[2]} tiles)",
+            lambda vit: self._first_logits(st, *inputs[:3], key[1], *inputs[3:], vit),
+        )
         if captured is None:  # this length stays eager
             st.prefills[key] = None
             return None
@@ -325,16 +371,22 @@ class FastTorchBackend(TorchBackend):
         else:
             greedy_step(self.lm, st)
 
-    def session(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-                pixel_values: np.ndarray | None) -> FastSession:
+    def session(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray | None
+    ) -> FastSession:
         return FastSession(self, input_ids, attention_mask, pixel_values)
 
 
 class FastSession:
     """One request on the fast backend: ``generate`` (greedy, on the device) or ``prefill``/``step``."""
 
-    def __init__(self, backend: FastTorchBackend, input_ids: np.ndarray, attention_mask: np.ndarray,
-                 pixel_values: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        backend: FastTorchBackend,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        pixel_values: np.ndarray | None,
+    ) -> None:
         self.backend = backend
         self.input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         self.mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
@@ -365,8 +417,9 @@ class FastSession:
 
     def _check_length(self, tokens: int) -> None:
         if tokens > self.backend.lm.max_positions:
-            raise OptionError(f"prompt plus new tokens ({tokens}) exceed the model's "
-                              f"{self.backend.lm.max_positions} positions")
+            raise OptionError(
+                f"prompt plus new tokens ({tokens}) exceed the model's {self.backend.lm.max_positions} positions"
+            )
 
     @torch.inference_mode()
     def generate(self, settings: GenerationSettings, eos_id: int, pad_id: int) -> list[list[int]]:
@@ -398,8 +451,14 @@ class FastSession:
     def prefill(self) -> np.ndarray:
         length = self.input_ids.shape[1]
         self._check_length(length + 1)
-        self.state = GreedyState.allocate(self.backend.lm, self.batch, cache_length(length + STREAM_SLACK),
-                                          self.backend.device, self.backend.dtype, self.backend.vocab)
+        self.state = GreedyState.allocate(
+            self.backend.lm,
+            self.batch,
+            cache_length(length + STREAM_SLACK),
+            self.backend.device,
+            self.backend.dtype,
+            self.backend.vocab,
+        )
         return self._prefill(self.state).float().cpu().numpy()
 
     @torch.inference_mode()
@@ -419,6 +478,6 @@ class FastSession:
         old = st.cache
         new = self.backend.lm.new_cache(self.batch, 2 * old.length, old.valid.device, old.keys[0].dtype)
         for src, dst in zip(old.keys + old.values, new.keys + new.values, strict=True):
-            dst[:, :, :old.length] = src
-        new.valid[:, :old.length] = old.valid
+            dst[:, :, : old.length] = src
+        new.valid[:, : old.length] = old.valid
         st.cache = KVCache(new.keys, new.values, new.valid)

@@ -48,15 +48,15 @@ import triton.language as tl
 # (rows per program, K chunk, warps) per matrix; tuned on the H200 (benchmarks/h200_decode_kernels.py).
 # IVL_DECODE_CONFIGS='{"down": [2, 512, 8], ...}' overrides entries (for tuning on another GPU).
 CONFIGS = {
-    "qkv": (2, 1024, 4),       # pairs of rows per program
+    "qkv": (2, 1024, 4),  # pairs of rows per program
     "o": (2, 1024, 4),
-    "gate_up": (2, 1024, 4),   # pairs (gate row, up row) per program
+    "gate_up": (2, 1024, 4),  # pairs (gate row, up row) per program
     "down": (1, 1024, 4),
     "head": (4, 1024, 4),
 }
 # Attention: (merge in the attention kernel 1/0, cache slots per program, warps).
 ATTENTION = (1, 64, 8)
-CHOOSE_BLOCK = 1024       # per-program maxima reduced per iteration by the choose kernel
+CHOOSE_BLOCK = 1024  # per-program maxima reduced per iteration by the choose kernel
 
 
 # Triton's CPU interpreter (TRITON_INTERPRET=1, used to check these kernels without a GPU) converts float32
@@ -71,8 +71,10 @@ def default_configs() -> dict[str, tuple[int, int, int]]:
     if override:
         for name, value in json.loads(override).items():
             if name not in configs or len(value) != 3:
-                raise ValueError(f"IVL_DECODE_CONFIGS: {name!r}: expected one of {sorted(configs)} with three "
-                                 f"integers, got {value!r}")
+                raise ValueError(
+                    f"IVL_DECODE_CONFIGS: {name!r}: expected one of {sorted(configs)} with three "
+                    f"integers, got {value!r}"
+                )
             configs[name] = tuple(int(v) for v in value)
     return configs
 
@@ -109,13 +111,28 @@ def _input_chunk(x_ptr, x_rows, b_ok, offs_k, nw_ptr, inv, K: tl.constexpr, NORM
 
 
 @triton.jit
-def _matvec(w_ptr, rows_a, rows_b, row_ok, x_ptr, x_rows, b_ok, nw_ptr, eps,
-            K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            NORM: tl.constexpr, PAIRED: tl.constexpr):
+def _matvec(
+    w_ptr,
+    rows_a,
+    rows_b,
+    row_ok,
+    x_ptr,
+    x_rows,
+    b_ok,
+    nw_ptr,
+    eps,
+    K: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    NORM: tl.constexpr,
+    PAIRED: tl.constexpr,
+):
     """(B, BLOCK_N) float32 products of weight rows ``rows_a`` (and ``rows_b`` when PAIRED) with the input rows."""
     if BLOCK_B == 1:
-        acc_a, acc_b = _matvec_one_row(w_ptr, rows_a, rows_b, row_ok, x_ptr, tl.sum(x_rows, axis=0), nw_ptr, eps,
-                                       K, BLOCK_N, BLOCK_K, NORM, PAIRED)
+        acc_a, acc_b = _matvec_one_row(
+            w_ptr, rows_a, rows_b, row_ok, x_ptr, tl.sum(x_rows, axis=0), nw_ptr, eps, K, BLOCK_N, BLOCK_K, NORM, PAIRED
+        )
     else:
         inv = tl.zeros((BLOCK_B,), tl.float32)
         if NORM:
@@ -125,20 +142,40 @@ def _matvec(w_ptr, rows_a, rows_b, row_ok, x_ptr, x_rows, b_ok, nw_ptr, eps,
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             x = _input_chunk(x_ptr, x_rows, b_ok, offs_k, nw_ptr, inv, K, NORM)
-            wa = tl.load(w_ptr + rows_a[:, None] * K + offs_k[None, :], mask=row_ok[:, None], other=0.0,
-                         eviction_policy="evict_first").to(tl.float32)
+            wa = tl.load(
+                w_ptr + rows_a[:, None] * K + offs_k[None, :],
+                mask=row_ok[:, None],
+                other=0.0,
+                eviction_policy="evict_first",
+            ).to(tl.float32)
             acc_a += tl.sum(wa[None, :, :] * x[:, None, :], axis=2)
             if PAIRED:
-                wb = tl.load(w_ptr + rows_b[:, None] * K + offs_k[None, :], mask=row_ok[:, None], other=0.0,
-                             eviction_policy="evict_first").to(tl.float32)
+                wb = tl.load(
+                    w_ptr + rows_b[:, None] * K + offs_k[None, :],
+                    mask=row_ok[:, None],
+                    other=0.0,
+                    eviction_policy="evict_first",
+                ).to(tl.float32)
                 acc_b += tl.sum(wb[None, :, :] * x[:, None, :], axis=2)
     return acc_a, acc_b
 
 
 @triton.jit
-def _matvec_one_row(w_ptr, rows_a, rows_b, row_ok, x_ptr, x_row, nw_ptr, eps,
-                    K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    NORM: tl.constexpr, PAIRED: tl.constexpr):
+def _matvec_one_row(
+    w_ptr,
+    rows_a,
+    rows_b,
+    row_ok,
+    x_ptr,
+    x_row,
+    nw_ptr,
+    eps,
+    K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    NORM: tl.constexpr,
+    PAIRED: tl.constexpr,
+):
     """Batch 1 (the latency case): plain 2-D tiles, products accumulated per lane and reduced once at the end,
     so the weight loop is loads and FMAs only (v1 ran batch 1 through the 3-D batched form at 55-65% of the
     plain GEMV's rate)."""
@@ -157,12 +194,20 @@ def _matvec_one_row(w_ptr, rows_a, rows_b, row_ok, x_ptr, x_row, nw_ptr, eps,
         x = tl.load(x_ptr + x_row * K + offs_k).to(tl.float32)
         if NORM:
             x = _bf16(_bf16(x * inv) * tl.load(nw_ptr + offs_k).to(tl.float32))
-        wa = tl.load(w_ptr + rows_a[:, None] * K + offs_k[None, :], mask=row_ok[:, None], other=0.0,
-                     eviction_policy="evict_first").to(tl.float32)
+        wa = tl.load(
+            w_ptr + rows_a[:, None] * K + offs_k[None, :],
+            mask=row_ok[:, None],
+            other=0.0,
+            eviction_policy="evict_first",
+        ).to(tl.float32)
         acc_a += wa * x[None, :]
         if PAIRED:
-            wb = tl.load(w_ptr + rows_b[:, None] * K + offs_k[None, :], mask=row_ok[:, None], other=0.0,
-                         eviction_policy="evict_first").to(tl.float32)
+            wb = tl.load(
+                w_ptr + rows_b[:, None] * K + offs_k[None, :],
+                mask=row_ok[:, None],
+                other=0.0,
+                eviction_policy="evict_first",
+            ).to(tl.float32)
             acc_b += wb * x[None, :]
     return tl.sum(acc_a, axis=1)[None, :], tl.sum(acc_b, axis=1)[None, :]
 
@@ -195,24 +240,47 @@ def _input_rows(ids_ptr, offs_b, b_ok, GATHER: tl.constexpr):
 
 # -- 1. rmsnorm -> qkv -> rope -> cache --------------------------------------------------------------------
 @triton.jit
-def qkv_rope_kernel(x_ptr, ids_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, pos_ptr, slot_ptr, valid_ptr,
-                    q_ptr, kc_ptr, vc_ptr, B, L, eps,
-                    K: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
-                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    GATHER: tl.constexpr, HAS_BIAS: tl.constexpr):
+def qkv_rope_kernel(
+    x_ptr,
+    ids_ptr,
+    nw_ptr,
+    w_ptr,
+    bias_ptr,
+    cos_ptr,
+    sin_ptr,
+    pos_ptr,
+    slot_ptr,
+    valid_ptr,
+    q_ptr,
+    kc_ptr,
+    vc_ptr,
+    B,
+    L,
+    eps,
+    K: tl.constexpr,
+    HEADS: tl.constexpr,
+    KV_HEADS: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GATHER: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
     pid = tl.program_id(0)
     HALF: tl.constexpr = D // 2
     per_head: tl.constexpr = HALF // BLOCK_N
     head = pid // per_head
-    j = (pid % per_head) * BLOCK_N + tl.arange(0, BLOCK_N)   # position inside the first half of the head
+    j = (pid % per_head) * BLOCK_N + tl.arange(0, BLOCK_N)  # position inside the first half of the head
     rows_a = head * D + j
     rows_b = rows_a + HALF
     row_ok = j < HALF
     offs_b = tl.arange(0, BLOCK_B)
     b_ok = offs_b < B
     x_rows = _input_rows(ids_ptr, offs_b, b_ok, GATHER)
-    a, b = _matvec(w_ptr, rows_a, rows_b, row_ok, x_ptr, x_rows, b_ok, nw_ptr, eps,
-                   K, BLOCK_B, BLOCK_N, BLOCK_K, True, True)
+    a, b = _matvec(
+        w_ptr, rows_a, rows_b, row_ok, x_ptr, x_rows, b_ok, nw_ptr, eps, K, BLOCK_B, BLOCK_N, BLOCK_K, True, True
+    )
     if HAS_BIAS:  # added in float32 before the one rounding, as cuBLAS' bias epilogue does
         a += tl.load(bias_ptr + rows_a).to(tl.float32)[None, :]
         b += tl.load(bias_ptr + rows_b).to(tl.float32)[None, :]
@@ -246,8 +314,21 @@ def qkv_rope_kernel(x_ptr, ids_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, p
 
 # -- 2. attention over the valid cache -------------------------------------------------------------------
 @triton.jit
-def _attn_merge(po_ptr, pm_ptr, pl_ptr, out_ptr, bk, b, kvh, SPLITS,
-                HEADS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, SPLITS_P2: tl.constexpr, MB: tl.constexpr):
+def _attn_merge(
+    po_ptr,
+    pm_ptr,
+    pl_ptr,
+    out_ptr,
+    bk,
+    b,
+    kvh,
+    SPLITS,
+    HEADS: tl.constexpr,
+    G: tl.constexpr,
+    D: tl.constexpr,
+    SPLITS_P2: tl.constexpr,
+    MB: tl.constexpr,
+):
     """Merge the per-chunk (max, sum, weighted values) of one (row, kv head) into the bf16 output, MB chunks at
     a time."""
     offs_g = tl.arange(0, G)
@@ -258,12 +339,16 @@ def _attn_merge(po_ptr, pm_ptr, pl_ptr, out_ptr, bk, b, kvh, SPLITS,
     for s0 in range(0, SPLITS_P2, MB):
         offs_s = s0 + tl.arange(0, MB)
         s_ok = offs_s < SPLITS
-        ml_off = (bk * SPLITS_P2 + offs_s[:, None]) * G + offs_g[None, :]      # (MB, G)
+        ml_off = (bk * SPLITS_P2 + offs_s[:, None]) * G + offs_g[None, :]  # (MB, G)
         # .cg: partials another program just wrote must not come from this SM's L1.
         m = tl.load(pm_ptr + ml_off, mask=s_ok[:, None], other=float("-inf"), cache_modifier=".cg")
         lsum = tl.load(pl_ptr + ml_off, mask=s_ok[:, None], other=0.0, cache_modifier=".cg")
-        o = tl.load(po_ptr + ml_off[:, :, None] * D + offs_d[None, None, :], mask=s_ok[:, None, None], other=0.0,
-                    cache_modifier=".cg")                                       # (MB, G, D)
+        o = tl.load(
+            po_ptr + ml_off[:, :, None] * D + offs_d[None, None, :],
+            mask=s_ok[:, None, None],
+            other=0.0,
+            cache_modifier=".cg",
+        )  # (MB, G, D)
         new_top = tl.maximum(top, tl.max(m, axis=0))
         safe = tl.where(new_top == float("-inf"), 0.0, new_top)
         old_scale = tl.exp(top - safe)
@@ -277,13 +362,31 @@ def _attn_merge(po_ptr, pm_ptr, pl_ptr, out_ptr, bk, b, kvh, SPLITS,
 
 
 @triton.jit
-def attention_kernel(q_ptr, kc_ptr, vc_ptr, valid_ptr, slot_ptr, po_ptr, pm_ptr, pl_ptr, count_ptr, out_ptr,
-                     L, SPLITS, sm_scale, CHUNK: tl.constexpr,
-                     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
-                     SPLITS_P2: tl.constexpr, MB: tl.constexpr, MERGE: tl.constexpr):
+def attention_kernel(
+    q_ptr,
+    kc_ptr,
+    vc_ptr,
+    valid_ptr,
+    slot_ptr,
+    po_ptr,
+    pm_ptr,
+    pl_ptr,
+    count_ptr,
+    out_ptr,
+    L,
+    SPLITS,
+    sm_scale,
+    CHUNK: tl.constexpr,
+    HEADS: tl.constexpr,
+    KV_HEADS: tl.constexpr,
+    D: tl.constexpr,
+    SPLITS_P2: tl.constexpr,
+    MB: tl.constexpr,
+    MERGE: tl.constexpr,
+):
     """One program per (row, kv head, chunk of CHUNK cache slots): the chunk's keys and values are loaded once,
     in one go, and serve every query head of the group (plain 2-D tiles, one head at a time)."""
-    bk = tl.program_id(0)            # row * KV_HEADS + kv head
+    bk = tl.program_id(0)  # row * KV_HEADS + kv head
     split = tl.program_id(1)
     b = bk // KV_HEADS
     kvh = bk % KV_HEADS
@@ -291,14 +394,14 @@ def attention_kernel(q_ptr, kc_ptr, vc_ptr, valid_ptr, slot_ptr, po_ptr, pm_ptr,
     offs_d = tl.arange(0, D)
     slot = tl.load(slot_ptr)
     pos = split * CHUNK + tl.arange(0, CHUNK)
-    in_range = pos <= slot             # chunks past the slot load nothing
+    in_range = pos <= slot  # chunks past the slot load nothing
     ok = in_range & (tl.load(valid_ptr + b * L + pos, mask=in_range, other=0) != 0)
     base = bk * L * D
     k = tl.load(kc_ptr + base + pos[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
     v = tl.load(vc_ptr + base + pos[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
     for g in tl.static_range(G):
         q = tl.load(q_ptr + b * (HEADS * D) + (kvh * G + g) * D + offs_d).to(tl.float32)
-        s = tl.where(ok, tl.sum(k * q[None, :], axis=1) * sm_scale, float("-inf"))     # (CHUNK,)
+        s = tl.where(ok, tl.sum(k * q[None, :], axis=1) * sm_scale, float("-inf"))  # (CHUNK,)
         m = tl.max(s, axis=0)
         p = tl.exp(s - tl.where(m == float("-inf"), 0.0, m))
         ml_off = (bk * SPLITS_P2 + split) * G + g
@@ -315,27 +418,61 @@ def attention_kernel(q_ptr, kc_ptr, vc_ptr, valid_ptr, slot_ptr, po_ptr, pm_ptr,
 
 
 @triton.jit
-def attention_merge_kernel(po_ptr, pm_ptr, pl_ptr, out_ptr, SPLITS,
-                           HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, SPLITS_P2: tl.constexpr,
-                           MB: tl.constexpr):
+def attention_merge_kernel(
+    po_ptr,
+    pm_ptr,
+    pl_ptr,
+    out_ptr,
+    SPLITS,
+    HEADS: tl.constexpr,
+    KV_HEADS: tl.constexpr,
+    D: tl.constexpr,
+    SPLITS_P2: tl.constexpr,
+    MB: tl.constexpr,
+):
     bk = tl.program_id(0)
-    _attn_merge(po_ptr, pm_ptr, pl_ptr, out_ptr, bk, bk // KV_HEADS, bk % KV_HEADS, SPLITS,
-                HEADS, HEADS // KV_HEADS, D, SPLITS_P2, MB)
+    _attn_merge(
+        po_ptr,
+        pm_ptr,
+        pl_ptr,
+        out_ptr,
+        bk,
+        bk // KV_HEADS,
+        bk % KV_HEADS,
+        SPLITS,
+        HEADS,
+        HEADS // KV_HEADS,
+        D,
+        SPLITS_P2,
+        MB,
+    )
 
 
 # -- 3./5. matrix + residual (o, down) ----------------------------------------------------------------------
 @triton.jit
-def matvec_residual_kernel(w_ptr, x_ptr, res_ptr, ids_ptr, out_ptr, B, N,
-                           K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                           GATHER: tl.constexpr):
+def matvec_residual_kernel(
+    w_ptr,
+    x_ptr,
+    res_ptr,
+    ids_ptr,
+    out_ptr,
+    B,
+    N,
+    K: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GATHER: tl.constexpr,
+):
     """out[b, n] = bf16(res[b, n] + bf16(W[n] . x[b])); ``res`` rows are token ids into the embedding with GATHER.
 
     ``out`` may be ``res`` (each program reads and writes only its own rows).
     """
     pid = tl.program_id(0)
     rows, row_ok, offs_b, b_ok = _program_rows(pid, N, B, BLOCK_N, BLOCK_B)
-    acc, _ = _matvec(w_ptr, rows, rows, row_ok, x_ptr, offs_b, b_ok, w_ptr, 0.0,
-                     K, BLOCK_B, BLOCK_N, BLOCK_K, False, False)
+    acc, _ = _matvec(
+        w_ptr, rows, rows, row_ok, x_ptr, offs_b, b_ok, w_ptr, 0.0, K, BLOCK_B, BLOCK_N, BLOCK_K, False, False
+    )
     res_rows = _input_rows(ids_ptr, offs_b, b_ok, GATHER)
     mask = b_ok[:, None] & row_ok[None, :]
     res = tl.load(res_ptr + res_rows[:, None] * N + rows[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -344,12 +481,24 @@ def matvec_residual_kernel(w_ptr, x_ptr, res_ptr, ids_ptr, out_ptr, B, N,
 
 # -- 4. rmsnorm -> gate/up -> silu * up -------------------------------------------------------------------
 @triton.jit
-def gate_up_kernel(x_ptr, nw_ptr, w_ptr, out_ptr, B, F, eps,
-                   K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def gate_up_kernel(
+    x_ptr,
+    nw_ptr,
+    w_ptr,
+    out_ptr,
+    B,
+    F,
+    eps,
+    K: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     pid = tl.program_id(0)
     rows, row_ok, offs_b, b_ok = _program_rows(pid, F, B, BLOCK_N, BLOCK_B)
-    g, u = _matvec(w_ptr, rows, rows + F, row_ok, x_ptr, offs_b, b_ok, nw_ptr, eps,
-                   K, BLOCK_B, BLOCK_N, BLOCK_K, True, True)
+    g, u = _matvec(
+        w_ptr, rows, rows + F, row_ok, x_ptr, offs_b, b_ok, nw_ptr, eps, K, BLOCK_B, BLOCK_N, BLOCK_K, True, True
+    )
     g = _bf16(g)
     act = _bf16(g / (1.0 + tl.exp(-g)))
     out = _bf16(act * _bf16(u))
@@ -359,13 +508,29 @@ def gate_up_kernel(x_ptr, nw_ptr, w_ptr, out_ptr, B, F, eps,
 
 # -- final norm -> head -> argmax ---------------------------------------------------------------------------
 @triton.jit
-def head_argmax_kernel(x_ptr, nw_ptr, w_ptr, best_val_ptr, best_idx_ptr, step_ptr, min_new_ptr, eos_ptr, B, V, eps,
-                       K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def head_argmax_kernel(
+    x_ptr,
+    nw_ptr,
+    w_ptr,
+    best_val_ptr,
+    best_idx_ptr,
+    step_ptr,
+    min_new_ptr,
+    eos_ptr,
+    B,
+    V,
+    eps,
+    K: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Per program: the largest bf16 logit of its rows and its lowest index, per batch row -> (programs, B)."""
     pid = tl.program_id(0)
     rows, row_ok, offs_b, b_ok = _program_rows(pid, V, B, BLOCK_N, BLOCK_B)
-    logits, _ = _matvec(w_ptr, rows, rows, row_ok, x_ptr, offs_b, b_ok, nw_ptr, eps,
-                        K, BLOCK_B, BLOCK_N, BLOCK_K, True, False)
+    logits, _ = _matvec(
+        w_ptr, rows, rows, row_ok, x_ptr, offs_b, b_ok, nw_ptr, eps, K, BLOCK_B, BLOCK_N, BLOCK_K, True, False
+    )
     logits = _bf16(logits)
     banned = (rows == tl.load(eos_ptr)) & (tl.load(step_ptr) < tl.load(min_new_ptr))
     logits = tl.where((row_ok & ~banned)[None, :], logits, float("-inf"))
@@ -376,8 +541,23 @@ def head_argmax_kernel(x_ptr, nw_ptr, w_ptr, best_val_ptr, best_idx_ptr, step_pt
 
 
 @triton.jit
-def choose_kernel(best_val_ptr, best_idx_ptr, P: tl.constexpr, ids_ptr, pos_ptr, slot_ptr, step_ptr, finished_ptr,
-                  out_ptr, eos_ptr, pad_ptr, B, OUT_LEN, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr):
+def choose_kernel(
+    best_val_ptr,
+    best_idx_ptr,
+    P: tl.constexpr,
+    ids_ptr,
+    pos_ptr,
+    slot_ptr,
+    step_ptr,
+    finished_ptr,
+    out_ptr,
+    eos_ptr,
+    pad_ptr,
+    B,
+    OUT_LEN,
+    BLOCK_B: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     """Reduce the per-program maxima (first index wins ties) and do greedy.choose + the position/slot advance.
 
     Launched as one program of one warp: the read-modify-writes of slot/step/positions then happen in lockstep.
@@ -389,13 +569,14 @@ def choose_kernel(best_val_ptr, best_idx_ptr, P: tl.constexpr, ids_ptr, pos_ptr,
     for p0 in range(0, P, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         ok = offs_p < P
-        vals = tl.load(best_val_ptr + offs_p[:, None] * BLOCK_B + offs_b[None, :], mask=ok[:, None],
-                       other=float("-inf"))
+        vals = tl.load(
+            best_val_ptr + offs_p[:, None] * BLOCK_B + offs_b[None, :], mask=ok[:, None], other=float("-inf")
+        )
         idx = tl.load(best_idx_ptr + offs_p[:, None] * BLOCK_B + offs_b[None, :], mask=ok[:, None], other=0)
         chunk_top = tl.max(vals, axis=0)
         first = tl.argmax(vals, axis=0, tie_break_left=True)
         chunk_idx = tl.sum(tl.where(tl.arange(0, BLOCK_P)[:, None] == first[None, :], idx, 0), axis=0)
-        better = chunk_top > top          # earlier chunks hold lower indices: only a strictly larger value wins
+        better = chunk_top > top  # earlier chunks hold lower indices: only a strictly larger value wins
         top_idx = tl.where(better, chunk_idx, top_idx)
         top = tl.where(better, chunk_top, top)
     step = tl.load(step_ptr)
@@ -430,8 +611,9 @@ class FusedDecoder:
     kernels on ``st`` (a :class:`greedy.GreedyState`) and is what gets captured in the CUDA graph.
     """
 
-    def __init__(self, lm, batch: int, length: int, device: torch.device,
-                 configs: dict[str, tuple[int, int, int]] | None = None) -> None:
+    def __init__(
+        self, lm, batch: int, length: int, device: torch.device, configs: dict[str, tuple[int, int, int]] | None = None
+    ) -> None:
         """``configs``: per kernel (see CONFIGS, ATTENTION), overriding :func:`default_configs`."""
         self.lm = lm
         self.configs = {**default_configs(), **(configs or {})}
@@ -445,9 +627,17 @@ class FusedDecoder:
         self.vocab = int(lm.lm_head.weight.shape[0])
         self.eps = float(lm.norm.variance_epsilon)
         self.layers = [
-            _Layer(blk.input_layernorm.weight, lm.wqkv[i], lm.bqkv[i], blk.self_attn.o_proj.weight,
-                   blk.post_attention_layernorm.weight, lm.wgu[i], blk.mlp.down_proj.weight)
-            for i, blk in enumerate(lm.blocks)]
+            _Layer(
+                blk.input_layernorm.weight,
+                lm.wqkv[i],
+                lm.bqkv[i],
+                blk.self_attn.o_proj.weight,
+                blk.post_attention_layernorm.weight,
+                lm.wgu[i],
+                blk.mlp.down_proj.weight,
+            )
+            for i, blk in enumerate(lm.blocks)
+        ]
         self.ffn = int(self.layers[0].wgu.shape[0]) // 2
         self._check_supported(lm)
         dt = lm.embed.weight.dtype
@@ -469,7 +659,7 @@ class FusedDecoder:
         self.head_programs = -(-self.vocab // head_rows)
         self.best_val = torch.empty((self.head_programs, self.block_b), device=device, dtype=torch.float32)
         self.best_idx = torch.empty((self.head_programs, self.block_b), device=device, dtype=torch.int32)
-        cos, sin = lm.rope(torch.arange(length, device=device)[None], dt)   # (1, 1, L, D), the eager path's values
+        cos, sin = lm.rope(torch.arange(length, device=device)[None], dt)  # (1, 1, L, D), the eager path's values
         self.cos = cos[0, 0].contiguous()
         self.sin = sin[0, 0].contiguous()
 
@@ -500,50 +690,152 @@ class FusedDecoder:
         n_heads = self.heads + 2 * self.kv_heads
         grid = (n_heads * (self.head_dim // 2) // rows,)
         qkv_rope_kernel[grid](
-            self.lm.embed.weight if gather else self.x, st.ids, layer.ln1, layer.wqkv,
-            layer.bqkv if layer.bqkv is not None else layer.wqkv, self.cos, self.sin, st.positions, st.slot,
-            cache.valid.view(torch.int8), self.q, cache.keys[i], cache.values[i], self.batch, self.length, self.eps,
-            K=self.hidden, HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_dim, BLOCK_B=self.block_b,
-            BLOCK_N=rows, BLOCK_K=chunk, GATHER=gather, HAS_BIAS=layer.bqkv is not None, num_warps=warps)
+            self.lm.embed.weight if gather else self.x,
+            st.ids,
+            layer.ln1,
+            layer.wqkv,
+            layer.bqkv if layer.bqkv is not None else layer.wqkv,
+            self.cos,
+            self.sin,
+            st.positions,
+            st.slot,
+            cache.valid.view(torch.int8),
+            self.q,
+            cache.keys[i],
+            cache.values[i],
+            self.batch,
+            self.length,
+            self.eps,
+            K=self.hidden,
+            HEADS=self.heads,
+            KV_HEADS=self.kv_heads,
+            D=self.head_dim,
+            BLOCK_B=self.block_b,
+            BLOCK_N=rows,
+            BLOCK_K=chunk,
+            GATHER=gather,
+            HAS_BIAS=layer.bqkv is not None,
+            num_warps=warps,
+        )
 
     def attention(self, i: int, st) -> None:
         cache = st.cache
         bk = self.batch * self.kv_heads
         attention_kernel[(bk, self.splits)](
-            self.q, cache.keys[i], cache.values[i], cache.valid.view(torch.int8), st.slot, self.part_o,
-            self.part_m, self.part_l, self.counters, self.attn, self.length, self.splits,
-            1.0 / math.sqrt(self.head_dim), CHUNK=self.chunk, HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_dim,
-            SPLITS_P2=self.splits_p2, MB=self.merge_block, MERGE=self.merge_in_attention, num_warps=self.attn_warps)
+            self.q,
+            cache.keys[i],
+            cache.values[i],
+            cache.valid.view(torch.int8),
+            st.slot,
+            self.part_o,
+            self.part_m,
+            self.part_l,
+            self.counters,
+            self.attn,
+            self.length,
+            self.splits,
+            1.0 / math.sqrt(self.head_dim),
+            CHUNK=self.chunk,
+            HEADS=self.heads,
+            KV_HEADS=self.kv_heads,
+            D=self.head_dim,
+            SPLITS_P2=self.splits_p2,
+            MB=self.merge_block,
+            MERGE=self.merge_in_attention,
+            num_warps=self.attn_warps,
+        )
         if not self.merge_in_attention:
-            attention_merge_kernel[(bk,)](self.part_o, self.part_m, self.part_l, self.attn, self.splits,
-                                          HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_dim,
-                                          SPLITS_P2=self.splits_p2, MB=self.merge_block, num_warps=4)
+            attention_merge_kernel[(bk,)](
+                self.part_o,
+                self.part_m,
+                self.part_l,
+                self.attn,
+                self.splits,
+                HEADS=self.heads,
+                KV_HEADS=self.kv_heads,
+                D=self.head_dim,
+                SPLITS_P2=self.splits_p2,
+                MB=self.merge_block,
+                num_warps=4,
+            )
 
     def residual(self, name: str, w: torch.Tensor, x: torch.Tensor, st, gather: bool) -> None:
         n, k = w.shape
         rows, chunk, warps = self._config(name, k)
         matvec_residual_kernel[(-(-n // rows),)](
-            w, x, self.lm.embed.weight if gather else self.x, st.ids, self.x, self.batch, n,
-            K=k, BLOCK_B=self.block_b, BLOCK_N=rows, BLOCK_K=chunk, GATHER=gather, num_warps=warps)
+            w,
+            x,
+            self.lm.embed.weight if gather else self.x,
+            st.ids,
+            self.x,
+            self.batch,
+            n,
+            K=k,
+            BLOCK_B=self.block_b,
+            BLOCK_N=rows,
+            BLOCK_K=chunk,
+            GATHER=gather,
+            num_warps=warps,
+        )
 
     def gate_up(self, i: int) -> None:
         layer = self.layers[i]
         rows, chunk, warps = self._config("gate_up", self.hidden)
         gate_up_kernel[(-(-self.ffn // rows),)](
-            self.x, layer.ln2, layer.wgu, self.act, self.batch, self.ffn, self.eps,
-            K=self.hidden, BLOCK_B=self.block_b, BLOCK_N=rows, BLOCK_K=chunk, num_warps=warps)
+            self.x,
+            layer.ln2,
+            layer.wgu,
+            self.act,
+            self.batch,
+            self.ffn,
+            self.eps,
+            K=self.hidden,
+            BLOCK_B=self.block_b,
+            BLOCK_N=rows,
+            BLOCK_K=chunk,
+            num_warps=warps,
+        )
 
     def head(self, st) -> None:
         rows, chunk, warps = self._config("head", self.hidden)
         head_argmax_kernel[(self.head_programs,)](
-            self.x, self.lm.norm.weight, self.lm.lm_head.weight, self.best_val, self.best_idx, st.step, st.min_new,
-            st.eos, self.batch, self.vocab, self.eps,
-            K=self.hidden, BLOCK_B=self.block_b, BLOCK_N=rows, BLOCK_K=chunk, num_warps=warps)
+            self.x,
+            self.lm.norm.weight,
+            self.lm.lm_head.weight,
+            self.best_val,
+            self.best_idx,
+            st.step,
+            st.min_new,
+            st.eos,
+            self.batch,
+            self.vocab,
+            self.eps,
+            K=self.hidden,
+            BLOCK_B=self.block_b,
+            BLOCK_N=rows,
+            BLOCK_K=chunk,
+            num_warps=warps,
+        )
 
     def choose(self, st) -> None:
-        choose_kernel[(1,)](self.best_val, self.best_idx, self.head_programs, st.ids, st.positions, st.slot,
-                            st.step, st.finished.view(torch.int8), st.out, st.eos, st.pad, self.batch,
-                            int(st.out.shape[1]), BLOCK_B=self.block_b, BLOCK_P=CHOOSE_BLOCK, num_warps=1)
+        choose_kernel[(1,)](
+            self.best_val,
+            self.best_idx,
+            self.head_programs,
+            st.ids,
+            st.positions,
+            st.slot,
+            st.step,
+            st.finished.view(torch.int8),
+            st.out,
+            st.eos,
+            st.pad,
+            self.batch,
+            int(st.out.shape[1]),
+            BLOCK_B=self.block_b,
+            BLOCK_P=CHOOSE_BLOCK,
+            num_warps=1,
+        )
 
     def step(self, st) -> None:
         """One greedy decode step on ``st``: feeds ``st.ids``, records the chosen token, advances the state."""

@@ -36,8 +36,9 @@ def import_tensorrt(choice: str = "auto") -> tuple[str, ModuleType]:
             return name, module
         except ImportError as exc:
             errors.append(f"{name}: {exc}")
-    raise TensorRTUnavailableError(f"no TensorRT Python package can be imported ({'; '.join(errors)}); "
-                                   + TENSORRT_INSTALL_HINT)
+    raise TensorRTUnavailableError(
+        f"no TensorRT Python package can be imported ({'; '.join(errors)}); " + TENSORRT_INSTALL_HINT
+    )
 
 
 class CudaDriver:
@@ -47,8 +48,9 @@ class CudaDriver:
         try:
             self.lib = ctypes.CDLL("libcuda.so.1")
         except OSError:
-            raise TensorRTUnavailableError("no NVIDIA driver (libcuda.so.1) on this machine: a TensorRT engine "
-                                           "needs a GPU; use --backend onnx") from None
+            raise TensorRTUnavailableError(
+                "no NVIDIA driver (libcuda.so.1) on this machine: a TensorRT engine needs a GPU; use --backend onnx"
+            ) from None
         self._check(self.lib.cuInit(0), "cuInit")
         count = ctypes.c_int()
         self._check(self.lib.cuDeviceGetCount(ctypes.byref(count)), "cuDeviceGetCount")
@@ -87,12 +89,20 @@ class CudaDriver:
         self.lib.cuMemFree_v2(ctypes.c_uint64(ptr))
 
     def to_device(self, ptr: int, array: np.ndarray) -> None:
-        self._check(self.lib.cuMemcpyHtoD_v2(ctypes.c_uint64(ptr), array.ctypes.data_as(ctypes.c_void_p),
-                                             ctypes.c_size_t(array.nbytes)), "cuMemcpyHtoD")
+        self._check(
+            self.lib.cuMemcpyHtoD_v2(
+                ctypes.c_uint64(ptr), array.ctypes.data_as(ctypes.c_void_p), ctypes.c_size_t(array.nbytes)
+            ),
+            "cuMemcpyHtoD",
+        )
 
     def to_host(self, array: np.ndarray, ptr: int) -> None:
-        self._check(self.lib.cuMemcpyDtoH_v2(array.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint64(ptr),
-                                             ctypes.c_size_t(array.nbytes)), "cuMemcpyDtoH")
+        self._check(
+            self.lib.cuMemcpyDtoH_v2(
+                array.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint64(ptr), ctypes.c_size_t(array.nbytes)
+            ),
+            "cuMemcpyDtoH",
+        )
 
     def synchronize(self) -> None:
         self._check(self.lib.cuStreamSynchronize(self.stream), "cuStreamSynchronize")
@@ -104,7 +114,8 @@ def check_architecture(built_for: list[str], actual: tuple[int, int], gpu: str, 
     if built_for and sm not in built_for:
         raise EngineMismatchError(
             f"{engine}: built for {', '.join(built_for)}, but this GPU ({gpu}) is {sm}; rebuild the engines on "
-            "this machine (`--trt tensorrt` where NVIDIA's TensorRT is installed), or use --backend onnx")
+            "this machine (`--trt tensorrt` where NVIDIA's TensorRT is installed), or use --backend onnx"
+        )
 
 
 class TrtVision:
@@ -114,17 +125,22 @@ class TrtVision:
         wanted = info.get("module", "auto")
         name, trt = import_tensorrt(wanted if wanted in TRT_MODULES else "auto")
         if name != info.get("module"):
-            raise EngineMismatchError(f"{engine_path}: built with {info.get('module')}, but only {name} can be "
-                                      "imported here; rebuild the engines with this TensorRT")
+            raise EngineMismatchError(
+                f"{engine_path}: built with {info.get('module')}, but only {name} can be "
+                "imported here; rebuild the engines with this TensorRT"
+            )
         self.cuda = CudaDriver(int(device.split(":", 1)[1]) if ":" in device else 0)
-        check_architecture(info.get("compute_capabilities", []), self.cuda.compute_capability(), self.cuda.name(),
-                           engine_path)
+        check_architecture(
+            info.get("compute_capabilities", []), self.cuda.compute_capability(), self.cuda.name(), engine_path
+        )
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
-            raise EngineMismatchError(f"{engine_path}: {name} could not deserialize the engine (built by another "
-                                      "TensorRT version or for another GPU); rebuild it on this machine")
+            raise EngineMismatchError(
+                f"{engine_path}: {name} could not deserialize the engine (built by another "
+                "TensorRT version or for another GPU); rebuild it on this machine"
+            )
         self.context = self.engine.create_execution_context()
         self.input, self.output = info["input"], info["output"]
         self.max_batch = max_batch

@@ -75,7 +75,8 @@ def main() -> int:
         # Face a direction whose forward step is navigable, so move_forward must move (never blocked).
         x, z = -base[1], -base[0]  # ROS map (x, y) -> Habitat (x, z)
         free = [
-            k for k in range(36)
+            k
+            for k in range(36)
             if grid.is_free([x - STEP * math.sin(base[2] + k * TURN), 0.0, z - STEP * math.cos(base[2] + k * TURN)])
         ]
         report["turns_to_free_heading"] = free[0] if free else None

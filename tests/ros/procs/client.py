@@ -19,22 +19,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import numpy as np  # noqa: E402
-import rclpy  # noqa: E402
-from common import make_frame  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from PIL import Image as PILImage  # noqa: E402
-from rclpy.action import ActionClient  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
-from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+import numpy as np
+import rclpy
+from common import make_frame
+from diagnostic_msgs.msg import DiagnosticArray
+from PIL import Image as PILImage
+from rclpy.action import ActionClient
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.parameter_client import AsyncParameterClient
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
 
-from ivl_interfaces.action import Describe  # noqa: E402
-from ivl_interfaces.msg import Caption  # noqa: E402
-from ivl_interfaces.srv import Ask  # noqa: E402
+from ivl_interfaces.action import Describe
+from ivl_interfaces.msg import Caption
+from ivl_interfaces.srv import Ask
 
 # Generous deadlines: these only bound how long a broken run hangs; a healthy run under load never gets near them.
 MATCH_TIMEOUT_S = 120.0
@@ -78,10 +78,19 @@ class Client(Node):
         now = self.get_clock().now().nanoseconds
         stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
         with self.lock:
-            self.captions.append({"camera": msg.camera, "text": msg.text, "model_id": msg.model_id,
-                                  "tiles": msg.tiles, "latency_ms": msg.latency_ms, "frame_id": msg.header.frame_id,
-                                  "stamp": [msg.header.stamp.sec, msg.header.stamp.nanosec],
-                                  "age_s": (now - stamp) / 1e9, "t": time.monotonic()})
+            self.captions.append(
+                {
+                    "camera": msg.camera,
+                    "text": msg.text,
+                    "model_id": msg.model_id,
+                    "tiles": msg.tiles,
+                    "latency_ms": msg.latency_ms,
+                    "frame_id": msg.header.frame_id,
+                    "stamp": [msg.header.stamp.sec, msg.header.stamp.nanosec],
+                    "age_s": (now - stamp) / 1e9,
+                    "t": time.monotonic(),
+                }
+            )
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         with self.lock:
@@ -144,18 +153,36 @@ class Client(Node):
             time.sleep(0.1)
         return self.op_diagnostics()
 
-    def op_publish_image(self, topic: str, seed: int = 0, width: int = 64, height: int = 48, encoding: str = "rgb8",
-                         step: int | None = None, data_len: int | None = None, frame_id: str = "",
-                         stamp: list[int] | None = None, count: int = 1) -> dict:
+    def op_publish_image(
+        self,
+        topic: str,
+        seed: int = 0,
+        width: int = 64,
+        height: int = 48,
+        encoding: str = "rgb8",
+        step: int | None = None,
+        data_len: int | None = None,
+        frame_id: str = "",
+        stamp: list[int] | None = None,
+        count: int = 1,
+    ) -> dict:
         msg = image_msg(seed, width, height, encoding, step, data_len, frame_id, stamp)
         pub = self._pub("raw", topic)
         for _ in range(count):
             pub.publish(msg)
         return {"stamp": [msg.header.stamp.sec, msg.header.stamp.nanosec]}
 
-    def op_publish_compressed(self, topic: str, seed: int = 0, fmt: str = "jpeg", data_b64: str | None = None,
-                              frame_id: str = "", stamp: list[int] | None = None, width: int = 64,
-                              height: int = 48) -> dict:
+    def op_publish_compressed(
+        self,
+        topic: str,
+        seed: int = 0,
+        fmt: str = "jpeg",
+        data_b64: str | None = None,
+        frame_id: str = "",
+        stamp: list[int] | None = None,
+        width: int = 64,
+        height: int = 48,
+    ) -> dict:
         msg = CompressedImage(format=fmt)
         if data_b64 is not None:
             msg.data = base64.b64decode(data_b64)
@@ -169,8 +196,14 @@ class Client(Node):
         self._pub("compressed", topic).publish(msg)
         return {}
 
-    def op_ask(self, question: str, image: dict | None = None, camera: str = "", max_new_tokens: int = 0,
-               timeout: float = REPLY_TIMEOUT_S) -> dict:
+    def op_ask(
+        self,
+        question: str,
+        image: dict | None = None,
+        camera: str = "",
+        max_new_tokens: int = 0,
+        timeout: float = REPLY_TIMEOUT_S,
+    ) -> dict:
         req = Ask.Request(question=question, camera=camera, max_new_tokens=max_new_tokens)
         if image is not None:
             req.image = image_msg(**image)
@@ -178,12 +211,19 @@ class Client(Node):
             raise TimeoutError("/ivl/ask did not appear")
         start = time.monotonic()
         resp = wait_future(self.ask_client.call_async(req), timeout)
-        return {"answer": resp.answer, "success": resp.success, "message": resp.message,
-                "latency_ms": resp.latency_ms, "image_stamp": [resp.image_stamp.sec, resp.image_stamp.nanosec],
-                "elapsed_s": time.monotonic() - start, "t0": start}
+        return {
+            "answer": resp.answer,
+            "success": resp.success,
+            "message": resp.message,
+            "latency_ms": resp.latency_ms,
+            "image_stamp": [resp.image_stamp.sec, resp.image_stamp.nanosec],
+            "elapsed_s": time.monotonic() - start,
+            "t0": start,
+        }
 
-    def op_ask_many(self, questions: list[str], image: dict | None = None,
-                    timeout: float = REPLY_TIMEOUT_S) -> list[dict]:
+    def op_ask_many(
+        self, questions: list[str], image: dict | None = None, timeout: float = REPLY_TIMEOUT_S
+    ) -> list[dict]:
         if not self.ask_client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError("/ivl/ask did not appear")
         start = time.monotonic()
@@ -196,12 +236,24 @@ class Client(Node):
         out = []
         for fut in futures:
             resp = wait_future(fut, timeout)
-            out.append({"answer": resp.answer, "success": resp.success, "message": resp.message,
-                        "elapsed_s": time.monotonic() - start})
+            out.append(
+                {
+                    "answer": resp.answer,
+                    "success": resp.success,
+                    "message": resp.message,
+                    "elapsed_s": time.monotonic() - start,
+                }
+            )
         return out
 
-    def op_describe(self, question: str, image: dict | None = None, camera: str = "", max_new_tokens: int = 0,
-                    timeout: float = REPLY_TIMEOUT_S) -> dict:
+    def op_describe(
+        self,
+        question: str,
+        image: dict | None = None,
+        camera: str = "",
+        max_new_tokens: int = 0,
+        timeout: float = REPLY_TIMEOUT_S,
+    ) -> dict:
         goal = Describe.Goal(question=question, camera=camera, max_new_tokens=max_new_tokens)
         if image is not None:
             goal.image = image_msg(**image)
@@ -212,8 +264,9 @@ class Client(Node):
             start = time.monotonic()
 
             def on_feedback(msg) -> None:
-                feedback.append({"text": msg.feedback.partial_text, "tokens": msg.feedback.tokens,
-                                 "t": time.monotonic() - start})
+                feedback.append(
+                    {"text": msg.feedback.partial_text, "tokens": msg.feedback.tokens, "t": time.monotonic() - start}
+                )
 
             handle = spin_future(executor, describe.send_goal_async(goal, feedback_callback=on_feedback), timeout)
             if not handle.accepted:
@@ -224,11 +277,19 @@ class Client(Node):
             end = time.monotonic() + MATCH_TIMEOUT_S
             while r.success and not any(f["text"] == r.answer for f in feedback) and time.monotonic() < end:
                 executor.spin_once(timeout_sec=0.05)
-            return {"accepted": True, "status": result.status, "answer": r.answer, "success": r.success,
-                    "message": r.message, "result_t": time.monotonic() - start, "feedback": feedback}
+            return {
+                "accepted": True,
+                "status": result.status,
+                "answer": r.answer,
+                "success": r.success,
+                "message": r.message,
+                "result_t": time.monotonic() - start,
+                "feedback": feedback,
+            }
 
-    def op_describe_start(self, question: str, max_new_tokens: int, image: dict | None = None,
-                          timeout: float = REPLY_TIMEOUT_S) -> dict:
+    def op_describe_start(
+        self, question: str, max_new_tokens: int, image: dict | None = None, timeout: float = REPLY_TIMEOUT_S
+    ) -> dict:
         """Send a goal and return once its first feedback arrived, leaving it running (the test then kills this
         process: a client that vanishes without cancelling)."""
         goal = Describe.Goal(question=question, max_new_tokens=max_new_tokens)
@@ -243,8 +304,9 @@ class Client(Node):
         threading.Thread(target=self.describe_executor.spin, daemon=True).start()
         if not self.describe_client.wait_for_server(timeout_sec=timeout):
             raise TimeoutError("/ivl/describe did not appear")
-        handle = wait_future(self.describe_client.send_goal_async(goal, feedback_callback=lambda _m: first.set()),
-                             timeout)
+        handle = wait_future(
+            self.describe_client.send_goal_async(goal, feedback_callback=lambda _m: first.set()), timeout
+        )
         if not handle.accepted or not first.wait(timeout):
             raise TimeoutError("the goal was not accepted or sent no feedback")
         return {"accepted": True}
@@ -288,12 +350,16 @@ class Client(Node):
         out = {}
         for s in msg.status:
             key = "model" if s.name.endswith(": model") else s.name.split(" camera ", 1)[-1]
-            out[key] = {"level": s.level[0] if isinstance(s.level, bytes) else int(s.level), "message": s.message,
-                        **{kv.key: kv.value for kv in s.values}}
+            out[key] = {
+                "level": s.level[0] if isinstance(s.level, bytes) else int(s.level),
+                "message": s.message,
+                **{kv.key: kv.value for kv in s.values},
+            }
         return out
 
-    def op_wait_diagnostics(self, camera: str | None = None, min_received: int = 0, newer_than: int = -1,
-                            timeout: float = REPLY_TIMEOUT_S) -> dict:
+    def op_wait_diagnostics(
+        self, camera: str | None = None, min_received: int = 0, newer_than: int = -1, timeout: float = REPLY_TIMEOUT_S
+    ) -> dict:
         """Wait for a /diagnostics message numbered above ``newer_than`` in which ``camera`` has received at least
         ``min_received`` frames -> {"seq": its number, "status": the parsed statuses}."""
         end = time.monotonic() + timeout
@@ -325,15 +391,27 @@ def _named(name, value):
     return ParameterMsg(name=name, value=value)
 
 
-def image_msg(seed: int = 0, width: int = 64, height: int = 48, encoding: str = "rgb8", step: int | None = None,
-              data_len: int | None = None, frame_id: str = "", stamp: list[int] | None = None) -> Image:
+def image_msg(
+    seed: int = 0,
+    width: int = 64,
+    height: int = 48,
+    encoding: str = "rgb8",
+    step: int | None = None,
+    data_len: int | None = None,
+    frame_id: str = "",
+    stamp: list[int] | None = None,
+) -> Image:
     """An Image whose fields may be deliberately inconsistent (step/data_len overrides) for bad-input tests."""
     channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "32FC1": 4, "16UC1": 2}.get(encoding, 3)
     rgb = make_frame(seed, max(width, 1), max(height, 1))[:height, :width]
     if encoding in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8"):
-        arr = {"rgb8": rgb, "bgr8": rgb[:, :, ::-1], "mono8": rgb[:, :, :1],
-               "rgba8": np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
-               "bgra8": np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 255, np.uint8)])}[encoding]
+        arr = {
+            "rgb8": rgb,
+            "bgr8": rgb[:, :, ::-1],
+            "mono8": rgb[:, :, :1],
+            "rgba8": np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
+            "bgra8": np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 255, np.uint8)]),
+        }[encoding]
     else:
         arr = np.zeros((height, width, channels), np.uint8)
     row = width * channels
@@ -367,7 +445,7 @@ def main() -> None:
         try:
             result = getattr(client, f"op_{op}")(**request)
             reply = {"ok": True, "result": result}
-        except Exception as exc:  # noqa: BLE001 - reported to the test
+        except Exception as exc:
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(reply), flush=True)
     # A clean exit (DDS says goodbye at once): stop spinning first, then take the entities down.
