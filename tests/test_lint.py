@@ -1,4 +1,4 @@
-"""The code base stays `ruff` clean and `ruff format`ted (ruff.toml) and the model core type-checks (pyrightconfig.json)."""
+"""The code base stays `ruff` clean and formatted (ruff.toml); the model core type-checks (pyrightconfig.json)."""
 
 from __future__ import annotations
 

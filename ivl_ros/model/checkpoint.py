@@ -71,8 +71,8 @@ def hf_config_from_upstream(config: dict, spec: ModelSpec):
         attention_dropout=0.0,
         projection_dropout=0.0,
         hidden_dropout_prob=0.0,
-        drop_path_rate=0.0,
-    )  # pyright: ignore[reportCallIssue]  (an extra config attribute, kept as given)
+        drop_path_rate=0.0,  # pyright: ignore[reportCallIssue]  (an extra config attribute, kept as given)
+    )
     rope = llm["rope_scaling"]
     text_cfg = LlamaConfig(
         hidden_size=llm["hidden_size"],
