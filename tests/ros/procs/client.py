@@ -71,6 +71,8 @@ class Client(Node):
         # treats "no action client left" as "nobody will take this goal's result".
         self.describe_client: ActionClient | None = None  # only describe_start keeps one
         self.describe_executor: SingleThreadedExecutor | None = None
+        self.describe_spinner: threading.Thread | None = None
+        self.describe_node: Node | None = None
         self.params = AsyncParameterClient(self, "ivl_captioner")
         self.pubs: dict[tuple[str, str], object] = {}
 
@@ -115,7 +117,7 @@ class Client(Node):
     def _action_client(self):
         """An action client on a node of its own, spun only by the calling thread while the op runs, then destroyed:
         never touched by the background executor, so destroying it cannot race that executor's wait set."""
-        node = rclpy.create_node("test_client_describe")
+        node = self.describe_node = rclpy.create_node("test_client_describe")
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         client = ActionClient(node, Describe, "/ivl/describe")
@@ -297,11 +299,12 @@ class Client(Node):
             goal.image = image_msg(**image)
         first = threading.Event()
         # Kept (not destroyed) and spun by a thread of its own: this process is then closed with the goal running.
-        node = rclpy.create_node("test_client_describe")
+        node = self.describe_node = rclpy.create_node("test_client_describe")
         self.describe_executor = SingleThreadedExecutor()
         self.describe_executor.add_node(node)
         self.describe_client = ActionClient(node, Describe, "/ivl/describe")
-        threading.Thread(target=self.describe_executor.spin, daemon=True).start()
+        self.describe_spinner = threading.Thread(target=self.describe_executor.spin, daemon=True)
+        self.describe_spinner.start()
         if not self.describe_client.wait_for_server(timeout_sec=timeout):
             raise TimeoutError("/ivl/describe did not appear")
         handle = wait_future(
@@ -448,14 +451,20 @@ def main() -> None:
         except Exception as exc:
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(reply), flush=True)
-    # A clean exit (DDS says goodbye at once): stop spinning first, then take the entities down.
+    # A clean exit, so DDS says goodbye at once: stop every spinning thread and wait for it before any entity is
+    # destroyed (a thread still inside rcl_wait at interpreter exit aborts the process with std::terminate, and
+    # an aborted participant is only noticed by the others after its lease, 20 s later).
     executor.shutdown(timeout_sec=10.0)
     spinner.join(timeout=10.0)
     if client.describe_executor is not None:
         client.describe_executor.shutdown(timeout_sec=10.0)
+        client.describe_spinner.join(timeout=10.0)
         client.describe_client.destroy()
+        client.describe_node.destroy_node()
     client.destroy_node()
     rclpy.try_shutdown()
+    if spinner.is_alive() or (client.describe_spinner is not None and client.describe_spinner.is_alive()):
+        raise SystemExit("a spinning thread did not stop within 10 s")
 
 
 if __name__ == "__main__":
