@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ivl_ros.errors import IvlError, OptionError
-from ivl_ros.model.defaults import resolve_model_path
 from ivl_ros.model.options import (
     DTYPES,
     UPSTREAM_MAX_TILES,
@@ -23,6 +22,7 @@ from ivl_ros.model.options import (
     add_model_options,
     generation_settings,
     int_range,
+    load_engine,
 )
 
 # Subcommands that live with their feature; each module has add_parser(subparsers) and run(args) -> int.
@@ -120,20 +120,10 @@ def _cmd_tiles(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from ivl_ros.model.engine import VisionLanguageEngine
-
     if args.min_new_tokens > args.max_new_tokens:
         raise OptionError(f"--min-new-tokens ({args.min_new_tokens}) exceeds --max-new-tokens ({args.max_new_tokens})")
     settings = generation_settings(args)
-    model = resolve_model_path(args.model, log=None if args.json else _say)
-    engine = VisionLanguageEngine.load(
-        model,
-        backend=args.backend,
-        device=args.device,
-        dtype=args.dtype,
-        engines_path=args.engines,
-        attention=args.attention,
-    )
+    engine = load_engine(args, log=None if args.json else _say)
     if args.command == "caption":
         answer = engine.caption(args.image, max_tiles=args.max_tiles, prompt=args.prompt, settings=settings)
     else:

@@ -9,8 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ivl_ros.model.defaults import resolve_model_path
-from ivl_ros.model.options import CAPTION_MAX_TILES, add_max_tiles_option, add_model_options, int_range
+from ivl_ros.model.options import CAPTION_MAX_TILES, add_max_tiles_option, add_model_options, int_range, load_engine
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,20 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from ivl_ros.eval.caption_eval import evaluate_captions
     from ivl_ros.eval.coco_data import load_caption_dataset
     from ivl_ros.eval.scoring import require_java
-    from ivl_ros.model.engine import VisionLanguageEngine
 
     # Bad inputs fail before the (slow) model load; evaluate_captions reads the annotations again (cheap).
     require_java()
     load_caption_dataset(args.annotations, args.images, gt=args.gt, limit=args.limit)
-    model = resolve_model_path(args.model, log=lambda msg: print(f"ivl: {msg}", file=sys.stderr))
-    engine = VisionLanguageEngine.load(
-        model,
-        backend=args.backend,
-        device=args.device,
-        dtype=args.dtype,
-        engines_path=args.engines,
-        attention=args.attention,
-    )
+    engine = load_engine(args, log=lambda msg: print(f"ivl: {msg}", file=sys.stderr))
     metrics = evaluate_captions(
         engine,
         args.images,

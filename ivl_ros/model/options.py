@@ -137,6 +137,22 @@ def add_model_options(
         )
 
 
+def load_engine(args: argparse.Namespace, log: Callable[[str], None] | None):
+    """The :class:`VisionLanguageEngine` for options added by :func:`add_model_options` (with its backend
+    options); ``log`` gets the demo-model line when no --model was given."""
+    from ivl_ros.model.defaults import resolve_model_path
+    from ivl_ros.model.engine import VisionLanguageEngine
+
+    return VisionLanguageEngine.load(
+        resolve_model_path(args.model, log=log),
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        engines_path=args.engines,
+        attention=args.attention,
+    )
+
+
 def add_max_tiles_option(p: argparse.ArgumentParser, default: int | None, help_default: str) -> None:
     p.add_argument(
         "--max-tiles",

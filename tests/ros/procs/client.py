@@ -155,20 +155,9 @@ class Client(Node):
             time.sleep(0.1)
         return self.op_diagnostics()
 
-    def op_publish_image(
-        self,
-        topic: str,
-        seed: int = 0,
-        width: int = 64,
-        height: int = 48,
-        encoding: str = "rgb8",
-        step: int | None = None,
-        data_len: int | None = None,
-        frame_id: str = "",
-        stamp: list[int] | None = None,
-        count: int = 1,
-    ) -> dict:
-        msg = image_msg(seed, width, height, encoding, step, data_len, frame_id, stamp)
+    def op_publish_image(self, topic: str, count: int = 1, **image) -> dict:
+        """Publish ``count`` copies of ``image_msg(**image)`` on ``topic``."""
+        msg = image_msg(**image)
         pub = self._pub("raw", topic)
         for _ in range(count):
             pub.publish(msg)
