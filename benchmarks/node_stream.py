@@ -42,6 +42,21 @@ NON_DEFAULT = (
 )
 
 
+def _spread(values: list[float]) -> dict:
+    """median / p95 / max in seconds, rounded to ms (empty when there were no values)."""
+    if not values:
+        return {}
+    return {
+        "median": round(float(np.median(values)), 3),
+        "p95": round(float(np.percentile(values, 95)), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def _spread_text(spread: dict) -> str:
+    return f"{spread.get('median')} / {spread.get('p95')} / {spread.get('max')} s"
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -126,12 +141,14 @@ def observe(args: argparse.Namespace, env: dict[str, str], ckpt: Path) -> dict:
     obs = Node("bench_observer")
     captions: list[float] = []
     ages: list[float] = []
+    waits: list[float] = []  # each caption's age minus its own model call: time outside the model
     diag: dict = {}
 
     def on_caption(msg) -> None:
         captions.append(time.monotonic())
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         ages.append(obs.get_clock().now().nanoseconds * 1e-9 - stamp)
+        waits.append(ages[-1] - msg.latency_ms / 1000)
 
     def on_diag(msg) -> None:
         for status in msg.status:
@@ -199,14 +216,13 @@ def observe(args: argparse.Namespace, env: dict[str, str], ckpt: Path) -> dict:
         "node_rejected": int(cam.get("rejected", 0)),
         "captions_received": len(captions),
         "caption_rate_hz": round(len(captions) / max(published["seconds"], 1e-9), 2),
-        "caption_age_s": {
-            "median": round(float(np.median(ages)), 3),
-            "p95": round(float(np.percentile(ages, 95)), 3),
-            "max": round(max(ages), 3),
-        }
-        if ages
-        else {},
-        "caption_age_bound_s": round(float(model.get("last_latency_ms", "nan")) / 1000 + 1 / args.rate, 3),
+        "caption_age_s": _spread(ages),
+        # The issue's bound: frame age at caption within one model call plus one frame interval. Checked caption by
+        # caption against that caption's own model time (Caption.latency_ms), so a slow call does not hide in a
+        # median: the rest is transport to the node, the wait in the latest-frame slot and the caption's delivery.
+        "caption_age_outside_model_s": _spread(waits),
+        "frame_interval_s": round(1 / args.rate, 3),
+        "captions_within_bound": sum(w <= 1 / args.rate for w in waits),
         "last_latency_ms": float(model.get("last_latency_ms", "nan")),
         "rss_mb": {
             "idle_before_stream": round(rss_idle, 1),
@@ -247,9 +263,11 @@ def markdown(r: dict, meta: dict) -> str:
         f"| frames rejected (malformed) | {r['node_rejected']} |",
         f"| captions received by the observer | {r['captions_received']} ({r['caption_rate_hz']} Hz; configured "
         f"{meta['caption_rate']} Hz) |",
-        f"| caption age at arrival (now - frame stamp), median / p95 / max | {r['caption_age_s'].get('median')} / "
-        f"{r['caption_age_s'].get('p95')} / {r['caption_age_s'].get('max')} s (one model call + one frame interval: "
-        f"{r['caption_age_bound_s']} s) |",
+        f"| caption age at arrival (now - frame stamp), median / p95 / max | {_spread_text(r['caption_age_s'])} |",
+        f"| the same minus that caption's model call (Caption.latency_ms), median / p95 / max | "
+        f"{_spread_text(r['caption_age_outside_model_s'])} |",
+        f"| captions within one model call + one frame interval ({r['frame_interval_s']} s) | "
+        f"{r['captions_within_bound']}/{r['captions_received']} |",
         f"| node RSS idle / min / max during the stream | {rss['idle_before_stream']} / {rss['min']} / "
         f"{rss['max']} MB |",
         f"| RSS growth after the first 10 s | {rss['growth_after_10s']} MB |",
