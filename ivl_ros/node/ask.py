@@ -114,6 +114,12 @@ def ask(
     except TimeoutError:
         print(f"ivl-ros-ask: no answer within {timeout} s", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        if rclpy.ok():
+            raise
+        return 130  # Ctrl-C: rclpy's handler shut the context down first, so the wait in progress failed
     finally:
         executor.shutdown()
         node.destroy_node()

@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
                 break
     except KeyboardInterrupt:
         rc = 130
+    except Exception:
+        if rclpy.ok():
+            raise
+        rc = 130  # Ctrl-C: rclpy's handler shut the context down first, so the wait in progress failed
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

@@ -215,7 +215,9 @@ class Camera:
         except subprocess.TimeoutExpired:
             self.popen.send_signal(signal.SIGINT)
             out, _ = self.popen.communicate(timeout=30)
-        return json.loads(out.strip().splitlines()[-1])
+        lines = out.strip().splitlines()
+        assert lines, f"the camera process ended (rc {self.popen.returncode}) without its summary: see camera.log"
+        return json.loads(lines[-1])
 
     def stop(self) -> dict:
         if self.popen.poll() is None:

@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import yaml
 
 from ivl_ros.node import launch_spec, launcher
 from ivl_ros.node.params import defaults
-from tests.ros.conftest import REPO, Proc, assert_serves_a_default_client, ros_env, stub_launch_modules
+from tests.ros.conftest import REPO, Proc, assert_serves_a_default_client, ros_env, stub_launch_modules, wait_captions
 
 LAUNCH_FILE = REPO / "launch" / "captioner.launch.py"
 CONFIG = REPO / "config" / "captioner.yaml"
@@ -91,9 +90,8 @@ def test_launch_file_builds_the_same_nodes(monkeypatch):
 def test_supervise_stops_everything_when_a_child_dies():
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     crasher = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
-    start = time.monotonic()
     assert launcher.supervise({"sleeper": sleeper, "crasher": crasher}, []) == 3
-    assert sleeper.poll() is not None and time.monotonic() - start < 10
+    assert sleeper.poll() is not None and sleeper.returncode < 0, sleeper.returncode  # stopped by a signal, not done
 
 
 def test_launcher_reports_bad_arguments(capsys):
@@ -134,11 +132,8 @@ def test_pip_launcher_runs_compressed_cameras_and_stops_on_sigint(tiny_ckpt, dom
         proc.wait_log("compressed image has no data")
         client.call("captions")
         client.call("publish_compressed", topic="/cam/image_raw/compressed", seed=4, frame_id="jpeg-frame")
-        end, caps = time.monotonic() + 15, []
-        while not caps and time.monotonic() < end:
-            caps = client.call("captions")
-            time.sleep(0.1)
-        assert caps and caps[0]["camera"] == "/cam/image_raw" and caps[0]["frame_id"] == "jpeg-frame"
+        caps = wait_captions(client, lambda got: len(got) >= 1)
+        assert caps[0]["camera"] == "/cam/image_raw" and caps[0]["frame_id"] == "jpeg-frame"
         described = client.call("describe", question="What is here?")
         assert described["success"] and described["feedback"], described
         assert client.call("set_params", values={"max_tiles": 2})[0]["successful"]

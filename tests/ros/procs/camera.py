@@ -20,6 +20,7 @@ import rclpy
 from common import make_frame
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
 MATCH_DEADLINE_S = 120.0
@@ -37,7 +38,9 @@ def main() -> None:
     ap.add_argument("--record", action="store_true")
     ap.add_argument("--tag", default="", help="frame_id prefix: <tag>seq=<i>")
     args = ap.parse_args()
-    rclpy.init()
+    # SIGINT ends the run (the test's stop()): with rclpy's own handler the context could be shut down between two
+    # publishes before KeyboardInterrupt reaches this loop, and the next publish would fail instead of ending it.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = Node("test_camera")
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE) if args.reliable else qos_profile_sensor_data
     pub = node.create_publisher(Image, args.topic, qos)
