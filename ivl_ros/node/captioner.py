@@ -380,11 +380,12 @@ class CaptionNode(Node):
             raise IvlError(f"no frame received yet on {camera}; publish a frame or supply an image")
         return _Request(frame.rgb, question, settings, frame.header.stamp, f"latest frame of {camera}")
 
-    def _client_gone(self, what: str) -> bool:
-        """No client left that could receive the answer (graph query: cheap, but called at most every 0.25 s)."""
+    def _listed_clients(self, what: str) -> int:
+        """Clients this node's graph lists that could take a ``what`` answer: action clients (each one subscribes
+        to the feedback topic) or service clients. A graph query: cheap, but called at most every 0.25 s."""
         if what == DESCRIBE_ACTION:
-            return self.count_subscribers(DESCRIBE_FEEDBACK_TOPIC) == 0
-        return self.count_clients(ASK_SERVICE) == 0
+            return self.count_subscribers(DESCRIBE_FEEDBACK_TOPIC)
+        return self.count_clients(ASK_SERVICE)
 
     def _liveness_guard(self, what: str) -> Any:
         """-> check(): raises _Abandoned once the request is over request_timeout_s or its client has gone, so a
@@ -392,6 +393,11 @@ class CaptionNode(Node):
         limit = float(self.p("request_timeout_s"))
         deadline = time.monotonic() + limit if limit > 0 else float("inf")
         next_graph_check = [0.0]
+        # Gone means seen, then gone: a request can arrive before this node's graph lists its client (discovery
+        # announces each endpoint on its own, and a fresh `ros2 action send_goal` sends at once), so "no client" at
+        # the first looks is not proof of anything. A client that vanishes before it was ever listed is bounded by
+        # request_timeout_s.
+        seen = [False]
 
         def check() -> None:
             now = time.monotonic()
@@ -399,7 +405,9 @@ class CaptionNode(Node):
                 raise _Abandoned(f"stopped after request_timeout_s={limit:g} s")
             if now >= next_graph_check[0]:
                 next_graph_check[0] = now + LIVENESS_CHECK_S
-                if self._client_gone(what):
+                if self._listed_clients(what) > 0:
+                    seen[0] = True
+                elif seen[0]:
                     raise _Abandoned("stopped: the client went away")
 
         return check
@@ -528,6 +536,8 @@ class CaptionNode(Node):
             "frames_dropped": sum(s.dropped for s in cams.values()),
             "frames_rejected": sum(s.rejected for s in cams.values()),
             "pending_requests": self.worker.pending,
+            "ask_clients": self._listed_clients(ASK_SERVICE),
+            "describe_clients": self._listed_clients(DESCRIBE_ACTION),
             "last_error": self.last_error,
             **self.counters,
         }

@@ -179,6 +179,10 @@ def test_abandoned_goal_stops_and_the_next_ask_is_answered(node, client, engine,
     seed = _long_answer_seed(engine, tokens=LONG)  # an input the model answers at length (greedy, no early stop)
     doomed = RpcClient(ros_env(domain), logs / "doomed_client.log")
     doomed.call("describe_start", question=QUESTION, max_new_tokens=4096, image={"seed": seed})
+    # The node stops a request whose client it has listed and then lost (a client not listed yet may be a fresh one
+    # whose discovery lags its goal). Two diagnostics reports in a row listing the action client: the generation's
+    # liveness checks (every 0.25 s) between them saw it.
+    _wait_for_listed_clients(client, "describe_clients", reports=2)
     doomed.close()  # the process exits without cancelling its goal
     reply = client.call("ask", question=QUESTION, image={"seed": 12})
     assert reply["success"] and reply["answer"] == expected_answer(engine, 12), reply
@@ -188,6 +192,14 @@ def test_abandoned_goal_stops_and_the_next_ask_is_answered(node, client, engine,
     # between the client's goodbye and its next liveness check depends on the machine's speed, so that count is
     # not bounded here: typically tens.)
     assert 0 < generated < 4096, generated
+
+
+def _wait_for_listed_clients(client, key: str, reports: int) -> None:
+    seq, streak = client.call("wait_diagnostics")["seq"], 0
+    while streak < reports:
+        diag = client.call("wait_diagnostics", newer_than=seq)
+        seq = diag["seq"]
+        streak = streak + 1 if int(diag["status"]["model"][key]) >= 1 else 0
 
 
 def _long_answer_seed(engine, tokens: int) -> int:
@@ -205,4 +217,5 @@ def test_diagnostics_report_health(node, client):
     model = diag["model"]
     assert model["level"] == 0 and model["backend"] == "torch" and model["model_id"] == node.model_id
     assert float(model["last_latency_ms"]) > 0 and int(model["frames_dropped"]) >= 0
+    assert int(model["ask_clients"]) >= 1 and int(model["describe_clients"]) >= 0  # this client's /ivl/ask client
     assert diag[SILENT]["message"] == "no frame received yet"
