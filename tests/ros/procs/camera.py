@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,8 @@ def main() -> None:
     args = ap.parse_args()
     # SIGINT ends the run (the test's stop()): with rclpy's own handler the context could be shut down between two
     # publishes before KeyboardInterrupt reaches this loop, and the next publish would fail instead of ending it.
+    # Python's own handler is set explicitly: a process started from a background job inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = Node("test_camera")
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE) if args.reliable else qos_profile_sensor_data
