@@ -141,7 +141,7 @@ def observe(args: argparse.Namespace, env: dict[str, str], ckpt: Path) -> dict:
     obs = Node("bench_observer")
     captions: list[float] = []
     ages: list[float] = []
-    waits: list[float] = []  # each caption's age minus its own model call: time outside the model
+    waits: list[float] = []  # each caption's age minus its own engine call (Caption.latency_ms): time outside it
     diag: dict = {}
 
     def on_caption(msg) -> None:
@@ -218,8 +218,8 @@ def observe(args: argparse.Namespace, env: dict[str, str], ckpt: Path) -> dict:
         "caption_rate_hz": round(len(captions) / max(published["seconds"], 1e-9), 2),
         "caption_age_s": _spread(ages),
         # The bound: frame age at caption within one model call plus one frame interval. Checked caption by
-        # caption against that caption's own model time (Caption.latency_ms), so a slow call does not hide in a
-        # median: the rest is transport to the node, the wait in the latest-frame slot and the caption's delivery.
+        # caption against that caption's own engine call (Caption.latency_ms: tiling + model), so a slow call does not
+        # hide in a median: the rest is transport to the node, the wait in the latest-frame slot and the delivery.
         "caption_age_outside_model_s": _spread(waits),
         "frame_interval_s": round(1 / args.rate, 3),
         "captions_within_bound": sum(w <= 1 / args.rate for w in waits),
@@ -264,9 +264,9 @@ def markdown(r: dict, meta: dict) -> str:
         f"| captions received by the observer | {r['captions_received']} ({r['caption_rate_hz']} Hz; configured "
         f"{meta['caption_rate']} Hz) |",
         f"| caption age at arrival (now - frame stamp), median / p95 / max | {_spread_text(r['caption_age_s'])} |",
-        f"| the same minus that caption's model call (Caption.latency_ms), median / p95 / max | "
+        f"| the same minus that caption's engine call (Caption.latency_ms), median / p95 / max | "
         f"{_spread_text(r['caption_age_outside_model_s'])} |",
-        f"| captions within one model call + one frame interval ({r['frame_interval_s']} s) | "
+        f"| captions within one engine call + one frame interval ({r['frame_interval_s']} s) | "
         f"{r['captions_within_bound']}/{r['captions_received']} |",
         f"| node RSS idle / min / max during the stream | {rss['idle_before_stream']} / {rss['min']} / "
         f"{rss['max']} MB |",

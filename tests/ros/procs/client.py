@@ -117,7 +117,7 @@ class Client(Node):
     def _action_client(self):
         """An action client on a node of its own, spun only by the calling thread while the op runs, then destroyed:
         never touched by the background executor, so destroying it cannot race that executor's wait set."""
-        node = self.describe_node = rclpy.create_node("test_client_describe")
+        node = rclpy.create_node("test_client_describe")
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         client = ActionClient(node, Describe, "/ivl/describe")
