@@ -55,7 +55,7 @@ def _parts(fused, st) -> list[tuple[str, int, Callable[[], None], float]]:
             layers[0].wqkv.numel() * elem,
         ),
         (
-            "attention over the valid cache" + ("" if fused.merge_in_attention else " + merge"),
+            "attention over the valid cache" + ("" if fused.attention_plan.merge_in_attention else " + merge"),
             n,
             each(lambda i: fused.attention(i, st)),
             kv_bytes,
@@ -110,10 +110,12 @@ def kernel_table(fused, st, copy_bytes_per_s: float, reps: int = 20) -> dict:
         "choose_and_gaps_ms": whole - parts,
         "configs": {k: list(v) for k, v in fused.configs.items()},
         "attention": {
-            "chunk": fused.chunk,
-            "splits": fused.splits,
-            "warps": fused.attn_warps,
-            "merge_in_attention": fused.merge_in_attention,
+            "chunk": fused.attention_plan.chunk,
+            "splits": fused.attention_plan.splits,
+            "programs_with_keys": fused.batch * fused.kv_heads * (start_slot // fused.attention_plan.chunk + 1),
+            "warps": fused.attention_plan.warps,
+            "merge_in_attention": fused.attention_plan.merge_in_attention,
+            "merge_block": fused.attention_plan.merge_block,
         },
         "context": start_slot + 1,
     }
@@ -127,8 +129,21 @@ CANDIDATES = {
     "down": [(1, 1024, 4), (2, 1024, 8), (1, 2048, 8)],
     "head": [(4, 1024, 4), (2, 1024, 4), (8, 1024, 8)],
 }
-# (merge in the attention kernel, cache slots per program, warps)
-ATTENTION_CANDIDATES = [(1, 64, 8), (0, 64, 8), (1, 64, 4), (1, 32, 4), (1, 128, 8)]
+# (merge in the attention kernel, cache slots per program, warps). Attention v3: short chunks, so that the
+# 1837-key bench context is 232-920 programs at batch 1 (v2's best was 64 slots, 8 warps: 232 programs, 11.7 us);
+# each chunk size with the in-kernel merge and with the separate one-pass merge kernel.
+ATTENTION_CANDIDATES = [
+    (1, 32, 4),
+    (0, 32, 4),
+    (1, 32, 2),
+    (1, 16, 2),
+    (0, 16, 2),
+    (1, 16, 4),
+    (1, 64, 4),
+    (0, 64, 4),
+    (1, 64, 8),
+    (0, 128, 8),
+]
 PART_OF = {"qkv": 0, "o": 2, "gate_up": 3, "down": 4, "head": 5}
 
 

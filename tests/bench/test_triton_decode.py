@@ -133,19 +133,21 @@ def test_qkv_rope_cache_write(batch, gather):
     assert valid[:, s0].all() and int(valid.sum()) == batch
 
 
-def _attention_inputs(batch: int, seed: int):
+def _attention_inputs(batch: int, slot: int, seed: int):
     torch.manual_seed(seed)
     q = _rand(batch, HEADS * HEAD_DIM)
     kc = _rand(batch, KV_HEADS, CACHE, HEAD_DIM)
     vc = _rand(batch, KV_HEADS, CACHE, HEAD_DIM)
-    slot = torch.tensor([CACHE * 3 // 4 + 5], device=DEVICE)
     valid = torch.zeros((batch, CACHE), dtype=torch.bool, device=DEVICE)
-    valid[:, : int(slot) + 1] = True
+    valid[:, : slot + 1] = True
     for b in range(1, batch):
-        valid[b, : 7 * b] = False  # left padding of the other rows
-    kc[:, :, int(slot) + 1 :] = float("nan")  # beyond the slot: never read
-    vc[:, :, int(slot) + 1 :] = float("nan")
-    return q, kc, vc, slot, valid
+        pad = min(7 * b, slot)  # left padding of the other rows (the current slot stays valid)
+        valid[b, :pad] = False
+        kc[b, :, :pad] = float("nan")  # a padded slot may hold anything: it must not reach the output
+        vc[b, :, :pad] = float("nan")
+    kc[:, :, slot + 1 :] = float("nan")  # beyond the slot: never read
+    vc[:, :, slot + 1 :] = float("nan")
+    return q, kc, vc, torch.tensor([slot], device=DEVICE), valid
 
 
 def _attention_reference(q, kc, vc, valid):
@@ -158,66 +160,44 @@ def _attention_reference(q, kc, vc, valid):
     return torch.einsum("bkgl,bkld->bkgd", torch.softmax(scores, -1), v).reshape(batch, HEADS * HEAD_DIM)
 
 
-@pytest.mark.parametrize(
-    "batch,merge,merge_block", [(1, True, None), (1, False, None), (4, True, None), (1, True, 2), (2, False, 2)]
-)
-def test_attention_over_valid_cache(batch, merge, merge_block):
-    q, kc, vc, slot, valid = _attention_inputs(batch, seed=batch + 2 * merge)
-    _, chunk, warps = td.ATTENTION
-    splits = -(-CACHE // chunk)
-    p2 = td._next_pow2(splits)
-    mb = merge_block or td.merge_block(p2)  # 2: the merge loops over its chunks in several steps
-    g = HEADS // KV_HEADS
-    bk = batch * KV_HEADS
+def _check_attention(batch: int, slot: int, config: tuple[int, int, int], merge_block: int | None, seed: int):
+    q, kc, vc, slot_t, valid = _attention_inputs(batch, slot, seed)
+    plan = td.AttentionPlan(config, batch, HEADS, KV_HEADS, HEAD_DIM, CACHE, DEVICE, merge_block=merge_block)
     outs = []
     for _ in range(3):  # the merge is deterministic: a race would show as a difference between repeats
-        part_o = torch.full((bk, p2, g, HEAD_DIM), float("nan"), device=DEVICE)
-        part_m = torch.full((bk, p2, g), float("nan"), device=DEVICE)
-        part_l = torch.full((bk, p2, g), float("nan"), device=DEVICE)
-        counters = torch.zeros(bk, dtype=torch.int32, device=DEVICE)
+        for part in (plan.part_o, plan.part_m, plan.part_l):
+            part.fill_(float("nan"))  # a merge that reads a chunk no program wrote this launch gives NaN
         out = torch.full((batch, HEADS * HEAD_DIM), float("nan"), dtype=BF16, device=DEVICE)
-        td.attention_kernel[(bk, splits)](
-            q,
-            kc,
-            vc,
-            valid.view(torch.int8),
-            slot,
-            part_o,
-            part_m,
-            part_l,
-            counters,
-            out,
-            CACHE,
-            splits,
-            1.0 / math.sqrt(HEAD_DIM),
-            CHUNK=chunk,
-            HEADS=HEADS,
-            KV_HEADS=KV_HEADS,
-            D=HEAD_DIM,
-            SPLITS_P2=p2,
-            MB=mb,
-            MERGE=merge,
-            num_warps=warps,
-        )
-        if not merge:
-            td.attention_merge_kernel[(bk,)](
-                part_o,
-                part_m,
-                part_l,
-                out,
-                splits,
-                HEADS=HEADS,
-                KV_HEADS=KV_HEADS,
-                D=HEAD_DIM,
-                SPLITS_P2=p2,
-                MB=mb,
-                num_warps=4,
-            )
-        else:
-            assert int(counters.abs().sum()) == 0  # reset for the next launch
+        plan.launch(q, kc, vc, valid, slot_t, out)
+        assert int(plan.counters.abs().sum()) == 0  # reset for the next launch
         outs.append(out.clone())
     assert _rel(outs[0], _attention_reference(q, kc, vc, valid)) < 1e-2
     assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+@pytest.mark.parametrize(
+    "batch,merge,merge_block", [(1, 1, None), (1, 0, None), (4, 1, None), (1, 1, 2), (2, 0, 2), (3, 0, None)]
+)
+def test_attention_over_valid_cache(batch, merge, merge_block):
+    """The default chunk, a long context (the bench's 1837 keys on the GPU); merge_block 2: the merge loops over
+    its chunks in several steps."""
+    _, chunk, warps = td.ATTENTION
+    _check_attention(batch, CACHE - 212, (merge, chunk, warps), merge_block, seed=batch + 2 * merge)
+
+
+@pytest.mark.parametrize("merge", [1, 0])
+@pytest.mark.parametrize("chunk", [16, td.ATTENTION[1], 64])
+@pytest.mark.parametrize("where", ["one key", "chunk end", "next chunk", "full - 1", "full"])
+def test_attention_context_edges(where, chunk, merge):
+    """Context lengths 1, a chunk boundary (the slot last in its chunk, then first in the next) and 2047/2048 of
+    a 2048-slot cache (CACHE - 1 and CACHE here), for each merge."""
+    slot = {"one key": 0, "chunk end": chunk - 1, "next chunk": chunk, "full - 1": CACHE - 2, "full": CACHE - 1}[where]
+    _check_attention(2 if where == "next chunk" else 1, slot, (merge, chunk, 4), None, seed=slot + chunk + merge)
+
+
+def test_attention_plan_rejects_a_chunk_not_a_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        td.AttentionPlan((1, 48, 4), 1, HEADS, KV_HEADS, HEAD_DIM, CACHE, DEVICE)
 
 
 @pytest.mark.parametrize("name,gather", [("o", False), ("o", True), ("down", False)])

@@ -11,9 +11,9 @@ the small work fused around it:
 1. ``rmsnorm -> q/k/v matrix -> RoPE -> cache write``: each program owns a pair of rows (d, d + D/2)
    of one head, which is exactly what rotate-half RoPE mixes;
 2. attention of the new token over the *valid* cache length only (flash-decoding: the cache is cut
-   into chunks, one program per (row, kv head, chunk) that loads the chunk's keys and values once for
-   both query heads of the group; the last program of a (row, kv head) to finish merges the chunks, or
-   a small second kernel does);
+   into short chunks, one program per (row, kv head, chunk) that loads the chunk's keys and values once
+   for both query heads of the group, programs past the current slot stop at once; the last program of a
+   (row, kv head) to finish merges the chunks, or a small second kernel does, in one pass);
 3. ``o matrix + residual`` (in place on the residual stream);
 4. ``rmsnorm -> gate/up matrix -> SiLU(gate) * up``: a program owns gate row i and up row i;
 5. ``down matrix + residual``.
@@ -54,8 +54,10 @@ CONFIGS = {
     "down": (1, 1024, 4),
     "head": (4, 1024, 4),
 }
-# Attention: (merge in the attention kernel 1/0, cache slots per program, warps).
-ATTENTION = (1, 64, 8)
+# Attention: (merge in the attention kernel 1/0, cache slots per program, warps). 32-slot chunks: 464 programs
+# hold the 1837 keys of the bench caption at batch 1 (8 kv heads), 3.5 per SM.
+ATTENTION = (1, 32, 4)
+MERGE_COLUMNS = 32  # head-dim columns per program of the separate merge kernel (4 programs per kv head)
 CHOOSE_BLOCK = 1024  # per-program maxima reduced per iteration by the choose kernel
 
 
@@ -79,9 +81,10 @@ def default_configs() -> dict[str, tuple[int, int, int]]:
     return configs
 
 
-def merge_block(splits_p2: int) -> int:
-    """Attention chunks merged per iteration (bounds the merge's registers for long caches)."""
-    return min(32, splits_p2)
+def merge_block_for(splits: int, columns: int) -> int:
+    """Attention chunks merged per iteration: a power of two that keeps a merge program's partials (chunks x
+    group x columns float32) near 4096 x group values, so long caches do not spill registers."""
+    return max(1, min(_next_pow2(splits), 4096 // columns))
 
 
 def _next_pow2(n: int) -> int:
@@ -313,6 +316,12 @@ def qkv_rope_kernel(
 
 
 # -- 2. attention over the valid cache -------------------------------------------------------------------
+# Version 3. At batch 1 the attention is 24 short reads of ~7.5 MB (8 kv heads x ~1837 keys x K and V) whose
+# time v2 spent in a chain of dependent steps rather than in moving bytes: slot -> valid flags -> K/V (masked
+# by the flags) -> partials -> merge. Here the K/V loads depend on the slot only (the flags are loaded beside
+# them and applied to the scores), programs past the slot stop before loading anything, and the merge covers
+# only the chunks that hold keys. Short chunks (16-32 slots) put 500-1000 programs in flight for 132 SMs.
+# Scores are kept in log2 units (q pre-scaled by log2(e) / sqrt(D)), so the softmax is exp2 throughout.
 @triton.jit
 def _attn_merge(
     po_ptr,
@@ -322,24 +331,28 @@ def _attn_merge(
     bk,
     b,
     kvh,
-    SPLITS,
+    n_chunks,
+    d0,
+    SPLITS: tl.constexpr,
     HEADS: tl.constexpr,
     G: tl.constexpr,
     D: tl.constexpr,
-    SPLITS_P2: tl.constexpr,
+    DB: tl.constexpr,
     MB: tl.constexpr,
 ):
-    """Merge the per-chunk (max, sum, weighted values) of one (row, kv head) into the bf16 output, MB chunks at
-    a time."""
+    """Merge the first ``n_chunks`` per-chunk (max, sum, weighted values) of one (row, kv head), columns
+    [d0, d0 + DB) of every query head of the group, MB chunks at a time, into the bf16 output."""
     offs_g = tl.arange(0, G)
-    offs_d = tl.arange(0, D)
+    offs_d = d0 + tl.arange(0, DB)
     top = tl.full((G,), float("-inf"), tl.float32)
     total = tl.zeros((G,), tl.float32)
-    acc = tl.zeros((G, D), tl.float32)
-    for s0 in range(0, SPLITS_P2, MB):
+    acc = tl.zeros((G, DB), tl.float32)
+    # The loop runs to SPLITS (a compile-time constant), not n_chunks (loaded in the kernel: Triton's interpreter
+    # takes no tensor as a loop bound); blocks past n_chunks are fully masked and load nothing.
+    for s0 in range(0, SPLITS, MB):
         offs_s = s0 + tl.arange(0, MB)
-        s_ok = offs_s < SPLITS
-        ml_off = (bk * SPLITS_P2 + offs_s[:, None]) * G + offs_g[None, :]  # (MB, G)
+        s_ok = offs_s < n_chunks
+        ml_off = (bk * SPLITS + offs_s[:, None]) * G + offs_g[None, :]  # (MB, G)
         # .cg: partials another program just wrote must not come from this SM's L1.
         m = tl.load(pm_ptr + ml_off, mask=s_ok[:, None], other=float("-inf"), cache_modifier=".cg")
         lsum = tl.load(pl_ptr + ml_off, mask=s_ok[:, None], other=0.0, cache_modifier=".cg")
@@ -348,11 +361,11 @@ def _attn_merge(
             mask=s_ok[:, None, None],
             other=0.0,
             cache_modifier=".cg",
-        )  # (MB, G, D)
+        )  # (MB, G, DB)
         new_top = tl.maximum(top, tl.max(m, axis=0))
         safe = tl.where(new_top == float("-inf"), 0.0, new_top)
-        old_scale = tl.exp(top - safe)
-        scale = tl.where(m == float("-inf"), 0.0, tl.exp(m - safe[None, :]))
+        old_scale = tl.exp2(top - safe)
+        scale = tl.where(m == float("-inf"), 0.0, tl.exp2(m - safe[None, :]))
         total = total * old_scale + tl.sum(lsum * scale, axis=0)
         acc = acc * old_scale[:, None] + tl.sum(o * scale[:, :, None], axis=0)
         top = new_top
@@ -374,47 +387,54 @@ def attention_kernel(
     count_ptr,
     out_ptr,
     L,
-    SPLITS,
-    sm_scale,
+    qk_scale,
+    SPLITS: tl.constexpr,
     CHUNK: tl.constexpr,
     HEADS: tl.constexpr,
     KV_HEADS: tl.constexpr,
     D: tl.constexpr,
-    SPLITS_P2: tl.constexpr,
     MB: tl.constexpr,
     MERGE: tl.constexpr,
 ):
-    """One program per (row, kv head, chunk of CHUNK cache slots): the chunk's keys and values are loaded once,
-    in one go, and serve every query head of the group (plain 2-D tiles, one head at a time)."""
+    """One program per (row, kv head, chunk of CHUNK cache slots up to the slot): the chunk's keys and values are
+    loaded once and serve every query head of the group. ``qk_scale`` = log2(e) / sqrt(D).
+
+    With MERGE, the last program of a (row, kv head) to finish merges its chunks (an atomic counter, reset by
+    that program for the next launch); otherwise :func:`attention_merge_kernel` does.
+    """
     bk = tl.program_id(0)  # row * KV_HEADS + kv head
     split = tl.program_id(1)
     b = bk // KV_HEADS
     kvh = bk % KV_HEADS
     G: tl.constexpr = HEADS // KV_HEADS
-    offs_d = tl.arange(0, D)
     slot = tl.load(slot_ptr)
-    pos = split * CHUNK + tl.arange(0, CHUNK)
-    in_range = pos <= slot  # chunks past the slot load nothing
-    ok = in_range & (tl.load(valid_ptr + b * L + pos, mask=in_range, other=0) != 0)
-    base = bk * L * D
-    k = tl.load(kc_ptr + base + pos[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-    v = tl.load(vc_ptr + base + pos[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-    for g in tl.static_range(G):
-        q = tl.load(q_ptr + b * (HEADS * D) + (kvh * G + g) * D + offs_d).to(tl.float32)
-        s = tl.where(ok, tl.sum(k * q[None, :], axis=1) * sm_scale, float("-inf"))  # (CHUNK,)
-        m = tl.max(s, axis=0)
-        p = tl.exp(s - tl.where(m == float("-inf"), 0.0, m))
-        ml_off = (bk * SPLITS_P2 + split) * G + g
-        tl.store(pm_ptr + ml_off, m)
-        tl.store(pl_ptr + ml_off, tl.sum(p, axis=0))
-        tl.store(po_ptr + ml_off * D + offs_d, tl.sum(v * p[:, None], axis=0))
-    if MERGE:
-        # The last program of this (row, kv head) to get here merges; the counter is reset for the next launch.
-        tl.debug_barrier()
-        done = tl.atomic_add(count_ptr + bk, 1, sem="acq_rel")
-        if done == SPLITS - 1:
-            _attn_merge(po_ptr, pm_ptr, pl_ptr, out_ptr, bk, b, kvh, SPLITS, HEADS, G, D, SPLITS_P2, MB)
-            tl.atomic_xchg(count_ptr + bk, 0, sem="acq_rel")
+    start = split * CHUNK
+    if start <= slot:  # chunks wholly past the slot hold no key of this step: no loads, no partials, no count
+        offs_d = tl.arange(0, D)
+        pos = start + tl.arange(0, CHUNK)
+        in_range = pos <= slot
+        base = bk.to(tl.int64) * L * D
+        kv_off = base + pos[:, None] * D + offs_d[None, :]
+        k = tl.load(kc_ptr + kv_off, mask=in_range[:, None], other=0.0).to(tl.float32)
+        v = tl.load(vc_ptr + kv_off, mask=in_range[:, None], other=0.0).to(tl.float32)
+        ok = in_range & (tl.load(valid_ptr + b * L + pos, mask=in_range, other=0) != 0)
+        v = tl.where(ok[:, None], v, 0.0)  # a padded slot may hold anything (NaN too): 0 * NaN would leak
+        for g in tl.static_range(G):
+            q = tl.load(q_ptr + b * (HEADS * D) + (kvh * G + g) * D + offs_d).to(tl.float32) * qk_scale
+            s = tl.where(ok, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (CHUNK,), log2 units
+            m = tl.max(s, axis=0)
+            p = tl.exp2(s - tl.where(m == float("-inf"), 0.0, m))
+            ml_off = (bk * SPLITS + split) * G + g
+            tl.store(pm_ptr + ml_off, m)
+            tl.store(pl_ptr + ml_off, tl.sum(p, axis=0))
+            tl.store(po_ptr + ml_off * D + offs_d, tl.sum(v * p[:, None], axis=0))
+        if MERGE:
+            tl.debug_barrier()
+            done = tl.atomic_add(count_ptr + bk, 1, sem="acq_rel")
+            last = slot // CHUNK
+            if done == last:
+                _attn_merge(po_ptr, pm_ptr, pl_ptr, out_ptr, bk, b, kvh, last + 1, 0, SPLITS, HEADS, G, D, D, MB)
+                tl.atomic_xchg(count_ptr + bk, 0, sem="acq_rel")
 
 
 @triton.jit
@@ -423,14 +443,18 @@ def attention_merge_kernel(
     pm_ptr,
     pl_ptr,
     out_ptr,
-    SPLITS,
+    slot_ptr,
+    SPLITS: tl.constexpr,
+    CHUNK: tl.constexpr,
     HEADS: tl.constexpr,
     KV_HEADS: tl.constexpr,
     D: tl.constexpr,
-    SPLITS_P2: tl.constexpr,
+    DB: tl.constexpr,
     MB: tl.constexpr,
 ):
+    """One program per (row, kv head, DB columns of the head): one pass over the chunks that hold keys."""
     bk = tl.program_id(0)
+    n_chunks = tl.load(slot_ptr) // CHUNK + 1
     _attn_merge(
         po_ptr,
         pm_ptr,
@@ -439,13 +463,106 @@ def attention_merge_kernel(
         bk,
         bk // KV_HEADS,
         bk % KV_HEADS,
+        n_chunks,
+        tl.program_id(1) * DB,
         SPLITS,
         HEADS,
         HEADS // KV_HEADS,
         D,
-        SPLITS_P2,
+        DB,
         MB,
     )
+
+
+class AttentionPlan:
+    """Launch geometry and scratch of the decode attention for one (batch, cache length) state.
+
+    ``config`` is ATTENTION's form: (merge in the attention kernel 1/0, cache slots per program, warps).
+    """
+
+    def __init__(
+        self,
+        config: tuple[int, int, int],
+        batch: int,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        length: int,
+        device: torch.device | str,
+        merge_block: int | None = None,
+    ) -> None:
+        """``merge_block``: chunks per merge iteration (default :func:`merge_block`; tests force small ones)."""
+        merge, chunk, self.warps = (int(v) for v in config)
+        if chunk < 1 or chunk & (chunk - 1):
+            raise ValueError(f"attention chunk must be a power of two, got {chunk}")
+        self.merge_in_attention = bool(merge)
+        self.chunk = chunk
+        self.batch, self.heads, self.kv_heads, self.head_dim, self.length = batch, heads, kv_heads, head_dim, length
+        self.splits = -(-length // chunk)
+        self.merge_columns = head_dim if self.merge_in_attention else min(MERGE_COLUMNS, head_dim)
+        self.merge_block = merge_block or merge_block_for(self.splits, self.merge_columns)
+        groups = heads // kv_heads
+        rows = batch * kv_heads
+        self.part_o = torch.empty((rows, self.splits, groups, head_dim), device=device, dtype=torch.float32)
+        self.part_m = torch.empty((rows, self.splits, groups), device=device, dtype=torch.float32)
+        self.part_l = torch.empty((rows, self.splits, groups), device=device, dtype=torch.float32)
+        self.counters = torch.zeros((rows,), device=device, dtype=torch.int32)
+
+    @property
+    def programs(self) -> int:
+        """Programs the attention kernel launches (those past the slot stop at once)."""
+        return self.batch * self.kv_heads * self.splits
+
+    def launch(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        valid: torch.Tensor,
+        slot: torch.Tensor,
+        out: torch.Tensor,
+    ) -> None:
+        """``out`` (B, heads * D) bf16 = attention of ``q`` (B, heads * D) over ``keys``/``values`` (B, kv heads,
+        L, D) at the cache slots <= ``slot`` (a one-element device tensor) whose ``valid`` (B, L) flag is set."""
+        rows = self.batch * self.kv_heads
+        attention_kernel[(rows, self.splits)](
+            q,
+            keys,
+            values,
+            valid.view(torch.int8),
+            slot,
+            self.part_o,
+            self.part_m,
+            self.part_l,
+            self.counters,
+            out,
+            self.length,
+            math.log2(math.e) / math.sqrt(self.head_dim),
+            SPLITS=self.splits,
+            CHUNK=self.chunk,
+            HEADS=self.heads,
+            KV_HEADS=self.kv_heads,
+            D=self.head_dim,
+            MB=self.merge_block,
+            MERGE=self.merge_in_attention,
+            num_warps=self.warps,
+        )
+        if not self.merge_in_attention:
+            attention_merge_kernel[(rows, self.head_dim // self.merge_columns)](
+                self.part_o,
+                self.part_m,
+                self.part_l,
+                out,
+                slot,
+                SPLITS=self.splits,
+                CHUNK=self.chunk,
+                HEADS=self.heads,
+                KV_HEADS=self.kv_heads,
+                D=self.head_dim,
+                DB=self.merge_columns,
+                MB=self.merge_block,
+                num_warps=4,
+            )
 
 
 # -- 3./5. matrix + residual (o, down) ----------------------------------------------------------------------
@@ -607,8 +724,9 @@ class FusedDecoder:
     """The fused decode step for one (batch, cache length) state of a :class:`StaticLM`.
 
     Holds the step's scratch buffers (residual stream, q, attention output, MLP activation, attention
-    partials, argmax partials) and the RoPE table of the cache's positions; ``step(st)`` launches the
-    kernels on ``st`` (a :class:`greedy.GreedyState`) and is what gets captured in the CUDA graph.
+    partials in an :class:`AttentionPlan`, argmax partials) and the RoPE table of the cache's positions;
+    ``step(st)`` launches the kernels on ``st`` (a :class:`greedy.GreedyState`) and is what gets captured in
+    the CUDA graph.
     """
 
     def __init__(
@@ -617,8 +735,6 @@ class FusedDecoder:
         """``configs``: per kernel (see CONFIGS, ATTENTION), overriding :func:`default_configs`."""
         self.lm = lm
         self.configs = {**default_configs(), **(configs or {})}
-        merge, self.chunk, self.attn_warps = self.configs["attention"]
-        self.merge_in_attention = bool(merge)
         self.batch = batch
         self.length = length
         self.block_b = _next_pow2(batch)
@@ -646,15 +762,9 @@ class FusedDecoder:
         self.q = torch.empty((b, self.heads * self.head_dim), device=device, dtype=dt)
         self.attn = torch.empty((b, self.heads * self.head_dim), device=device, dtype=dt)
         self.act = torch.empty((b, self.ffn), device=device, dtype=dt)
-        self.splits = -(-length // self.chunk)
-        self.splits_p2 = _next_pow2(self.splits)
-        self.merge_block = merge_block(self.splits_p2)
-        g = self.heads // self.kv_heads
-        bk = b * self.kv_heads
-        self.part_o = torch.empty((bk, self.splits_p2, g, self.head_dim), device=device, dtype=torch.float32)
-        self.part_m = torch.empty((bk, self.splits_p2, g), device=device, dtype=torch.float32)
-        self.part_l = torch.empty((bk, self.splits_p2, g), device=device, dtype=torch.float32)
-        self.counters = torch.zeros((bk,), device=device, dtype=torch.int32)
+        self.attention_plan = AttentionPlan(
+            self.configs["attention"], b, self.heads, self.kv_heads, self.head_dim, length, device
+        )
         head_rows = self.configs["head"][0]
         self.head_programs = -(-self.vocab // head_rows)
         self.best_val = torch.empty((self.head_programs, self.block_b), device=device, dtype=torch.float32)
@@ -720,44 +830,7 @@ class FusedDecoder:
 
     def attention(self, i: int, st) -> None:
         cache = st.cache
-        bk = self.batch * self.kv_heads
-        attention_kernel[(bk, self.splits)](
-            self.q,
-            cache.keys[i],
-            cache.values[i],
-            cache.valid.view(torch.int8),
-            st.slot,
-            self.part_o,
-            self.part_m,
-            self.part_l,
-            self.counters,
-            self.attn,
-            self.length,
-            self.splits,
-            1.0 / math.sqrt(self.head_dim),
-            CHUNK=self.chunk,
-            HEADS=self.heads,
-            KV_HEADS=self.kv_heads,
-            D=self.head_dim,
-            SPLITS_P2=self.splits_p2,
-            MB=self.merge_block,
-            MERGE=self.merge_in_attention,
-            num_warps=self.attn_warps,
-        )
-        if not self.merge_in_attention:
-            attention_merge_kernel[(bk,)](
-                self.part_o,
-                self.part_m,
-                self.part_l,
-                self.attn,
-                self.splits,
-                HEADS=self.heads,
-                KV_HEADS=self.kv_heads,
-                D=self.head_dim,
-                SPLITS_P2=self.splits_p2,
-                MB=self.merge_block,
-                num_warps=4,
-            )
+        self.attention_plan.launch(self.q, cache.keys[i], cache.values[i], cache.valid, st.slot, self.attn)
 
     def residual(self, name: str, w: torch.Tensor, x: torch.Tensor, st, gather: bool) -> None:
         n, k = w.shape
