@@ -39,6 +39,7 @@ from pathlib import Path
 # Both settings run with it (set before torch starts): fewer fragmentation failures at large batches.
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
+from benchmarks.profiling import CLASS_LABELS, kernel_listing
 from ivl_ros.model.tiny import INTERNVL2_2B_GEOMETRY as INTERNVL2_2B
 
 REAL_VOCAB = INTERNVL2_2B["llm"]["vocab_size"]
@@ -113,38 +114,6 @@ def flops_per_sample(tokens: float, tiles: int, supervised: float, lora_params: 
     return parts
 
 
-KERNEL_CLASSES = (
-    ("attention", ("flash", "fmha", "sdpa", "attention", "attn")),  # before matmul: cuDNN's names
-    ("matmul", ("gemm", "xmma", "nvjet", "cutlass", "matmul", "sm90_", "wgmma")),
-    ("copy/cast", ("memcpy", "memset", "copy", "cast", "to_copy")),
-    (
-        "elementwise/reduce",
-        (
-            "elementwise",
-            "reduce",
-            "vectorized",
-            "unrolled",
-            "softmax",
-            "norm",
-            "cat",
-            "index",
-            "scatter",
-            "gather",
-            "dropout",
-            "bernoulli",
-        ),
-    ),
-)
-
-
-def kernel_class(name: str) -> str:
-    low = name.lower()
-    for label, keys in KERNEL_CLASSES:
-        if any(k in low for k in keys):
-            return label
-    return "other"
-
-
 def _sync() -> None:
     import torch
 
@@ -168,22 +137,16 @@ def profile_step(trainer) -> dict:
         trainer.step(micro, feed)
         _sync()
     wall = time.perf_counter() - t0
-    by_class: dict[str, float] = {}
-    kernels = []
-    for evt in prof.key_averages():
-        us = float(getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0) or 0)
-        if us <= 0 or getattr(evt, "device_type", None) is not None and "CUDA" not in str(evt.device_type):
-            continue
-        by_class[kernel_class(evt.key)] = by_class.get(kernel_class(evt.key), 0.0) + us / 1e3
-        kernels.append((us / 1e3, evt.count, evt.key))
-    kernels.sort(reverse=True)
-    busy = sum(by_class.values())
+    listing = kernel_listing(prof, top=25)
+    busy = listing["gpu_ms"]
     return {
         "step_wall_ms": wall * 1e3,
         "gpu_busy_ms": busy,
         "gpu_idle_share": max(0.0, 1 - busy / (wall * 1e3)),
-        "gpu_ms_by_class": {k: round(v, 2) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
-        "top_kernels": [{"ms": round(ms, 2), "calls": calls, "name": name[:160]} for ms, calls, name in kernels[:25]],
+        "gpu_ms_by_class": {
+            k: round(v, 2) for k, v in sorted(listing["gpu_ms_by_class"].items(), key=lambda kv: -kv[1]) if v > 0
+        },
+        "top_kernels": [{k: t[k] for k in ("ms", "calls", "name")} for t in listing["top_kernels"]],
     }
 
 
@@ -342,7 +305,7 @@ def plot(results: dict, path: Path) -> None:
         + (f"\n(no numbers: {', '.join(failed)}; see the JSON)" if failed else ""),
         fontsize=10,
     )
-    classes = ["matmul", "attention", "elementwise/reduce", "copy/cast", "other"]
+    classes = list(CLASS_LABELS)
     bottom = [0.0] * len(runs)
     for cls in classes:
         vals = [r.get("profile", {}).get("gpu_ms_by_class", {}).get(cls, 0.0) / 1e3 for r in runs]

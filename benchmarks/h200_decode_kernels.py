@@ -8,7 +8,10 @@
 2. the per-kernel table with the default configs and with the fastest ones;
 3. ``benchmarks.check_fast`` checks with the fastest configs (device tiling bit-exact, first-token
    graph bit-exact, token identity with the plain path for the bench's caption and 128-token decodes at
-   batch 1 and 4).
+   batch 1 and 4);
+4. the TTFT breakdown (``benchmarks.ttft_profile``): profiler listings of one 7-tile ViT replay, one prefill
+   replay at the caption prompt's length, one first-token replay and one whole first-token call
+   (``--skip-ttft`` leaves it out; without CUDA it is skipped with the reason printed).
 
 Writes DIR/tune.json (``best`` is what IVL_DECODE_CONFIGS takes) and prints a table last. Exit 1 if a check
 failed, so that a benchmark chained after it does not measure a wrong path.
@@ -33,6 +36,7 @@ from benchmarks.command import copy_bandwidth
 from benchmarks.kernels import kernel_table, tune
 from benchmarks.random_model import random_model
 from benchmarks.suite import test_frame
+from benchmarks.ttft_profile import print_breakdown, ttft_breakdown
 from ivl_ros.model.backends.greedy import GreedyState
 from ivl_ros.model.backends.torch_backend import TorchBackend
 from ivl_ros.model.backends.torch_fast import FastTorchBackend, cache_length
@@ -44,6 +48,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--skip-checks", action="store_true")
+    p.add_argument("--skip-ttft", action="store_true", help="no TTFT profiler breakdown")
     p.add_argument(
         "--text-only",
         action="store_true",
@@ -120,6 +125,12 @@ def main() -> int:
         ok, result["checks"] = run_checks(loaded, fast)
         result["checks_s"] = time.perf_counter() - started
     result["checks_ok"] = ok
+    if not args.skip_ttft:
+        try:
+            result["ttft_profile"] = ttft_breakdown(fast, engine, prep)
+        except Exception as exc:  # a profiler failure must not lose the sweep and the checks
+            logging.exception("TTFT breakdown failed")
+            result["ttft_profile"] = {"skipped": f"failed: {type(exc).__name__}: {exc}"[:300]}
     (args.out / "tune.json").write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"\ncopy {copy / 1e12:.2f} TB/s; context {ids.shape[1] + 1}; best configs {sweep['best']}")
@@ -138,6 +149,8 @@ def main() -> int:
                 f"  {r['kernel']:<42} {r['ms'] * 1000:7.1f} us x{r['launches_per_step']:<3} {r['gb_s']:6.0f} GB/s "
                 f"{r['pct_of_copy']:4.0f}%  {r['step_ms']:.3f} ms/step"
             )
+    if "ttft_profile" in result:
+        print_breakdown(result["ttft_profile"])
     print("CHECKS", "OK" if ok else "FAILED")
     return 0 if ok else 1
 
