@@ -58,6 +58,7 @@ CONFIGS = {
 # hold the 1837 keys of the bench caption at batch 1 (8 kv heads), 3.5 per SM.
 ATTENTION = (1, 32, 4)
 MERGE_COLUMNS = 32  # head-dim columns per program of the separate merge kernel (4 programs per kv head)
+MERGE_WARPS = 4  # warps of the separate merge kernel
 CHOOSE_BLOCK = 1024  # per-program maxima reduced per iteration by the choose kernel
 
 
@@ -81,10 +82,11 @@ def default_configs() -> dict[str, tuple[int, int, int]]:
     return configs
 
 
-def merge_block_for(splits: int, columns: int) -> int:
-    """Attention chunks merged per iteration: a power of two that keeps a merge program's partials (chunks x
-    group x columns float32) near 4096 x group values, so long caches do not spill registers."""
-    return max(1, min(_next_pow2(splits), 4096 // columns))
+def merge_block_for(splits: int, columns: int, groups: int, warps: int) -> int:
+    """Attention chunks merged per iteration: the largest power of two (up to all chunks) whose partials (chunks x
+    group x columns float32) are at most 64 values per thread of the merging program, so that long caches do not
+    spill registers (the in-kernel merge runs with the attention kernel's warps, the separate one with 4)."""
+    return max(1, min(_next_pow2(splits), 64 * 32 * warps // (groups * columns)))
 
 
 def _next_pow2(n: int) -> int:
@@ -500,8 +502,9 @@ class AttentionPlan:
         self.batch, self.heads, self.kv_heads, self.head_dim, self.length = batch, heads, kv_heads, head_dim, length
         self.splits = -(-length // chunk)
         self.merge_columns = head_dim if self.merge_in_attention else min(MERGE_COLUMNS, head_dim)
-        self.merge_block = merge_block or merge_block_for(self.splits, self.merge_columns)
         groups = heads // kv_heads
+        merge_warps = self.warps if self.merge_in_attention else MERGE_WARPS
+        self.merge_block = merge_block or merge_block_for(self.splits, self.merge_columns, groups, merge_warps)
         rows = batch * kv_heads
         self.part_o = torch.empty((rows, self.splits, groups, head_dim), device=device, dtype=torch.float32)
         self.part_m = torch.empty((rows, self.splits, groups), device=device, dtype=torch.float32)
@@ -561,7 +564,7 @@ class AttentionPlan:
                 D=self.head_dim,
                 DB=self.merge_columns,
                 MB=self.merge_block,
-                num_warps=4,
+                num_warps=MERGE_WARPS,
             )
 
 
