@@ -11,7 +11,9 @@
    batch 1 and 4);
 4. the TTFT breakdown (``benchmarks.ttft_profile``): profiler listings of one 7-tile ViT replay, one prefill
    replay at the caption prompt's length, one first-token replay and one whole first-token call
-   (``--skip-ttft`` leaves it out; without CUDA it is skipped with the reason printed).
+   (``--skip-ttft`` leaves it out; without CUDA it is skipped with the reason printed); with
+   ``--compare-compiled-prefill`` also the first-token graph with the compiled prefill, timed and checked
+   against the eager one.
 
 Writes DIR/tune.json (``best`` is what IVL_DECODE_CONFIGS takes) and prints a table last. Exit 1 if a check
 failed, so that a benchmark chained after it does not measure a wrong path.
@@ -49,6 +51,11 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--skip-checks", action="store_true")
     p.add_argument("--skip-ttft", action="store_true", help="no TTFT profiler breakdown")
+    p.add_argument(
+        "--compare-compiled-prefill",
+        action="store_true",
+        help="in the TTFT breakdown, also the first-token graph with the compiled prefill (one more compile)",
+    )
     p.add_argument(
         "--text-only",
         action="store_true",
@@ -127,7 +134,9 @@ def main() -> int:
     result["checks_ok"] = ok
     if not args.skip_ttft:
         try:
-            result["ttft_profile"] = ttft_breakdown(fast, engine, prep)
+            result["ttft_profile"] = ttft_breakdown(
+                fast, engine, prep, compare_compiled_prefill=args.compare_compiled_prefill
+            )
         except Exception as exc:  # a profiler failure must not lose the sweep and the checks
             logging.exception("TTFT breakdown failed")
             result["ttft_profile"] = {"skipped": f"failed: {type(exc).__name__}: {exc}"[:300]}

@@ -102,3 +102,60 @@ def test_session_grows_its_cache_past_the_first_allocation(engines, monkeypatch)
     pieces: list[str] = []
     got = fast.ask(None, "Tell me a long story.", settings=settings, on_text=pieces.append)
     assert got.token_ids == plain.ask(None, "Tell me a long story.", settings=settings).token_ids
+
+
+def _prefill_inputs(n: int = 6):
+    import torch
+
+    ids = torch.arange(5, 5 + n)[None]
+    return ids, (ids, torch.arange(n)[None], torch.ones_like(ids, dtype=torch.bool), None, None), (n, True, 0)
+
+
+def test_compiled_prefill_is_what_the_first_token_runs(engines, monkeypatch):
+    """compile_prefill: the function torch.compile returns is the prefill of the first-token pass (a stand-in
+    compiler that counts calls; on CPU there are no graphs, so the plumbing is tested, not Inductor)."""
+    import torch
+
+    _, fast = engines
+    backend = fast.backend
+    assert not backend.compile_prefill  # off unless asked for
+    calls = []
+
+    def counting_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            calls.append(kwargs)
+            return fn(*args, **kw)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    monkeypatch.setattr(backend, "compile_prefill", True)
+    monkeypatch.setattr(backend, "_prefill_compiled", None)
+    ids, inputs, key = _prefill_inputs()
+    st = backend.state(1, 64)
+    with torch.inference_mode():
+        prefill = backend._prefill_for(st, key, inputs)
+        assert backend.prefill_mode == "compiled" and calls == [{"dynamic": False}]  # compiled and tried once
+        got = backend._first_logits(st, *inputs[:3], True, None, None, None, prefill)
+        assert len(calls) == 2
+        ref = backend._first_logits(st, *inputs[:3], True, None, None, None)
+    assert torch.equal(got, ref)
+
+
+def test_compiled_prefill_falls_back_to_eager_when_compiling_fails(engines, monkeypatch):
+    import torch
+
+    _, fast = engines
+    backend = fast.backend
+
+    def failing_compile(fn, **kwargs):
+        raise RuntimeError("no compiler on this machine")
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    monkeypatch.setattr(backend, "compile_prefill", True)
+    monkeypatch.setattr(backend, "_prefill_compiled", None)
+    _, inputs, key = _prefill_inputs()
+    with torch.inference_mode():
+        prefill = backend._prefill_for(backend.state(1, 64), key, inputs)
+    assert prefill == backend.lm.prefill and backend.prefill_mode == "eager"
+    assert not backend.compile_prefill  # not tried again for the next length

@@ -10,7 +10,9 @@ it runs. On CUDA:
   the image-context positions (their indices come from the prompt ids on the host, so nothing waits on
   the device), the prefill into the state's KV cache and the LM head on the last position. Exact lengths,
   not padded buckets, so the replay computes what the eager pieces compute; a robot's camera sends the
-  same frame size and prompt, hence the same length, every time;
+  same frame size and prompt, hence the same length, every time. Opt-in (``compile_prefill`` or
+  ``IVL_PREFILL_COMPILE=1``): the prefill inside that graph compiled with ``torch.compile`` per captured
+  length, so that Inductor fuses the norms, RoPE and residuals that otherwise run eagerly between the GEMMs;
 * each batch-1 decode step is the fused Triton kernels of :mod:`triton_decode` (about 125 launches, every
   one a weight stream with the norms, RoPE, cache write, attention over the valid cache, residuals, SiLU,
   argmax and the greedy bookkeeping fused around it), captured as one CUDA graph per cache length; larger
@@ -82,10 +84,12 @@ class FastTorchBackend(TorchBackend):
         check_every: int = 8,
         fused: bool | None = None,
         device_tiling: bool | None = None,
+        compile_prefill: bool | None = None,
     ) -> None:
         """``fused``: the Triton decode kernels (default: with graphs, when Triton is installed and the model is
         bf16; ``IVL_FUSED_DECODE=0`` turns them off). ``device_tiling``: tile frames on the model's device
-        (default: on CUDA)."""
+        (default: on CUDA). ``compile_prefill``: the first-token graph's prefill compiled per prompt length
+        (default off; ``IVL_PREFILL_COMPILE=1`` turns it on; only with graphs and compiling)."""
         super().__init__(loaded)
         cuda = self.device.type == "cuda"
         self.use_graphs = cuda if graphs is None else graphs and cuda
@@ -108,6 +112,11 @@ class FastTorchBackend(TorchBackend):
         self.compile_vit = self.use_compile and os.environ.get("IVL_VIT_COMPILE", "1") != "0"
         self._vit_compiled = None
         self.vit_mode = "eager"
+        if compile_prefill is None:
+            compile_prefill = os.environ.get("IVL_PREFILL_COMPILE", "0") == "1"
+        self.compile_prefill = bool(compile_prefill) and self.use_graphs and self.use_compile
+        self._prefill_compiled = None
+        self.prefill_mode = "eager"  # what the last captured first-token graph's prefill ran as, for reports
         self.decode_mode = "eager"  # what the last captured decode ran as, for reports
         self.use_fused = self._fused_wanted(fused)
         self.fused_max_batch = FUSED_MAX_BATCH
@@ -291,14 +300,16 @@ class FastTorchBackend(TorchBackend):
         pixel_values: torch.Tensor | None,
         image_index: torch.Tensor | None,
         vit,
+        prefill: Callable[..., torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Embed the prompt, put the image features at their positions, prefill ``st``'s cache; last logits."""
+        """Embed the prompt, put the image features at their positions, prefill ``st``'s cache (with ``prefill``,
+        default the eager ``StaticLM.prefill``); last logits."""
         embeds = self.language_model.embed_tokens(ids)
         if pixel_values is not None:
             features = vit(pixel_values)
             flat = embeds.view(-1, embeds.shape[-1])
             flat.index_copy_(0, image_index, features.reshape(-1, features.shape[-1]).to(embeds.dtype))
-        hidden = self.lm.prefill(embeds, positions, key_valid, st.cache, all_valid=all_valid)
+        hidden = (prefill or self.lm.prefill)(embeds, positions, key_valid, st.cache, all_valid=all_valid)
         return self.lm.lm_head(hidden[:, -1])
 
     def prefill_logits(
@@ -353,15 +364,45 @@ class FastTorchBackend(TorchBackend):
             pv,
             None if image_index is None else image_index.clone(),
         )
+        prefill = self._prefill_for(st, key, inputs)
         captured = self._capture_with_vit(
             f"first-token ({key[0]} tokens, {key[2]} tiles)",
-            lambda vit: self._first_logits(st, *inputs[:3], key[1], *inputs[3:], vit),
+            lambda vit: self._first_logits(st, *inputs[:3], key[1], *inputs[3:], vit, prefill),
         )
         if captured is None:  # this length stays eager
             st.prefills[key] = None
             return None
         st.prefills[key] = (captured[0], inputs, captured[1])
         return st.prefills[key]
+
+    def _prefill_for(self, st: GreedyState, key: tuple[int, bool, int], inputs: tuple) -> Callable[..., torch.Tensor]:
+        """The prefill the first-token graph of ``key`` captures: the compiled one when asked for and it runs at
+        this length (one call outside the capture compiles and checks it; it writes ``st``'s cache, which the
+        capture's warm-up overwrites), else the eager one (and compiling stays off after a failure)."""
+        self.prefill_mode = "eager"
+        if not self.compile_prefill:
+            return self.lm.prefill
+        try:
+            if self._prefill_compiled is None:
+                # Static shapes: the graph fixes the length anyway, and each length gets its own kernels.
+                self._prefill_compiled = torch.compile(self.lm.prefill, dynamic=False)
+            self._prefill_compiled(
+                self.language_model.embed_tokens(inputs[0]), inputs[1], inputs[2], st.cache, all_valid=key[1]
+            )
+        except Exception as exc:  # a failed compile must not break captioning
+            log.warning("compiled prefill (%d tokens) failed, the prefill stays eager: %s", key[0], exc)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.compile_prefill = False
+            return self.lm.prefill
+        self.prefill_mode = "compiled"
+        return self._prefill_compiled
+
+    def forget_prefill_graphs(self) -> None:
+        """Drop every state's captured first-token graphs (the next prompts re-capture; e.g. after switching
+        ``compile_prefill``)."""
+        for st in self._states.values():
+            st.prefills.clear()
 
     def run_step(self, st: GreedyState) -> None:
         if st.graph is not None:
