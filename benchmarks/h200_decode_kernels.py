@@ -143,11 +143,16 @@ def main() -> int:
     (args.out / "tune.json").write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"\ncopy {copy / 1e12:.2f} TB/s; context {ids.shape[1] + 1}; best configs {sweep['best']}")
+
+    def cell(c: dict) -> str:
+        if "ms" in c:
+            return f"{c['config']}: {c['ms'] * 1000:.1f}us"
+        if "error" in c:
+            return f"{c['config']}: error"
+        return f"{c['config']}: differs (rel {c['rel_diff_to_two_kernel']:.1e}, repeatable {c['repeatable']})"
+
     for name, cands in sweep["candidates"].items():
-        cells = ", ".join(
-            f"{c['config']}: {c['ms'] * 1000:.1f}us" if "ms" in c else f"{c['config']}: error" for c in cands
-        )
-        print(f"  {name}: {cells}")
+        print(f"  {name}: {', '.join(cell(c) for c in cands)}")
     for label, t in tables.items():
         print(
             f"\n{label} configs: step {t['step_ms']:.3f} ms ({1000 / t['step_ms']:.0f} tok/s), "
