@@ -45,6 +45,7 @@ from finetune.model import (
     set_checkpointed_layers,
     trainable_state,
     trainable_to_float32,
+    training_sdpa_backends,
     unfreeze_full,
     use_packed_attention,
 )
@@ -357,7 +358,10 @@ class Trainer:
                 self.log(f"resuming with the checkpoint's batch layout ({self.layout.to_json()})")
         layers = {"on": self.n_layers, "off": 0}.get(cfg.gradient_checkpointing)
         if not self.layout.packed:
-            plan = ForwardPlan(1, self.n_layers if layers is None else layers, "padded layout")
+            if layers is None and self.dev.type == "cuda":  # which layers recompute changes no number
+                plan = self._measured_plan(None, per_forward=1)
+            else:
+                plan = ForwardPlan(1, layers or 0, "padded layout")
         elif self.resumed_layout is not None and (layers is not None or self.dev.type != "cuda"):
             plan = ForwardPlan(self.layout.per_forward, layers or 0)
         elif self.dev.type != "cuda" or (layers is not None and cfg.forward_micro_batches):
@@ -373,15 +377,16 @@ class Trainer:
         self.layout = Layout(self.layout.packed, plan.micro_batches_per_forward)
         self.plan = plan
         use_packed_attention(self.vlm, self.layout.packed)
-        if self.layout.packed and self.use_autocast:
+        if self.use_autocast:
             lora_inputs_in_compute_dtype(self.vlm)
         set_checkpointed_layers(self.vlm, plan.checkpointed_layers)
         kind = "packed" if self.layout.packed else "padded"
         self.log(f"batch layout: {kind}, {plan.describe(self.n_layers, cfg.per_device_batch_size)}")
         self._wrap_ddp()
 
-    def _measured_plan(self, forced_layers: int | None) -> ForwardPlan:
-        """Measure activation memory on one real micro-batch and plan from the GPU's free memory."""
+    def _measured_plan(self, forced_layers: int | None, per_forward: int | None = None) -> ForwardPlan:
+        """Measure activation memory on one real micro-batch and plan from the GPU's free memory (``per_forward``:
+        micro-batches per forward fixed, e.g. 1 for the padded layout; only the checkpointed layers are planned)."""
         cfg, dev = self.cfg, self.dev
         steps = self.epoch_steps(self.epoch)
         first = steps[min(self.skip, len(steps) - 1)][0]
@@ -420,14 +425,15 @@ class Trainer:
             grads,
             self.n_layers,
             cfg.per_device_batch_size * bound,
-            cfg.gradient_acc,
+            per_forward or cfg.gradient_acc,
             checkpointed=forced_layers,
         )
-        k = (
-            even_split(cfg.gradient_acc, cfg.forward_micro_batches)
-            if cfg.forward_micro_batches
-            else plan.micro_batches_per_forward
-        )
+        if per_forward:
+            k = per_forward
+        elif cfg.forward_micro_batches:
+            k = even_split(cfg.gradient_acc, cfg.forward_micro_batches)
+        else:
+            k = plan.micro_batches_per_forward
         measured = ", ".join(
             f"{v / 2**20:.2f} MiB/token {what}"
             for v, what in ((per_full, "without"), (per_ckpt, "with"))
@@ -450,7 +456,7 @@ class Trainer:
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
         try:
-            with torch.random.fork_rng(devices=[dev]), self._autocast():
+            with torch.random.fork_rng(devices=[dev]), self._autocast(), training_sdpa_backends():
                 self.loss_module(**self._inputs(batch)).backward()
             torch.cuda.synchronize(dev)
             peak = float(torch.cuda.max_memory_allocated(dev) - base)
@@ -615,7 +621,7 @@ class Trainer:
             n_tokens += int(batch["input_ids"].numel() if self.layout.packed else batch["attention_mask"].sum())
             sync = f == len(forwards) - 1 or d.world == 1
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
-            with ctx, self._autocast():
+            with ctx, self._autocast(), training_sdpa_backends():
                 loss = self.forward(batch)
                 (loss / scale).backward()
             loss_sum += loss.detach().float()
