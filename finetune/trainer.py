@@ -20,6 +20,7 @@ each checkpoint and kept on resume (it decides the order dropout draws its masks
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -55,6 +56,9 @@ from finetune.runlog import RunLog
 from finetune.video import FrameSampling
 
 TRAINING_CONFIG = "ivl_finetune.json"
+# A data-loader worker that has not delivered a batch in this long is taken as stuck (a batch of 16 seven-tile
+# samples takes about a second to build on one core).
+LOADER_TIMEOUT_S = 600
 BAD_SAMPLES = "bad_samples.txt"
 
 
@@ -186,6 +190,31 @@ class ForwardSet(torch.utils.data.Dataset):
             except SAMPLE_FAILURES as exc:
                 skipped.append(f"{self.samples[j].where}: {exc}")
         return []
+
+
+def sample_builder(tokenizer, spec, max_dynamic_patch: int, max_seq_length: int, sampling: FrameSampling):
+    """``build(sample, rng=...) -> Example``, picklable (a partial of a module function, no trainer inside), so
+    that data-loader workers can start from a fresh interpreter (``loader_start_method``)."""
+    return functools.partial(
+        build_example,
+        tokenizer=tokenizer,
+        spec=spec,
+        max_dynamic_patch=max_dynamic_patch,
+        max_seq_length=max_seq_length,
+        sampling=sampling,
+    )
+
+
+def loader_start_method(device_type: str, workers: int) -> str | None:
+    """How data-loader workers start: on CUDA from a fork server (a clean interpreter), elsewhere forked.
+
+    A worker forked from the training process inherits its threads' locks and library state (CUDA, the autograd
+    engine's device threads, OpenMP pools, the allocator's); on the H200 the first batch of a run never came
+    back once the trainer had run a forward and backward before creating its loader (the memory probe of the
+    automatic checkpointing plan; benchmarks/results/finetune_h200.json). Workers from a fork server have none
+    of that state, at the cost of pickling the dataset (samples and the ``sample_builder``) once per loader.
+    """
+    return "forkserver" if workers > 0 and device_type == "cuda" else None
 
 
 def _device(cfg: TrainConfig, d: Dist) -> torch.device:
@@ -335,10 +364,10 @@ class Trainer:
         mbs = micro_batches(order, cfg.per_device_batch_size, d.world, d.rank)
         return [mbs[i : i + cfg.gradient_acc] for i in range(0, len(mbs), cfg.gradient_acc)]
 
-    def build(self, sample: Sample, rng: random.Random):
-        return build_example(
-            sample, self.tok, self.spec, self.cfg.max_dynamic_patch, self.cfg.max_seq_length, rng, self.sampling
-        )
+    @property
+    def build(self):
+        """``build(sample, rng=...) -> Example`` with this run's tokenizer, tiling and frame sampling."""
+        return sample_builder(self.tok, self.spec, self.cfg.max_dynamic_patch, self.cfg.max_seq_length, self.sampling)
 
     # -- layout ------------------------------------------------------------------------------------------
     def token_counts(self) -> list:
@@ -592,7 +621,15 @@ class Trainer:
 
     def next_batch(self, batches) -> dict:
         """The next micro-batch; a sample that cannot be read stops every rank together (so all can save)."""
-        batch = next(batches)
+        try:
+            batch = next(batches)
+        except RuntimeError as exc:
+            if "timed out" not in str(exc):
+                raise
+            raise DataError(
+                f"no batch from the {self.workers} data-loader worker(s) in {LOADER_TIMEOUT_S} s: they are stuck "
+                "or far too slow for this data; --num-workers 0 builds batches in the training process"
+            ) from None
         failed = "error" in batch
         if self.d.world > 1:
             flag = torch.tensor([int(failed)], device=self.dev)
@@ -669,6 +706,8 @@ class Trainer:
             persistent_workers=False,
             prefetch_factor=2 if self.workers else None,
             pin_memory=self.dev.type == "cuda" and self.layout.packed,
+            multiprocessing_context=loader_start_method(self.dev.type, self.workers),
+            timeout=LOADER_TIMEOUT_S if self.workers else 0,
         )
 
     def _epochs(self) -> int:
