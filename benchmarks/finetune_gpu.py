@@ -164,6 +164,11 @@ def profile_step(trainer) -> dict:
     """One more optimizer step of ``trainer`` under torch.profiler: GPU time by kernel class, top kernels."""
     from torch.profiler import ProfilerActivity, profile
 
+    from finetune.model import use_packed_attention
+
+    # train() hands the model back with its own attention (for saving); a packed batch needs the per-sample one
+    # (without it the H200 run's profiled packed step attended across all 16 samples and ran out of memory).
+    use_packed_attention(trainer.vlm, trainer.layout.packed)
     steps = trainer.epoch_steps(trainer.epoch)
     micro = steps[min(trainer.skip, len(steps) - 1)]
     forwards = [(group, len(micro)) for group in trainer.layout.forwards(micro)]

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import json
 import math
+import multiprocessing
 import os
 import random
 import signal
@@ -194,7 +195,7 @@ class ForwardSet(torch.utils.data.Dataset):
 
 def sample_builder(tokenizer, spec, max_dynamic_patch: int, max_seq_length: int, sampling: FrameSampling):
     """``build(sample, rng=...) -> Example``, picklable (a partial of a module function, no trainer inside), so
-    that data-loader workers can start from a fresh interpreter (``loader_start_method``)."""
+    that data-loader workers can start from a fresh interpreter (``loader_context``)."""
     return functools.partial(
         build_example,
         tokenizer=tokenizer,
@@ -205,16 +206,22 @@ def sample_builder(tokenizer, spec, max_dynamic_patch: int, max_seq_length: int,
     )
 
 
-def loader_start_method(device_type: str, workers: int) -> str | None:
-    """How data-loader workers start: on CUDA from a fork server (a clean interpreter), elsewhere forked.
+def loader_context(device_type: str, workers: int):
+    """How data-loader workers start: on CUDA from a fork server (a clean interpreter), elsewhere forked (None).
 
     A worker forked from the training process inherits its threads' locks and library state (CUDA, the autograd
     engine's device threads, OpenMP pools, the allocator's); on the H200 the first batch of a run never came
     back once the trainer had run a forward and backward before creating its loader (the memory probe of the
     automatic checkpointing plan; benchmarks/results/finetune_h200.json). Workers from a fork server have none
     of that state, at the cost of pickling the dataset (samples and the ``sample_builder``) once per loader.
+    The server imports this module (torch, the preprocessing) once, so that each epoch's workers start warm: without
+    it every worker imported them again, about 6 s at each epoch's start on the H200.
     """
-    return "forkserver" if workers > 0 and device_type == "cuda" else None
+    if workers == 0 or device_type != "cuda":
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # no effect once the server runs: it has them already
+    return context
 
 
 def _device(cfg: TrainConfig, d: Dist) -> torch.device:
@@ -265,11 +272,11 @@ def optimizer_for(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
-def packs(packing: str, device_type: str) -> bool:
-    """--packing on|off|auto -> whether a step's samples are packed end to end. auto: on the CPU, where the packed
-    loss is checked equal to the padded reference; not on CUDA, where it has not been measured yet (see
-    benchmarks/results/finetune_h200.json) and the padded layout is the one measured."""
-    return packing == "on" or (packing == "auto" and device_type != "cuda")
+def packs(packing: str) -> bool:
+    """--packing on|off|auto -> whether a step's samples are packed end to end. auto: packed everywhere (the loss
+    is checked equal to the padded reference on the CPU; on the H200 it is the fastest layout measured,
+    benchmarks/results/finetune_h200.json)."""
+    return packing in ("on", "auto")
 
 
 class Trainer:
@@ -322,7 +329,7 @@ class Trainer:
         self.use_autocast = dev.type == "cuda" and self.dtype == "bfloat16"
         self.pv_dtype = next(vlm.model.vision_tower.parameters()).dtype
         self.n_layers = len(vlm.model.language_model.layers)
-        self.layout = Layout(packs(cfg.packing, dev.type), 1)
+        self.layout = Layout(packs(cfg.packing), 1)
         self.resumed_layout: Layout | None = None
 
     def _wrap_ddp(self) -> None:
@@ -383,7 +390,7 @@ class Trainer:
         cfg, acc = self.cfg, self.cfg.gradient_acc
         if self.resumed_layout is not None:
             self.layout = self.resumed_layout
-            if self.layout != Layout(packs(cfg.packing, self.dev.type), self.layout.per_forward):
+            if self.layout != Layout(packs(cfg.packing), self.layout.per_forward):
                 self.log(f"resuming with the checkpoint's batch layout ({self.layout.to_json()})")
         layers = {"on": self.n_layers, "off": 0}.get(cfg.gradient_checkpointing)
         if not self.layout.packed:
@@ -706,7 +713,7 @@ class Trainer:
             persistent_workers=False,
             prefetch_factor=2 if self.workers else None,
             pin_memory=self.dev.type == "cuda" and self.layout.packed,
-            multiprocessing_context=loader_start_method(self.dev.type, self.workers),
+            multiprocessing_context=loader_context(self.dev.type, self.workers),
             timeout=LOADER_TIMEOUT_S if self.workers else 0,
         )
 

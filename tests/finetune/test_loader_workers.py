@@ -7,7 +7,7 @@ import torch
 
 from finetune.data import check_data
 from finetune.synthetic import make_caption_dataset
-from finetune.trainer import ForwardSet, loader_start_method, sample_builder
+from finetune.trainer import ForwardSet, loader_context, sample_builder
 from finetune.video import FrameSampling
 from ivl_ros.model.spec import load_spec
 
@@ -32,7 +32,7 @@ def test_fork_server_workers_build_the_same_batches(tiny_checkpoint, tmp_path):
         # batches as the trainer gets them without workers (the loader's conversion applied, in this process)
         here = list(torch.utils.data.DataLoader(data, batch_size=None, num_workers=0))
         loader = torch.utils.data.DataLoader(
-            data, batch_size=None, num_workers=2, multiprocessing_context="forkserver", timeout=300
+            data, batch_size=None, num_workers=2, multiprocessing_context=loader_context("cuda", 2), timeout=300
         )
         there = list(loader)
         assert len(there) == len(here) == 3
@@ -42,6 +42,6 @@ def test_fork_server_workers_build_the_same_batches(tiny_checkpoint, tmp_path):
 
 
 def test_workers_start_from_a_fork_server_only_on_cuda():
-    assert loader_start_method("cuda", 8) == "forkserver"
-    assert loader_start_method("cuda", 0) is None  # no workers: batches are built in the training process
-    assert loader_start_method("cpu", 4) is None
+    assert loader_context("cuda", 8).get_start_method() == "forkserver"
+    assert loader_context("cuda", 0) is None  # no workers: batches are built in the training process
+    assert loader_context("cpu", 4) is None
