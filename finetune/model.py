@@ -144,7 +144,7 @@ class CausalLoss(nn.Module):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         grad = contextlib.nullcontext() if self.vision_trains else torch.no_grad()
-        with grad, packed_sdpa_backends():
+        with grad, training_sdpa_backends():
             out = self.vlm.model.get_image_features(pixel_values=pixel_values, return_dict=True)
         return out.pooler_output if hasattr(out, "pooler_output") else out
 
@@ -220,14 +220,16 @@ def linear_cross_entropy(
 # ------------------------------------------------------------------------------------------------
 # Packed attention: the model's own attention kernel, run once per sample of the packed row
 # ------------------------------------------------------------------------------------------------
-def packed_sdpa_backends():
-    """SDPA kernels for the packed layout: FlashAttention-2 (then memory-efficient, then math), never cuDNN's.
+def training_sdpa_backends():
+    """SDPA kernels for training: FlashAttention-2 (then memory-efficient, then math), never cuDNN's.
 
     On Hopper, torch 2.11 prefers cuDNN attention, which builds and compiles an execution plan for every new
-    sequence length (and batch) it meets (pytorch PRs 155958, 161434); each packed sample has its own length, so
-    the first steps would spend most of their time building plans. Flash attention has no per-shape plans and
-    takes ``enable_gqa`` natively. The context is entered inside the attention function, so an activation
-    checkpoint's recompute uses the same kernels as the forward.
+    sequence length (and batch) it meets (pytorch PRs 155958, 161434); each packed sample, and each padded
+    micro-batch, has its own length, so steps would spend much of their time building plans on the host (the
+    padded layout's profiled step on the H200: GPU idle 59%). Flash and memory-efficient attention have no
+    per-shape plans; flash takes ``enable_gqa`` natively. The trainer enters it around each forward and backward;
+    the packed attention function and the image features enter it again, so an activation checkpoint's
+    recompute uses the same kernels wherever it runs.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -256,7 +258,7 @@ def _segmented(base: str):
             raise ValueError(f"segments {ivl_segments} do not tile the {query.shape[2]} packed positions")
         # split (not one slice per sample): its backward is a single concatenation of the gradients
         outs = []
-        with packed_sdpa_backends():
+        with training_sdpa_backends():
             for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2), strict=True):
                 mask = None
                 if needs_mask:

@@ -148,9 +148,8 @@ class TrainConfig:
     packing: str = option(
         "auto",
         "pack a step's samples end to end, padding-free: on | off (pad each micro-batch, "
-        "the reference layout) | auto (on for CPU, where it is checked equal to the reference; off "
-        "on CUDA until measured there: two H200 runs did not finish its first step in the time "
-        "they had)",
+        "the reference layout) | auto (on: the same loss as the reference, and the fastest layout "
+        "measured on the H200)",
         MODEL,
         choices=("auto", "on", "off"),
     )

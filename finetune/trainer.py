@@ -20,8 +20,10 @@ each checkpoint and kept on resume (it decides the order dropout draws its masks
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
+import multiprocessing
 import os
 import random
 import signal
@@ -45,6 +47,7 @@ from finetune.model import (
     set_checkpointed_layers,
     trainable_state,
     trainable_to_float32,
+    training_sdpa_backends,
     unfreeze_full,
     use_packed_attention,
 )
@@ -54,6 +57,9 @@ from finetune.runlog import RunLog
 from finetune.video import FrameSampling
 
 TRAINING_CONFIG = "ivl_finetune.json"
+# A data-loader worker that has not delivered a batch in this long is taken as stuck (a batch of 16 seven-tile
+# samples takes about a second to build on one core).
+LOADER_TIMEOUT_S = 600
 BAD_SAMPLES = "bad_samples.txt"
 
 
@@ -187,6 +193,37 @@ class ForwardSet(torch.utils.data.Dataset):
         return []
 
 
+def sample_builder(tokenizer, spec, max_dynamic_patch: int, max_seq_length: int, sampling: FrameSampling):
+    """``build(sample, rng=...) -> Example``, picklable (a partial of a module function, no trainer inside), so
+    that data-loader workers can start from a fresh interpreter (``loader_context``)."""
+    return functools.partial(
+        build_example,
+        tokenizer=tokenizer,
+        spec=spec,
+        max_dynamic_patch=max_dynamic_patch,
+        max_seq_length=max_seq_length,
+        sampling=sampling,
+    )
+
+
+def loader_context(device_type: str, workers: int):
+    """How data-loader workers start: on CUDA from a fork server (a clean interpreter), elsewhere forked (None).
+
+    A worker forked from the training process inherits its threads' locks and library state (CUDA, the autograd
+    engine's device threads, OpenMP pools, the allocator's); on the H200 the first batch of a run never came
+    back once the trainer had run a forward and backward before creating its loader (the memory probe of the
+    automatic checkpointing plan; benchmarks/results/finetune_h200.json). Workers from a fork server have none
+    of that state, at the cost of pickling the dataset (samples and the ``sample_builder``) once per loader.
+    The server imports this module (torch, the preprocessing) once, so that each epoch's workers start warm: without
+    it every worker imported them again, about 6 s at each epoch's start on the H200.
+    """
+    if workers == 0 or device_type != "cuda":
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # no effect once the server runs: it has them already
+    return context
+
+
 def _device(cfg: TrainConfig, d: Dist) -> torch.device:
     name = cfg.device
     if name == "auto":
@@ -235,11 +272,11 @@ def optimizer_for(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
-def packs(packing: str, device_type: str) -> bool:
-    """--packing on|off|auto -> whether a step's samples are packed end to end. auto: on the CPU, where the packed
-    loss is checked equal to the padded reference; not on CUDA, where it has not been measured yet (see
-    benchmarks/results/finetune_h200.json) and the padded layout is the one measured."""
-    return packing == "on" or (packing == "auto" and device_type != "cuda")
+def packs(packing: str) -> bool:
+    """--packing on|off|auto -> whether a step's samples are packed end to end. auto: packed everywhere (the loss
+    is checked equal to the padded reference on the CPU; on the H200 it is the fastest layout measured,
+    benchmarks/results/finetune_h200.json)."""
+    return packing in ("on", "auto")
 
 
 class Trainer:
@@ -292,7 +329,7 @@ class Trainer:
         self.use_autocast = dev.type == "cuda" and self.dtype == "bfloat16"
         self.pv_dtype = next(vlm.model.vision_tower.parameters()).dtype
         self.n_layers = len(vlm.model.language_model.layers)
-        self.layout = Layout(packs(cfg.packing, dev.type), 1)
+        self.layout = Layout(packs(cfg.packing), 1)
         self.resumed_layout: Layout | None = None
 
     def _wrap_ddp(self) -> None:
@@ -334,10 +371,10 @@ class Trainer:
         mbs = micro_batches(order, cfg.per_device_batch_size, d.world, d.rank)
         return [mbs[i : i + cfg.gradient_acc] for i in range(0, len(mbs), cfg.gradient_acc)]
 
-    def build(self, sample: Sample, rng: random.Random):
-        return build_example(
-            sample, self.tok, self.spec, self.cfg.max_dynamic_patch, self.cfg.max_seq_length, rng, self.sampling
-        )
+    @property
+    def build(self):
+        """``build(sample, rng=...) -> Example`` with this run's tokenizer, tiling and frame sampling."""
+        return sample_builder(self.tok, self.spec, self.cfg.max_dynamic_patch, self.cfg.max_seq_length, self.sampling)
 
     # -- layout ------------------------------------------------------------------------------------------
     def token_counts(self) -> list:
@@ -353,11 +390,14 @@ class Trainer:
         cfg, acc = self.cfg, self.cfg.gradient_acc
         if self.resumed_layout is not None:
             self.layout = self.resumed_layout
-            if self.layout != Layout(packs(cfg.packing, self.dev.type), self.layout.per_forward):
+            if self.layout != Layout(packs(cfg.packing), self.layout.per_forward):
                 self.log(f"resuming with the checkpoint's batch layout ({self.layout.to_json()})")
         layers = {"on": self.n_layers, "off": 0}.get(cfg.gradient_checkpointing)
         if not self.layout.packed:
-            plan = ForwardPlan(1, self.n_layers if layers is None else layers, "padded layout")
+            if layers is None and self.dev.type == "cuda":  # which layers recompute changes no number
+                plan = self._measured_plan(None, per_forward=1)
+            else:
+                plan = ForwardPlan(1, layers or 0, "padded layout")
         elif self.resumed_layout is not None and (layers is not None or self.dev.type != "cuda"):
             plan = ForwardPlan(self.layout.per_forward, layers or 0)
         elif self.dev.type != "cuda" or (layers is not None and cfg.forward_micro_batches):
@@ -373,15 +413,16 @@ class Trainer:
         self.layout = Layout(self.layout.packed, plan.micro_batches_per_forward)
         self.plan = plan
         use_packed_attention(self.vlm, self.layout.packed)
-        if self.layout.packed and self.use_autocast:
+        if self.use_autocast:
             lora_inputs_in_compute_dtype(self.vlm)
         set_checkpointed_layers(self.vlm, plan.checkpointed_layers)
         kind = "packed" if self.layout.packed else "padded"
         self.log(f"batch layout: {kind}, {plan.describe(self.n_layers, cfg.per_device_batch_size)}")
         self._wrap_ddp()
 
-    def _measured_plan(self, forced_layers: int | None) -> ForwardPlan:
-        """Measure activation memory on one real micro-batch and plan from the GPU's free memory."""
+    def _measured_plan(self, forced_layers: int | None, per_forward: int | None = None) -> ForwardPlan:
+        """Measure activation memory on one real micro-batch and plan from the GPU's free memory (``per_forward``:
+        micro-batches per forward fixed, e.g. 1 for the padded layout; only the checkpointed layers are planned)."""
         cfg, dev = self.cfg, self.dev
         steps = self.epoch_steps(self.epoch)
         first = steps[min(self.skip, len(steps) - 1)][0]
@@ -420,14 +461,15 @@ class Trainer:
             grads,
             self.n_layers,
             cfg.per_device_batch_size * bound,
-            cfg.gradient_acc,
+            per_forward or cfg.gradient_acc,
             checkpointed=forced_layers,
         )
-        k = (
-            even_split(cfg.gradient_acc, cfg.forward_micro_batches)
-            if cfg.forward_micro_batches
-            else plan.micro_batches_per_forward
-        )
+        if per_forward:
+            k = per_forward
+        elif cfg.forward_micro_batches:
+            k = even_split(cfg.gradient_acc, cfg.forward_micro_batches)
+        else:
+            k = plan.micro_batches_per_forward
         measured = ", ".join(
             f"{v / 2**20:.2f} MiB/token {what}"
             for v, what in ((per_full, "without"), (per_ckpt, "with"))
@@ -450,7 +492,7 @@ class Trainer:
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
         try:
-            with torch.random.fork_rng(devices=[dev]), self._autocast():
+            with torch.random.fork_rng(devices=[dev]), self._autocast(), training_sdpa_backends():
                 self.loss_module(**self._inputs(batch)).backward()
             torch.cuda.synchronize(dev)
             peak = float(torch.cuda.max_memory_allocated(dev) - base)
@@ -586,7 +628,15 @@ class Trainer:
 
     def next_batch(self, batches) -> dict:
         """The next micro-batch; a sample that cannot be read stops every rank together (so all can save)."""
-        batch = next(batches)
+        try:
+            batch = next(batches)
+        except RuntimeError as exc:
+            if "timed out" not in str(exc):
+                raise
+            raise DataError(
+                f"no batch from the {self.workers} data-loader worker(s) in {LOADER_TIMEOUT_S} s: they are stuck "
+                "or far too slow for this data; --num-workers 0 builds batches in the training process"
+            ) from None
         failed = "error" in batch
         if self.d.world > 1:
             flag = torch.tensor([int(failed)], device=self.dev)
@@ -615,7 +665,7 @@ class Trainer:
             n_tokens += int(batch["input_ids"].numel() if self.layout.packed else batch["attention_mask"].sum())
             sync = f == len(forwards) - 1 or d.world == 1
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
-            with ctx, self._autocast():
+            with ctx, self._autocast(), training_sdpa_backends():
                 loss = self.forward(batch)
                 (loss / scale).backward()
             loss_sum += loss.detach().float()
@@ -663,6 +713,8 @@ class Trainer:
             persistent_workers=False,
             prefetch_factor=2 if self.workers else None,
             pin_memory=self.dev.type == "cuda" and self.layout.packed,
+            multiprocessing_context=loader_context(self.dev.type, self.workers),
+            timeout=LOADER_TIMEOUT_S if self.workers else 0,
         )
 
     def _epochs(self) -> int:
