@@ -153,6 +153,25 @@ def wait_captions(client: RpcClient, done, timeout: float = 180.0) -> list[dict]
     return got
 
 
+def publish_until_logged(client: RpcClient, proc: Proc, op: str, message: str, timeout: float = 90.0, **fields):
+    """Publish (the client's ``op`` with ``fields``) until ``proc`` logs ``message``.
+
+    A best-effort frame sent right after discovery can be dropped by the node's reader: our writer matches the
+    reader (and the node's graph lists our writer) a moment before the reader has matched our writer, and DDS
+    discards what a reader receives from writers it does not know yet (a CI run lost the first two of seven bad
+    frames so). The node logs every frame it rejects, so publishing again until the line appears is harmless; the
+    short wait between sends is a retry interval, the deadline is ``timeout``."""
+    end = time.monotonic() + timeout
+    while True:
+        client.call(op, **fields)
+        try:
+            proc.wait_log(message, timeout=min(2.0, max(0.1, end - time.monotonic())))
+            return
+        except AssertionError:
+            if time.monotonic() >= end:
+                raise
+
+
 def stub_launch_modules(monkeypatch) -> None:
     """Minimal launch/launch_ros stand-ins (not installable from PyPI) that record what a launch file builds:
     each action keeps its args/kwargs; LaunchDescription is the list of its entities."""

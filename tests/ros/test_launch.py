@@ -17,7 +17,15 @@ import yaml
 
 from ivl_ros.node import launch_spec, launcher
 from ivl_ros.node.params import defaults
-from tests.ros.conftest import REPO, Proc, assert_serves_a_default_client, ros_env, stub_launch_modules, wait_captions
+from tests.ros.conftest import (
+    REPO,
+    Proc,
+    assert_serves_a_default_client,
+    publish_until_logged,
+    ros_env,
+    stub_launch_modules,
+    wait_captions,
+)
 
 LAUNCH_FILE = REPO / "launch" / "captioner.launch.py"
 CONFIG = REPO / "config" / "captioner.yaml"
@@ -127,10 +135,13 @@ def test_pip_launcher_runs_compressed_cameras_and_stops_on_sigint(tiny_ckpt, dom
             "compressed": True,
         }
         corrupt = base64.b64encode(b"\xff\xd8\xff\xe0" + bytes(200)).decode()
-        client.call("publish_compressed", topic="/cam/image_raw/compressed", data_b64=corrupt)
-        client.call("publish_compressed", topic="/cam/image_raw/compressed", fmt="png", data_b64="")
-        proc.wait_log("cannot be decoded")
-        proc.wait_log("compressed image has no data")
+        compressed = "/cam/image_raw/compressed"
+        publish_until_logged(
+            client, proc, "publish_compressed", "cannot be decoded", topic=compressed, data_b64=corrupt
+        )
+        publish_until_logged(
+            client, proc, "publish_compressed", "compressed image has no data", topic=compressed, fmt="png", data_b64=""
+        )
         client.call("captions")
         client.call("publish_compressed", topic="/cam/image_raw/compressed", seed=4, frame_id="jpeg-frame")
         caps = wait_captions(client, lambda got: len(got) >= 1)

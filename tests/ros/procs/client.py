@@ -110,8 +110,28 @@ class Client(Node):
             if pub.get_subscription_count() == 0:
                 raise TimeoutError(f"no subscriber matched {topic} within {MATCH_TIMEOUT_S} s")
             self._wait_node_knows_publishers(topic)
+            if kind == "raw":
+                self._wait_reader_matched(pub, topic)
             self.pubs[key] = pub
         return self.pubs[key]
+
+    def _wait_reader_matched(self, pub, topic: str) -> None:
+        """Publish a frame the node rejects (never stores or captions) until its /diagnostics count it: from then on
+        the node's reader has matched this writer. Before that, a best-effort frame can be dropped even though our
+        writer has matched the reader and the node's graph lists our writer (the reader matches a moment later; a
+        CI run lost the first two frames of a test so). Compressed topics have no rejection message of their own to
+        spare: their tests publish until the node logs what they wait for."""
+        before = int(self.op_diagnostics().get(topic, {}).get("rejected", 0))
+        probe = image_msg(encoding=MATCH_PROBE_ENCODING)
+        end = time.monotonic() + MATCH_TIMEOUT_S
+        while time.monotonic() < end:
+            pub.publish(probe)
+            seq = self.diag_count
+            while self.diag_count <= seq and time.monotonic() < end:
+                time.sleep(0.05)  # the node publishes /diagnostics at 1 Hz
+            if int(self.op_diagnostics().get(topic, {}).get("rejected", 0)) > before:
+                return
+        raise TimeoutError(f"the node never counted a probe frame on {topic}: {self.op_diagnostics()}")
 
     @contextlib.contextmanager
     def _action_client(self):
@@ -381,6 +401,10 @@ def _named(name, value):
     from rcl_interfaces.msg import Parameter as ParameterMsg
 
     return ParameterMsg(name=name, value=value)
+
+
+# The encoding of the match probe (_wait_reader_matched): one the node rejects with a message no test waits for.
+MATCH_PROBE_ENCODING = "ivl-match-probe"
 
 
 def image_msg(
