@@ -211,9 +211,10 @@ def loader_context(device_type: str, workers: int):
 
     A worker forked from the training process inherits its threads' locks and library state (CUDA, the autograd
     engine's device threads, OpenMP pools, the allocator's); on the H200 the first batch of a run never came
-    back once the trainer had run a forward and backward before creating its loader (the memory probe of the
-    automatic checkpointing plan; benchmarks/results/finetune_h200.json). Workers from a fork server have none
-    of that state, at the cost of pickling the dataset (samples and the ``sample_builder``) once per loader.
+    back from 8 forked workers once the trainer had run a forward and backward before creating its loader (the
+    memory probe of the automatic checkpointing plan; which of the two mattered is not isolated:
+    benchmarks/results/finetune_h200.json), and came at once from fork-server workers. Those have none of that
+    state, at the cost of pickling the dataset (samples and the ``sample_builder``) once per loader.
     The server imports this module (torch, the preprocessing) once, so that each epoch's workers start warm: without
     it every worker imported them again, about 6 s at each epoch's start on the H200.
     """
