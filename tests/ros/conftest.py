@@ -156,11 +156,13 @@ def wait_captions(client: RpcClient, done, timeout: float = 180.0) -> list[dict]
 def publish_until_logged(client: RpcClient, proc: Proc, op: str, message: str, timeout: float = 90.0, **fields):
     """Publish (the client's ``op`` with ``fields``) until ``proc`` logs ``message``.
 
-    A best-effort frame sent right after discovery can be dropped by the node's reader: our writer matches the
-    reader (and the node's graph lists our writer) a moment before the reader has matched our writer, and DDS
-    discards what a reader receives from writers it does not know yet (a CI run lost the first two of seven bad
-    frames so). The node logs every frame it rejects, so publishing again until the line appears is harmless; the
-    short wait between sends is a retry interval, the deadline is ``timeout``."""
+    For compressed topics, where the test client has no spare rejection to probe the node's reader with (raw
+    publishers wait for a counted probe frame: procs/client.py ``_wait_reader_matched``). A best-effort frame sent
+    right after discovery can be dropped by the node's reader: our writer matches the reader (and the node's graph
+    lists our writer) a moment before the reader has matched our writer, and DDS discards what a reader receives
+    from writers it does not know yet (a CI run lost the first two of seven bad raw frames so). The node logs every
+    frame it rejects, so publishing again until the line appears is harmless; the short wait between sends is a
+    retry interval, the deadline is ``timeout``."""
     end = time.monotonic() + timeout
     while True:
         client.call(op, **fields)

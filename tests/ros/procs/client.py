@@ -121,17 +121,20 @@ class Client(Node):
         writer has matched the reader and the node's graph lists our writer (the reader matches a moment later; a
         CI run lost the first two frames of a test so). Compressed topics have no rejection message of their own to
         spare: their tests publish until the node logs what they wait for."""
-        before = int(self.op_diagnostics().get(topic, {}).get("rejected", 0))
+
+        def rejected(status: dict) -> int:
+            return int(status.get(topic, {}).get("rejected", 0))
+
+        latest = self.op_wait_diagnostics()
+        before = rejected(latest["status"])
         probe = image_msg(encoding=MATCH_PROBE_ENCODING)
         end = time.monotonic() + MATCH_TIMEOUT_S
         while time.monotonic() < end:
             pub.publish(probe)
-            seq = self.diag_count
-            while self.diag_count <= seq and time.monotonic() < end:
-                time.sleep(0.05)  # the node publishes /diagnostics at 1 Hz
-            if int(self.op_diagnostics().get(topic, {}).get("rejected", 0)) > before:
+            latest = self.op_wait_diagnostics(newer_than=latest["seq"], timeout=MATCH_TIMEOUT_S)  # 1 Hz reports
+            if rejected(latest["status"]) > before:
                 return
-        raise TimeoutError(f"the node never counted a probe frame on {topic}: {self.op_diagnostics()}")
+        raise TimeoutError(f"the node never counted a probe frame on {topic}: {latest['status']}")
 
     @contextlib.contextmanager
     def _action_client(self):
