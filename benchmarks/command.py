@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -191,7 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         "model": model_name,
         "dtype": args.dtype,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in argv),
+        # The IVL_* switches of the run (decode configs, compiled prefill, ...) are part of what was measured.
+        "command": " ".join(
+            [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("IVL_")]
+            + ["python -m benchmarks"]
+            + [shlex.quote(a) for a in argv]
+        ),
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "config": {**cfg.__dict__, "tile_counts": list(cfg.tile_counts)},
@@ -234,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 {st.mode for st in fast._states.values() if st.graph is not None} or {fast.decode_mode}
             )
             res["vit_mode"] = fast.vit_mode
+            res["prefill_mode"] = fast.prefill_mode
             res["device_tiling"] = fast.tiler is not None
             guard_kernel_table(res, fast, len(work.prepared_max6.prompt_ids), results["ceiling"])
             fast._states.clear()

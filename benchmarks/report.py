@@ -177,6 +177,8 @@ def markdown(results: dict) -> str:
         extra = [f"{k}: {v}" for k, v in b.get("errors", {}).items()]
         if b.get("decode_mode"):
             extra.insert(0, f"decode ran as {b['decode_mode']}")
+        if b.get("prefill_mode"):
+            extra.insert(0, f"first-token graph's prefill ran {b['prefill_mode']}")
         if b.get("vit_mode"):
             extra.insert(0, f"ViT ran as {b['vit_mode']}+graph")
         if b.get("note"):
