@@ -45,18 +45,20 @@ import torch
 import triton
 import triton.language as tl
 
-# (rows per program, K chunk, warps) per matrix; tuned on the H200 (benchmarks/h200_decode_kernels.py).
+# (rows per program, K chunk, warps) per matrix; the H200 sweep's best (benchmarks/h200_decode_kernels.py,
+# results/h200-decode-kernels-v3.json).
 # IVL_DECODE_CONFIGS='{"down": [2, 512, 8], ...}' overrides entries (for tuning on another GPU).
 CONFIGS = {
     "qkv": (2, 1024, 4),  # pairs of rows per program
     "o": (2, 1024, 4),
-    "gate_up": (2, 1024, 4),  # pairs (gate row, up row) per program
-    "down": (1, 1024, 4),
+    "gate_up": (1, 1024, 4),  # pairs (gate row, up row) per program
+    "down": (2, 1024, 8),
     "head": (4, 1024, 4),
 }
-# Attention: (merge in the attention kernel 1/0, cache slots per program, warps). 32-slot chunks: 464 programs
-# hold the 1837 keys of the bench caption at batch 1 (8 kv heads), 3.5 per SM.
-ATTENTION = (1, 32, 4)
+# Attention: (merge in the attention kernel 1/0, cache slots per program, warps). 16-slot chunks: 920 programs
+# hold the 1837 keys of the bench caption at batch 1 (8 kv heads), 7 per SM, and the separate merge kernel:
+# 9.8 us per layer on the H200 (32 slots with the in-kernel merge, the prediction's pick, took 14.3 us).
+ATTENTION = (0, 16, 2)
 MERGE_COLUMNS = 32  # head-dim columns per program of the separate merge kernel (4 programs per kv head)
 MERGE_WARPS = 4  # warps of the separate merge kernel
 CHOOSE_BLOCK = 1024  # per-program maxima reduced per iteration by the choose kernel
