@@ -54,7 +54,9 @@ def main() -> int:
         row["vit_28"] = digest(backend.image_features(pv.repeat(4, 1, 1, 1)))
         for batch in (1, 4):
             ids = np.asarray([prep.prompt_ids] * batch, dtype=np.int64)
-            session = backend.session(ids, np.ones_like(ids), np.concatenate([prep.pixel_values] * batch))
+            pvs = prep.pixel_values  # on the device when the fast backend tiled there
+            pvs = torch.cat([pvs] * batch) if isinstance(pvs, torch.Tensor) else np.concatenate([pvs] * batch)
+            session = backend.session(ids, np.ones_like(ids), pvs)
             if name == "fast":
                 st = backend.state(batch, cache_length(ids.shape[1] + 1))
                 row[f"logits_b{batch}"] = digest(session._prefill(st, graphs=True))
