@@ -19,6 +19,16 @@ from benchmarks.suite import SuiteConfig, make_workload, run_suite, token_identi
 from ivl_ros.model.defaults import resolve_model_path
 from ivl_ros.model.options import DEVICE_HELP, DTYPES, device_name, int_range
 
+# The environment switches of the fast and onnx paths: when set, they are part of what was measured, so the
+# reported command carries them.
+PATH_SWITCHES = (
+    "IVL_DECODE_CONFIGS",
+    "IVL_PREFILL_COMPILE",
+    "IVL_VIT_COMPILE",
+    "IVL_FUSED_DECODE",
+    "IVL_ORT_CUDA_GRAPH",
+)
+
 log = logging.getLogger("benchmarks")
 
 BACKENDS = ("hf-baseline", "torch", "torch-fast", "onnx")
@@ -192,9 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": model_name,
         "dtype": args.dtype,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        # The IVL_* switches of the run (decode configs, compiled prefill, ...) are part of what was measured.
         "command": " ".join(
-            [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("IVL_")]
+            [f"{k}={shlex.quote(os.environ[k])}" for k in PATH_SWITCHES if k in os.environ]
             + ["python -m benchmarks"]
             + [shlex.quote(a) for a in argv]
         ),
@@ -240,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                 {st.mode for st in fast._states.values() if st.graph is not None} or {fast.decode_mode}
             )
             res["vit_mode"] = fast.vit_mode
-            res["prefill_mode"] = fast.prefill_mode
+            if fast.use_graphs:  # no first-token graph without graphs
+                res["prefill_mode"] = fast.prefill_mode
             res["device_tiling"] = fast.tiler is not None
             guard_kernel_table(res, fast, len(work.prepared_max6.prompt_ids), results["ceiling"])
             fast._states.clear()
