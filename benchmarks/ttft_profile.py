@@ -34,27 +34,15 @@ import numpy as np
 import torch
 
 from benchmarks.profiling import CLASS_LABELS, profile_cuda
+from benchmarks.timing import wall_ms
 
 SKIP_REASON_NO_CUDA = "no CUDA device: the TTFT breakdown profiles CUDA-graph replays"
 
 
-def wall_ms(run: Callable[[], object], reps: int) -> dict:
-    """Median and min wall ms of ``run()`` (synchronised before and after each), after two warm-up runs."""
-    for _ in range(2):
-        run()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        run()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - started) * 1e3)
-    times.sort()
-    return {"median": times[len(times) // 2], "min": times[0], "reps": reps}
-
-
 def _measure(run: Callable[[], object], reps: int) -> dict:
-    return {"wall_ms": wall_ms(run, reps), **profile_cuda(run)}
+    """Wall ms of ``run()`` (two warm-ups, then ``reps`` synchronised runs), then one more under the profiler."""
+    timed, _ = wall_ms(run, 2, reps)
+    return {"wall_ms": {"median": timed.median, "min": min(timed.values), "reps": timed.n}, **profile_cuda(run)}
 
 
 def text_prompt_ids(prompt_ids: list[int], image_token_id: int) -> list[int]:

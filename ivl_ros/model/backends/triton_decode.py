@@ -513,11 +513,6 @@ class AttentionPlan:
         self.part_l = torch.empty((rows, self.splits, groups), device=device, dtype=torch.float32)
         self.counters = torch.zeros((rows,), device=device, dtype=torch.int32)
 
-    @property
-    def programs(self) -> int:
-        """Programs the attention kernel launches (those past the slot stop at once)."""
-        return self.batch * self.kv_heads * self.splits
-
     def launch(
         self,
         q: torch.Tensor,
